@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny synthetic datasets in the real on-disk layout, so tests never need the
+real MNIST (except the network-marked fetch test)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from grad2vae.idx import encode_idx
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def _class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each class is a distinct bright horizontal bar plus noise: learnable in a few steps."""
+    images = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.int64)
+    for index, label in enumerate(labels):
+        row = 2 + 2 * int(label)
+        images[index, row : row + 3, 4:24] = 255
+    return images.astype(np.uint8)
+
+
+def write_synthetic_dataset(root, dataset: str, train_per_class: int, test_per_class: int, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    train_labels = np.repeat(np.arange(10), train_per_class).astype(np.uint8)
+    test_labels = np.repeat(np.arange(10), test_per_class).astype(np.uint8)
+    rng.shuffle(train_labels)
+    rng.shuffle(test_labels)
+    arrays = {
+        "train_images": _class_images(train_labels, rng),
+        "train_labels": train_labels,
+        "test_images": _class_images(test_labels, rng),
+        "test_labels": test_labels,
+    }
+    for key, filename in IDX_FILES.items():
+        (folder / filename).write_bytes(encode_idx(arrays[key]))
+    (folder / "MANIFEST.json").write_text(json.dumps({"dataset": dataset, "source": "synthetic-test"}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """A data dir with synthetic `mnist` and `fashion_mnist`: 30 training and 10 test images per
+    class (300 / 100 in all), laid out exactly like `grad2vae fetch` output."""
+    root = tmp_path_factory.mktemp("data")
+    for offset, dataset in enumerate(("mnist", "fashion_mnist")):
+        write_synthetic_dataset(root, dataset, train_per_class=30, test_per_class=10, seed=offset)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Tests share two cores with each other and the CI runner; one thread per test is faster.
+    torch.set_num_threads(1)
+    yield
