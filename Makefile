@@ -1,0 +1,31 @@
+# The README's two commands: `make quick` (set up, then run the CPU quick preset) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup quick test lint clean-results
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[test]'
+	touch $(STAMP)
+
+quick: $(STAMP)
+	$(BIN)/snakemake --cores 2 --configfile presets/quick.yaml
+	@echo "report: $(CURDIR)/report/index.html"
+
+test: $(STAMP)
+	bash scripts/install-system-deps
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra
+
+lint: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+clean-results:
+	rm -rf results/* report/*
+	touch results/.gitkeep report/.gitkeep
