@@ -25,6 +25,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
+        # mkstemp creates files as 0600; give the result the mode a plain open() would have, so
+        # that data and results on a shared cluster stay readable by the group.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -35,6 +38,12 @@ def atomic_open(target: str | os.PathLike, mode: str = "w", **kwargs: Any) -> It
     """``open`` whose result appears at ``target`` only if the block finishes without error."""
     with atomic_path(target) as tmp, open(tmp, mode, **kwargs) as handle:
         yield handle
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def write_json(target: str | os.PathLike, payload: Any) -> None:
