@@ -1,0 +1,235 @@
+"""Device choice for a run: CUDA when present, else the CPU; GPU slots for jobs side by side.
+
+Rules (``resolve_device``):
+
+- ``cpu`` -> the CPU. ``cuda:N`` -> exactly that device (no slot locking: the user chose).
+- ``auto`` -> CUDA if ``torch.cuda.is_available()``, else the CPU (also when a scheduler set
+  ``CUDA_VISIBLE_DEVICES`` on a machine without a working GPU). ``cuda`` -> like ``auto`` but an
+  error when CUDA is missing.
+- ``CUDA_VISIBLE_DEVICES`` is never changed here: device indices are always indices into the
+  devices the process can see. When it sees exactly one device (a Slurm job granted one GPU, or a
+  one-GPU workstation) the run uses ``cuda:0`` without any locking.
+- When it sees several devices (a workstation running ``snakemake --resources gpu=N``), jobs
+  side by side each take a distinct *GPU slot*: a non-blocking ``fcntl.flock`` on one of the
+  slot files in the slot dir (default ``.snakemake/gpu-slots``); the first free slot wins and the
+  lock is held until the process ends (the kernel drops it when the process dies, also on
+  SIGKILL, so a lock is never stale). Slot ``i`` uses visible device ``i % device_count``, so
+  ``--gpu-slots`` larger than the device count deliberately puts several jobs on one card.
+  When every slot is taken, the job waits (polling, one log line) until one frees, or raises
+  ``UserError`` after ``timeout`` seconds if one is given.
+- Slot files are named after the host and the *physical* device (its entry in
+  ``CUDA_VISIBLE_DEVICES`` when set), so jobs on different hosts sharing a file system, or jobs
+  that were given disjoint device sets, never block each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import platform
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from grad2vae.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SLOT_DIR = Path(".snakemake") / "gpu-slots"
+
+# cuBLAS needs this set before the CUDA context exists to run deterministically.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuSlot:
+    """A held slot: ``index`` among the slots, ``device_index`` the visible CUDA device."""
+
+    index: int
+    device_index: int
+    path: Path
+    fd: int
+
+
+# Locks held for the process lifetime (closing the descriptor would release the lock).
+_HELD: list[GpuSlot] = []
+
+
+def _visible_ids(device_count: int) -> list[str]:
+    """The physical identity of each visible device: its CUDA_VISIBLE_DEVICES entry, else index."""
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw:
+        entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+        if len(entries) >= device_count:
+            return entries[:device_count]
+    return [str(index) for index in range(device_count)]
+
+
+def _slot_filename(slot: int, device_count: int, visible_ids: list[str]) -> str:
+    device_index = slot % device_count
+    physical = re.sub(r"[^A-Za-z0-9_.-]", "_", visible_ids[device_index])
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname() or "localhost")
+    return f"{host}-gpu{physical}-{slot // device_count}.lock"
+
+
+def try_acquire_gpu_slot(n_slots: int, slot_dir: str | os.PathLike, device_count: int) -> GpuSlot | None:
+    """Take the first free one of ``n_slots`` slots without blocking; ``None`` if all are held.
+
+    The lock stays held for the rest of the process (see ``release_gpu_slots`` for tests)."""
+    if n_slots < 1 or device_count < 1:
+        raise UserError(
+            f"need at least one GPU slot and one device (got {n_slots} slots, {device_count} devices)"
+        )
+    slot_dir = Path(slot_dir)
+    slot_dir.mkdir(parents=True, exist_ok=True)
+    ids = _visible_ids(device_count)
+    for slot in range(n_slots):
+        path = slot_dir / _slot_filename(slot, device_count, ids)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                continue
+            raise
+        # For people looking at the folder: who holds it. Not used for locking.
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        held = GpuSlot(index=slot, device_index=slot % device_count, path=path, fd=fd)
+        _HELD.append(held)
+        return held
+    return None
+
+
+def acquire_gpu_slot(
+    n_slots: int,
+    slot_dir: str | os.PathLike,
+    device_count: int,
+    timeout: float | None = None,
+    poll_seconds: float = 2.0,
+) -> GpuSlot:
+    """Take a free slot, waiting while all are held; ``UserError`` after ``timeout`` seconds."""
+    start = time.monotonic()
+    announced = False
+    while True:
+        slot = try_acquire_gpu_slot(n_slots, slot_dir, device_count)
+        if slot is not None:
+            if announced:
+                log.info("GPU slot %d free after %.0f s", slot.index, time.monotonic() - start)
+            return slot
+        waited = time.monotonic() - start
+        if timeout is not None and waited >= timeout:
+            raise UserError(
+                f"all {n_slots} GPU slots in {slot_dir} are held by other processes "
+                f"(waited {waited:.0f} s); wait for them, raise --gpu-slots, or pick a device "
+                "with --device cuda:N"
+            )
+        if not announced:
+            log.info("all %d GPU slots in %s are busy; waiting for one to free", n_slots, slot_dir)
+            announced = True
+        time.sleep(poll_seconds if timeout is None else min(poll_seconds, max(0.05, timeout - waited)))
+
+
+def release_gpu_slots() -> None:
+    """Drop every slot this process holds (tests; a normal run keeps its slot until it exits)."""
+    while _HELD:
+        slot = _HELD.pop()
+        os.close(slot.fd)
+
+
+def resolve_device(
+    spec: str = "auto",
+    gpu_slots: int | None = None,
+    slot_dir: str | os.PathLike = DEFAULT_SLOT_DIR,
+    slot_timeout: float | None = None,
+) -> torch.device:
+    """Turn ``--device`` (auto | cpu | cuda | cuda:N) into a device, taking a GPU slot if needed."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if spec != "auto" and match is None:
+        raise UserError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+    available = torch.cuda.is_available()
+    if not available:
+        if spec == "auto":
+            if os.environ.get("CUDA_VISIBLE_DEVICES"):
+                log.info(
+                    "CUDA_VISIBLE_DEVICES=%s but CUDA is not available: running on the CPU",
+                    os.environ["CUDA_VISIBLE_DEVICES"],
+                )
+            return torch.device("cpu")
+        raise UserError(
+            f"--device {spec} asked for CUDA but torch sees no CUDA device; use --device auto or cpu"
+        )
+    count = torch.cuda.device_count()
+    if match is not None and match.group(1) is not None:
+        index = int(match.group(1))
+        if index >= count:
+            raise UserError(
+                f"--device {spec}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})"
+            )
+        return torch.device("cuda", index)
+    if gpu_slots is not None and gpu_slots < 1:
+        raise UserError(f"--gpu-slots must be at least 1 (got {gpu_slots})")
+    n_slots = gpu_slots if gpu_slots is not None else count
+    if count == 1 and n_slots <= 1:
+        # One visible device (e.g. a scheduler set CUDA_VISIBLE_DEVICES): nothing to share out.
+        return torch.device("cuda", 0)
+    slot = acquire_gpu_slot(n_slots, slot_dir, count, timeout=slot_timeout)
+    log.info("took GPU slot %d of %d (%s) -> cuda:%d", slot.index, n_slots, slot.path, slot.device_index)
+    return torch.device("cuda", slot.device_index)
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human name for the device: the GPU's name, else the CPU model."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic algorithms wherever the device offers them (a warning where it does not)
+    inside the block; torch's previous settings are restored afterwards."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
+
+
+ASSUMPTIONS: tuple[str, ...] = (
+    "device: CUDA when torch sees one, else the CPU; a CUDA_VISIBLE_DEVICES set by a scheduler "
+    "is never changed — issue 4",
+    "several visible GPUs: each job takes the first free of N flock'ed slot files (N = --gpu-slots, "
+    "default the device count), slot i -> cuda:(i mod count); a job finding all slots busy waits "
+    "for one — issue 4 (waiting rather than failing is our choice: the kernel frees a dead job's "
+    "lock, so waiting cannot deadlock)",
+)

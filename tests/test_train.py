@@ -1,0 +1,497 @@
+"""`grad2vae train`: outputs, reproducibility, resume after SIGKILL, bad input, non-finite loss.
+
+Most tests use a tiny test-only model (registered here) on the synthetic `tiny_data_dir`; the
+subprocess tests use the real `vae` (a subprocess cannot see a model registered in this one).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from grad2vae import data, models, train
+from grad2vae.cli import main
+from grad2vae.errors import UserError
+from grad2vae.models.base import AnomalyModel
+
+CONTRIBUTING_KEYS = {
+    "model",
+    "dataset",
+    "normal_class",
+    "seed",
+    "main_score",
+    "auc",
+    "auc_reconstruction",
+    "epochs",
+    "wall_seconds",
+    "seconds_per_epoch",
+    "device",
+    "parameters",
+    "versions",
+    "git_commit",
+    "config",
+    "config_hash",
+}
+
+
+class TinyVAE(AnomalyModel):
+    """A 784-32-d MLP VAE: draws training noise from the global RNG and scores with the
+    evaluation generator, so it exercises every RNG stream the trainer must manage."""
+
+    name = "tiny_test_vae"
+    main_score = "reconstruction error (BCE, sampled z)"
+    assumptions = ("test-only model — tests/test_train.py",)
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 2 * latent_dim)
+        )
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, 32), nn.ReLU(), nn.Linear(32, 784))
+
+    def _errors(self, x, eps):
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        logits = self.decoder(z).view_as(x)
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)
+        return bce, kl
+
+    def loss(self, x):
+        eps = torch.randn(len(x), self.latent_dim, device=x.device)
+        bce, kl = self._errors(x, eps)
+        return {"reconstruction": bce.mean(), "kl": kl.mean(), "total": bce.mean() + kl.mean()}
+
+    def scores(self, x, generator=None):
+        eps = torch.randn(len(x), self.latent_dim, generator=generator, device=x.device)
+        bce, kl = self._errors(x, eps)
+        return {"main": (bce + kl).detach(), "reconstruction": bce.detach()}
+
+
+class NanAfterVAE(TinyVAE):
+    """Its KL term turns NaN from the 3rd training batch on (the trainer sees it in epoch 3)."""
+
+    name = "tiny_test_nan"
+
+    def __init__(self, latent_dim: int):
+        super().__init__(latent_dim)
+        self.calls = 0
+
+    def loss(self, x):
+        self.calls += 1
+        terms = super().loss(x)
+        if self.calls >= 3:
+            terms["kl"] = terms["kl"] * float("nan")
+            terms["total"] = terms["reconstruction"] + terms["kl"]
+        return terms
+
+
+@pytest.fixture
+def tiny_models(monkeypatch):
+    try:
+        models._load_builtin_models()
+    except ImportError:  # the real models are not all there (yet): test with ours only
+        monkeypatch.setattr(models, "_load_builtin_models", lambda: None)
+    for cls in (TinyVAE, NanAfterVAE):
+        monkeypatch.setitem(models.MODELS, cls.name, cls)
+
+
+def config(**changes) -> train.RunConfig:
+    # batch 8 on 30 training images: 4 batches per epoch, the last one smaller.
+    base = dict(
+        model="tiny_test_vae",
+        dataset="mnist",
+        normal_class=3,
+        seed=0,
+        latent_dim=4,
+        epochs=4,
+        batch_size=8,
+        lr=1e-2,
+        lr_decay_epoch=2,
+        lr_decay_factor=0.1,
+        eval_every=1,
+        eval_batch_size=32,
+    )
+    base.update(changes)
+    return train.RunConfig(**base)
+
+
+def run(cfg, out_dir, data_dir, **kwargs):
+    kwargs.setdefault("device", "cpu")
+    kwargs.setdefault("progress", False)
+    return train.train_run(cfg, out_dir, data_dir=data_dir, **kwargs)
+
+
+def read_tsv(path):
+    lines = Path(path).read_text().splitlines()
+    header = lines[0].split("\t")
+    return header, [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+
+
+def test_outputs_follow_the_contract(tiny_models, tiny_data_dir, tmp_path):
+    cfg = config()
+    metrics = run(cfg, tmp_path / "run", tiny_data_dir, checkpoint_every=1)
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "history.tsv",
+        "metrics.json",
+        "model.pt",
+        "scores.csv.gz",
+    ]  # checkpoint deleted
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert CONTRIBUTING_KEYS <= set(on_disk)
+    assert on_disk["config"] == cfg.to_dict()
+    canonical = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+    assert on_disk["config_hash"] == hashlib.sha256(canonical.encode()).hexdigest()
+    assert on_disk["epochs"] == 4 and on_disk["parameters"] == TinyVAE(4).parameter_count()
+    assert set(on_disk["versions"]) >= {"python", "torch", "torchvision", "cuda"}
+    assert on_disk["device"] and on_disk["git_commit"]
+    assert 0.0 <= on_disk["auc"] <= 1.0
+
+    header, rows = read_tsv(out / "history.tsv")
+    assert header == [
+        "epoch",
+        "lr",
+        "seconds",
+        "loss_reconstruction",
+        "loss_kl",
+        "loss_total",
+        "auc",
+        "auc_reconstruction",
+    ]
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])  # decay after epoch 2
+    assert float(rows[-1]["auc"]) == on_disk["auc"]
+
+    split = data.load_split(tiny_data_dir, "mnist", 3)
+    with gzip.open(out / "scores.csv.gz", "rt") as handle:
+        lines = handle.read().splitlines()
+    assert lines[0] == "index,test_class,label,score_main,score_reconstruction"
+    scores = train.read_scores(out / "scores.csv.gz")
+    assert len(scores) == len(split.test_x) == 100
+    assert [int(r["label"]) for r in scores] == split.test_labels.tolist()
+    assert [int(r["test_class"]) for r in scores] == split.test_classes.tolist()
+    assert all((int(r["label"]) == 1) == (int(r["test_class"]) != 3) for r in scores)
+
+    # The saved weights give the saved scores again.
+    model = train.load_trained_model(out)
+    again = train.evaluate(model, split, train.derive_seed(0, "eval"), batch_size=32)
+    assert np.array_equal(again["main"], np.array([float(r["score_main"]) for r in scores], dtype=np.float32))
+
+
+def test_learns_the_easy_synthetic_task(tiny_models, tiny_data_dir, tmp_path):
+    metrics = run(config(epochs=6, lr_decay_epoch=0, eval_every=0), tmp_path / "run", tiny_data_dir)
+    assert metrics["auc"] > 0.9
+    _, rows = read_tsv(tmp_path / "run" / "history.tsv")
+    assert [r["auc"] for r in rows[:-1]] == [""] * 5 and rows[-1]["auc"]  # eval_every 0: last only
+
+
+def test_same_seed_same_results_other_seed_differs(tiny_models, tiny_data_dir, tmp_path):
+    a = run(config(epochs=2), tmp_path / "a", tiny_data_dir)
+    b = run(config(epochs=2), tmp_path / "b", tiny_data_dir)
+    c = run(config(epochs=2, seed=1), tmp_path / "c", tiny_data_dir)
+    assert (a["auc"], a["auc_reconstruction"]) == (b["auc"], b["auc_reconstruction"])
+    assert (tmp_path / "a" / "scores.csv.gz").read_bytes() == (tmp_path / "b" / "scores.csv.gz").read_bytes()
+    assert (tmp_path / "a" / "scores.csv.gz").read_bytes() != (tmp_path / "c" / "scores.csv.gz").read_bytes()
+
+
+def test_evaluation_does_not_disturb_training(tiny_models, tiny_data_dir, tmp_path):
+    every = run(config(epochs=3), tmp_path / "every", tiny_data_dir)
+    last = run(config(epochs=3, eval_every=0), tmp_path / "last", tiny_data_dir)
+    assert every["auc"] == last["auc"]
+    assert (tmp_path / "every" / "scores.csv.gz").read_bytes() == (
+        tmp_path / "last" / "scores.csv.gz"
+    ).read_bytes()
+
+
+def test_interrupted_run_resumes_exactly(tiny_models, tiny_data_dir, tmp_path):
+    cfg = config(epochs=5)
+    full = run(cfg, tmp_path / "full", tiny_data_dir)
+
+    class Killed(Exception):
+        pass
+
+    def die_at_epoch_4(row):
+        if row["epoch"] == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(cfg, tmp_path / "cut", tiny_data_dir, checkpoint_every=2, on_epoch=die_at_epoch_4)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    resumed = run(cfg, tmp_path / "cut", tiny_data_dir, checkpoint_every=2)
+    assert resumed["resumes"] == 1
+    assert (resumed["auc"], resumed["auc_reconstruction"]) == (full["auc"], full["auc_reconstruction"])
+    assert (tmp_path / "cut" / "scores.csv.gz").read_bytes() == (
+        tmp_path / "full" / "scores.csv.gz"
+    ).read_bytes()
+    drop = {"seconds"}
+    _, rows_full = read_tsv(tmp_path / "full" / "history.tsv")
+    _, rows_cut = read_tsv(tmp_path / "cut" / "history.tsv")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows_cut] == [
+        {k: v for k, v in r.items() if k not in drop} for r in rows_full
+    ]
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()
+
+
+def test_finished_run_does_nothing_and_other_config_is_refused(tiny_models, tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    first = run(config(epochs=1), out, tiny_data_dir)
+    stamp = (out / "metrics.json").stat().st_mtime_ns
+    again = run(config(epochs=1), out, tiny_data_dir)
+    assert again == json.loads(json.dumps(first))
+    assert (out / "metrics.json").stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match="another --out-dir.*delete"):
+        run(config(epochs=2), out, tiny_data_dir)
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_models, tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    # 30 images, batch 15: 2 batches per epoch; the 3rd batch (epoch 2) is NaN.
+    with pytest.raises(train.NonFiniteLossError, match=r"epoch 2: loss term 'kl'.*after epoch 1"):
+        run(config(model="tiny_test_nan", batch_size=15), out, tiny_data_dir, checkpoint_every=1)
+    assert not (out / "metrics.json").exists()
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "tiny_test_nan",
+                "--dataset",
+                "mnist",
+                "--normal-class",
+                "3",
+                "--seed",
+                "0",
+                "--data-dir",
+                str(tiny_data_dir),
+                "--out-dir",
+                str(tmp_path / "cli"),
+                "--batch-size",
+                "15",
+                "--epochs",
+                "3",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (["--normal-class", "10"], "normal class 10 does not exist"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--data-dir", "MISSING"], "snakemake data.*grad2vae fetch"),
+    ],
+)
+def test_bad_input_is_a_clear_error_before_any_work(
+    tiny_models, tiny_data_dir, tmp_path, capsys, change, message
+):
+    args = {
+        "--model": "tiny_test_vae",
+        "--dataset": "mnist",
+        "--normal-class": "0",
+        "--seed": "0",
+        "--data-dir": str(tiny_data_dir),
+        "--out-dir": str(tmp_path / "run"),
+        "--epochs": "1",
+    }
+    key, value = change
+    args[key] = str(tmp_path / "nodata") if value == "MISSING" else value
+    argv = ["train", "--device", "cpu"] + [item for pair in args.items() for item in pair]
+    assert main(argv) == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_progress_bar_only_on_a_terminal():
+    class Stream:
+        def __init__(self, tty):
+            self.tty, self.text = tty, ""
+
+        def isatty(self):
+            return self.tty
+
+        def write(self, text):
+            self.text += text
+
+        def flush(self):
+            pass
+
+    tty, pipe = Stream(True), Stream(False)
+    for stream in (tty, pipe):
+        bar = train._Progress(stream=stream)
+        bar.update(1, 3, 4, 4)
+        bar.clear()
+    assert "\repoch 1/3 [" in tty.text and pipe.text == ""
+
+
+def test_assumptions_are_documented():
+    assert len(train.ASSUMPTIONS) >= 10
+    assert all(" — " in entry for entry in train.ASSUMPTIONS)
+
+
+@pytest.mark.parametrize("model", ["vae", "grad2vae", "cae", "inception_caenn"])
+def test_real_models_one_epoch(tiny_data_dir, tmp_path, model):
+    if model not in models.MODELS:
+        try:
+            models._load_builtin_models()
+        except ImportError as error:
+            pytest.skip(f"model files not all there yet: {error}")
+    cfg = train.RunConfig(
+        model=model,
+        dataset="fashion_mnist",
+        normal_class=1,
+        seed=0,
+        epochs=1,
+        batch_size=16,
+        train_limit=20,
+        test_limit=40,
+        eval_batch_size=20,
+    )
+    metrics = run(cfg, tmp_path / model, tiny_data_dir)
+    assert metrics["config"]["latent_dim"] == 32
+    assert 0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["auc_reconstruction"] <= 1.0
+    assert len(train.read_scores(tmp_path / model / "scores.csv.gz")) == 40
+    reloaded = train.load_trained_model(tmp_path / model)
+    assert reloaded.parameter_count() == metrics["parameters"]
+
+
+# --------------------------------------------------------------------------------------------
+# The real command in a subprocess, killed with SIGKILL
+
+
+def _cli(data_dir, out_dir, epochs):
+    return [
+        sys.executable,
+        "-m",
+        "grad2vae.cli",
+        "train",
+        "--model",
+        "vae",
+        "--dataset",
+        "mnist",
+        "--normal-class",
+        "1",
+        "--seed",
+        "3",
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(out_dir),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "8",
+        "--train-limit",
+        "24",
+        "--test-limit",
+        "40",
+        "--eval-batch-size",
+        "20",
+        "--lr-decay-epoch",
+        "3",
+        "--checkpoint-every",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _history_epochs(out_dir):
+    try:
+        return len((out_dir / "history.tsv").read_text().splitlines()) - 1
+    except FileNotFoundError:
+        return 0
+
+
+def test_sigkill_and_restart_gives_identical_results(tiny_data_dir, tmp_path):
+    try:
+        models._load_builtin_models()
+    except ImportError as error:
+        pytest.skip(f"model files not all there yet: {error}")
+    epochs = 8
+    cfg = train.RunConfig(
+        model="vae",
+        dataset="mnist",
+        normal_class=1,
+        seed=3,
+        epochs=epochs,
+        batch_size=8,
+        train_limit=24,
+        test_limit=40,
+        eval_batch_size=20,
+        lr_decay_epoch=3,
+    )
+    full = tmp_path / "full"
+    run(cfg, full, tiny_data_dir, threads=1)  # uninterrupted, in this process (one thread too)
+
+    cut = tmp_path / "cut"
+    kills = 0
+    # SIGKILL twice while training: after the epoch-2 checkpoint once epoch 3 is done, then,
+    # after resuming, once epoch 6 is done; the third start runs to the end.
+    for reached in (3, 6):
+        process = subprocess.Popen(
+            _cli(tiny_data_dir, cut, epochs), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        while process.poll() is None and not (
+            (cut / "checkpoint.pt").exists() and _history_epochs(cut) >= reached
+        ):
+            time.sleep(0.01)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=60)
+        assert not (cut / "metrics.json").exists(), "the run ended before it could be killed"
+    assert kills == 2
+    finished = subprocess.run(
+        _cli(tiny_data_dir, cut, epochs), env=_env(), timeout=300, capture_output=True, text=True
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming after epoch" in finished.stderr
+
+    m_full = json.loads((full / "metrics.json").read_text())
+    m_cut = json.loads((cut / "metrics.json").read_text())
+    assert m_cut["resumes"] == 2
+    for key in ("auc", "auc_reconstruction", "config", "config_hash", "parameters", "epochs"):
+        assert m_cut[key] == m_full[key], key
+    assert (cut / "scores.csv.gz").read_bytes() == (full / "scores.csv.gz").read_bytes()
+    _, rows_full = read_tsv(full / "history.tsv")
+    _, rows_cut = read_tsv(cut / "history.tsv")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(rows_cut) == strip(rows_full)
+    assert not (cut / "checkpoint.pt").exists()
+
+    # Started again, the finished run does nothing.
+    stamp = (cut / "metrics.json").stat().st_mtime_ns
+    assert run(cfg, cut, tiny_data_dir, threads=1) == m_cut
+    assert (cut / "metrics.json").stat().st_mtime_ns == stamp
