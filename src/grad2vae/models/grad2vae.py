@@ -1,0 +1,191 @@
+"""Grad2VAE (Abukmeil et al., ICIAP 2022): a VAE with an online attention module built from the
+second-order derivatives of the latent code with respect to the first encoder layer.
+
+The encoder and decoder are the vanilla VAE's (``models/vae.py``, see its docstring for the layer
+table); this file adds the attention module (paper Sect. 3, Fig. 2, Eq. 3):
+
+1. L_e1 = the first encoder layer's output (after ReLU, as the notebook's ``conv_1``), C = 16
+   channels at 28x28; z = mu + exp(0.5 logvar) * eps.
+2. For each latent unit z_i: h_i = d/dL_e1 (sum_j dz_i/dL_e1_j), one tensor of L_e1's shape
+   (``grad2vae.second_derivatives``; TensorFlow ``tf.gradients`` semantics), kept in the
+   autograd graph (create_graph) so that the loss trains through it. Shape (N, d, C, 28, 28).
+3. Aggregation: LeakyReLU(0.3) (the notebook's), the d tensors stacked along channels (d*C),
+   Conv 3x3 (d*C -> 48) + ReLU, Conv 3x3 (48 -> 16) + ReLU = the attention feature map, which is
+   (a) added residually to the decoder's penultimate layer L_d(n-1) (16 channels, 28x28) and
+   (b) mapped by Conv 1x1 + sigmoid to the one-channel attention image.
+4. Loss (Eq. 3) = BCE(x, reconstruction) + KL + BCE(x, attention image), BCE summed over pixels,
+   KL over latent units, each averaged over the batch.
+
+Why the attention samples z also at test time: every layer between L_e1 and z is ReLU or linear,
+so z's curvature w.r.t. L_e1 is zero except through sigma = exp(0.5 logvar); with z = mu the
+derivatives, hence the attention, would be identically zero. As Keras' sampling layer does at
+predict time, ``scores`` and ``attention`` therefore sample eps, from the ``generator`` they are
+given, so that a fixed evaluation generator gives reproducible scores. They enable autograd
+internally (second derivatives need it) even when called under ``torch.no_grad``.
+
+Per-sample derivatives: nothing between L_e1 and z mixes samples (no BatchNorm), so summing
+over the batch inside the derivative (as ``tf.gradients`` does) still yields each sample's own
+derivatives; a test checks that a sample's attention in a batch equals its attention alone.
+
+API beyond ``AnomalyModel``: ``Grad2VAE(latent_dim, derivatives="vectorized"|"loop")`` picks the
+implementation of step 2 (equal results; the benchmark times them). ``encode(x) -> (mu,
+logvar)``; ``gradcam_layer`` = the encoder's last convolution (L_e3, pre-ReLU output), for the
+offline attention of Liu et al.; ``forward(x, eps, create_graph)`` -> dict of every intermediate;
+``attention(x, generator) -> dict`` with ``"second_derivatives"`` (N, d, C, 28, 28),
+``"attention_image"`` (N, 1, 28, 28) in [0, 1], ``"reconstruction"`` (N, 1, 28, 28) in [0, 1],
+``"mu"``, ``"logvar"``, ``"z"`` (N, d), all detached.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from grad2vae.models import register
+from grad2vae.models.base import AnomalyModel
+from grad2vae.models.vae import (
+    ASSUMPTIONS as VAE_ASSUMPTIONS,
+    CHANNELS,
+    HIDDEN,
+    Decoder,
+    Encoder,
+    bce_per_sample,
+    keras_init_,
+    kl_per_sample,
+    reparameterize,
+    sample_eps,
+)
+from grad2vae.second_derivatives import METHODS, second_derivatives
+
+#: width of the attention module's first (aggregating) convolution
+ATTENTION_WIDTH = 48
+#: images per forward pass when scoring: the derivative tensors take N*d*C*784 floats
+SCORE_CHUNK = 128
+
+ASSUMPTIONS = VAE_ASSUMPTIONS + (
+    "Second derivatives taken w.r.t. L_e1 after its ReLU, h_i = d/dL_e1(sum_j dz_i/dL_e1_j), one "
+    "tensor of L_e1's shape per latent unit, kept in the autograd graph — paper Sect. 3 and the "
+    "tf.gradients(tf.gradients(z, conv), conv) of abukmeil/mgrad2vae",
+    "Derivatives of the sampled z, at test time too, with eps from the evaluation generator: with "
+    "ReLU layers and z = mu they are identically zero — Keras' sampling layer samples at predict "
+    "time; the fixed generator is ours (reproducible scores)",
+    "Aggregation of the d tensors: LeakyReLU(0.3), stacked along channels (d*16), Conv3x3 -> 48, "
+    "ReLU, Conv3x3 -> 16, ReLU; the paper says only 'convolution' (Sect. 4.1) — LeakyReLU(0.3) "
+    "and conv+ReLU stages from abukmeil/mgrad2vae; width 48 is ours, chosen so that the MNIST "
+    "model counts about the paper's 3.38 M parameters",
+    "Fusion: the aggregated map is added once, to the output of the decoder's penultimate layer "
+    "L_d(n-1), before the 1x1 sigmoid output layer — paper Sect. 3 (the notebook also adds it "
+    "after the up-sampling layer and adds the attention image before the output layer)",
+    "Attention image = Conv1x1 + sigmoid of the aggregated map; its loss is BCE summed over "
+    "pixels against x, weight 1 — Eq. 3 and the notebook's xent_loss2",
+    "Anomaly score = per-sample BCE of the main reconstruction (with the attention fusion); the "
+    "attention image's own error is not part of the score — paper Sect. 4.2 ('due to its "
+    "reconstruction ability')",
+)
+
+
+class AttentionModule(nn.Module):
+    """(N, d, C, 28, 28) second derivatives -> (feature map (N, out_channels, 28, 28), attention
+    image logits (N, 1, 28, 28))."""
+
+    def __init__(self, latent_dim: int, in_channels: int, out_channels: int, width: int = ATTENTION_WIDTH):
+        super().__init__()
+        self.aggregate = nn.Conv2d(latent_dim * in_channels, width, 3, padding=1)
+        self.fuse = nn.Conv2d(width, out_channels, 3, padding=1)
+        self.image = nn.Conv2d(out_channels, 1, 1)
+        keras_init_(self, relu=True)
+        keras_init_(self.image, relu=False)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        a = F.leaky_relu(h.flatten(1, 2), negative_slope=0.3)
+        a = F.relu(self.aggregate(a))
+        a = F.relu(self.fuse(a))
+        return a, self.image(a)
+
+
+@register
+class Grad2VAE(AnomalyModel):
+    name = "grad2vae"
+    main_score = "reconstruction error (BCE summed over pixels, sampled z, attention fused)"
+    assumptions = ASSUMPTIONS
+    parameter_note = "VAE widths + attention width 48 chosen to match the paper's 3.38 M (MNIST, latent 16)"
+
+    def __init__(
+        self,
+        latent_dim: int,
+        derivatives: str = "vectorized",
+        channels: tuple[int, int, int] = CHANNELS,
+        hidden: int = HIDDEN,
+        attention_width: int = ATTENTION_WIDTH,
+    ):
+        super().__init__()
+        if derivatives not in METHODS:
+            raise ValueError(f"derivatives must be one of {METHODS}, not {derivatives!r}")
+        self.latent_dim = latent_dim
+        self.derivatives = derivatives
+        self.encoder = Encoder(latent_dim, channels, hidden)
+        self.decoder = Decoder(latent_dim, channels, hidden)
+        self.attention_module = AttentionModule(latent_dim, channels[0], channels[0], attention_width)
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The encoder's last convolution (L_e3); hook its output (pre-ReLU) for Grad-CAM."""
+        return self.encoder.conv3
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(x)
+
+    def forward(self, x: Tensor, eps: Tensor, create_graph: bool = True) -> dict[str, Tensor]:
+        """Everything for one batch with the given noise ``eps`` (N, d); logits, not probabilities."""
+        e1 = self.encoder.first_layer(x)
+        if not e1.requires_grad:  # frozen parameters: L_e1 still needs to be differentiable
+            e1 = e1.detach().requires_grad_(True)
+        mu, logvar = self.encoder.from_first_layer(e1)
+        z = reparameterize(mu, logvar, eps)
+        h = second_derivatives(z, e1, self.derivatives, create_graph=create_graph)
+        feature_map, attention_logits = self.attention_module(h)
+        logits = self.decoder(z, residual=feature_map)
+        return {
+            "mu": mu,
+            "logvar": logvar,
+            "z": z,
+            "second_derivatives": h,
+            "attention_logits": attention_logits,
+            "logits": logits,
+        }
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        eps = torch.randn(len(x), self.latent_dim, device=x.device, dtype=x.dtype)
+        out = self(x, eps)
+        reconstruction = bce_per_sample(out["logits"], x).mean()
+        kl = kl_per_sample(out["mu"], out["logvar"]).mean()
+        attention = bce_per_sample(out["attention_logits"], x).mean()
+        total = reconstruction + kl + attention
+        return {"reconstruction": reconstruction, "kl": kl, "attention": attention, "total": total}
+
+    def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        eps = sample_eps(len(x), self.latent_dim, generator, like=x)
+        errors = []
+        for start in range(0, len(x), SCORE_CHUNK):
+            xs = x[start : start + SCORE_CHUNK]
+            with torch.enable_grad():
+                logits = self(xs, eps[start : start + SCORE_CHUNK], create_graph=False)["logits"]
+            errors.append(bce_per_sample(logits.detach(), xs))
+        error = torch.cat(errors)
+        return {"main": error, "reconstruction": error}
+
+    def attention(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Second derivatives, attention image and reconstruction of ``x`` (see module docstring);
+        the derivative tensors take N*d*16*784 floats, so pass a few images at a time."""
+        eps = sample_eps(len(x), self.latent_dim, generator, like=x)
+        with torch.enable_grad():
+            out = self(x, eps, create_graph=False)
+        return {
+            "second_derivatives": out["second_derivatives"].detach(),
+            "attention_image": torch.sigmoid(out["attention_logits"]).detach(),
+            "reconstruction": torch.sigmoid(out["logits"]).detach(),
+            "mu": out["mu"].detach(),
+            "logvar": out["logvar"].detach(),
+            "z": out["z"].detach(),
+        }

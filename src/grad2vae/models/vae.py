@@ -1,0 +1,193 @@
+"""Vanilla VAE: the encoder and decoder of Grad2VAE without the attention module.
+
+Grad2VAE (``models/grad2vae.py``) reuses ``Encoder``, ``Decoder`` and the helpers below, so the
+two models differ by exactly the attention module.
+
+Architecture (paper Sect. 3 and Fig. 2: one stride-2 down-sampling stage, the first two encoder
+layers and the last two decoder layers at 28x28; widths are ours, see ``ASSUMPTIONS``)::
+
+    x (1x28x28)
+    L_e1   Conv 3x3, 16, ReLU            28x28   <- Grad2VAE differentiates z w.r.t. this map
+    L_e2   Conv 3x3, 32, ReLU            28x28
+    L_e3   Conv 3x3 stride 2, 32, ReLU   14x14   <- the one down-sampling stage; `gradcam_layer`
+    Dense 6272 -> 256, ReLU -> mu, logvar (latent_dim each)
+    z = mu + exp(0.5 logvar) * eps
+    Dense latent_dim -> 256, ReLU -> Dense 256 -> 6272, ReLU -> reshape 32x14x14
+    ConvTranspose 3x3 stride 2, 32, ReLU 28x28   <- the one up-sampling stage
+    L_d(n-1)  Conv 3x3, 16, ReLU         28x28   <- Grad2VAE adds its attention map here
+    L_d(n)    Conv 1x1, 1, sigmoid       28x28
+
+Loss = BCE summed over the 784 pixels + KL summed over the latent units, both averaged over the
+batch. Score = the same per-sample BCE of the reconstruction of a *sampled* z.
+
+API beyond ``AnomalyModel``: ``encode(x) -> (mu, logvar)``; ``gradcam_layer``: the encoder's last
+convolution (L_e3, an ``nn.Conv2d`` whose output is taken before its ReLU), the layer the offline
+Grad-CAM attention of Liu et al. (CVPR 2020) targets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from grad2vae.models import register
+from grad2vae.models.base import AnomalyModel
+
+#: channels of L_e1, L_e2, L_e3 (the decoder mirrors them). 16 at L_e1 is the paper's (Fig. 3).
+CHANNELS = (16, 32, 32)
+#: width of the dense layer on each side of the latent space; sets the model's size.
+HIDDEN = 256
+#: images per forward pass when scoring (memory bound only; results do not depend on it)
+SCORE_CHUNK = 256
+
+ASSUMPTIONS = (
+    "Encoder Conv3x3(16)-Conv3x3(32) at 28x28, then Conv3x3 stride 2 (32) to 14x14 and Dense 256; "
+    "decoder mirrors it (Dense 256, Dense 6272, ConvTranspose stride 2, Conv3x3(16), Conv1x1 "
+    "sigmoid) — paper Sect. 3 fixes one stride-2 stage, two 28x28 layers at each end and 16 "
+    "filters at L_e1 (Fig. 3); widths 32 and dense 256 are ours, chosen so that the vanilla VAE "
+    "counts about the 3.25 M parameters of Sect. 4.2",
+    "ReLU activations, 3x3 kernels, 'same' padding, 1x1 sigmoid output layer — the authors' "
+    "companion notebook abukmeil/mgrad2vae (MgradVAE.ipynb)",
+    "Initialisation as Keras in that notebook: He-uniform weights for ReLU layers, Glorot-uniform "
+    "for the mu/logvar and sigmoid output layers, zero biases — abukmeil/mgrad2vae",
+    "z = mu + exp(0.5*logvar)*eps (sigma is the standard deviation, consistent with the KL term) "
+    "— Kingma & Welling 2014, the paper's [14]; the companion notebook uses exp(logvar)*eps",
+    "Reconstruction loss = binary cross-entropy summed over the 28x28 pixels (Keras' H*W*BCE), "
+    "computed from logits for numerical stability — abukmeil/mgrad2vae",
+    "KL divergence summed over latent units (the notebook takes the mean) — Kingma & Welling 2014",
+    "Anomaly score = per-sample BCE of the reconstruction of a sampled z, with a fixed evaluation "
+    "generator (reproducible); sampled rather than z = mu because Keras' sampling layer samples at "
+    "predict time too and so that the VAE is scored exactly like Grad2VAE, which must sample — ours",
+)
+
+
+def keras_init_(module: nn.Module, relu: bool) -> None:
+    """Keras' initialisers: He-uniform (ReLU layers) or Glorot-uniform weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if relu:
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")  # limit sqrt(6 / fan_in)
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def sample_eps(n: int, latent_dim: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """Standard normal noise (n, latent_dim) from ``generator`` (global RNG when None), moved to
+    ``like``'s device and dtype; drawn once for the whole batch, so chunking does not change it."""
+    device = generator.device if generator is not None else like.device
+    eps = torch.randn(n, latent_dim, generator=generator, device=device, dtype=like.dtype)
+    return eps.to(like.device)
+
+
+def bce_per_sample(logits: Tensor, x: Tensor) -> Tensor:
+    """Binary cross-entropy summed over pixels, one value per sample."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def kl_per_sample(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent units, one value per sample."""
+    return -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(1)
+
+
+class Encoder(nn.Module):
+    """x -> (mu, logvar). Split at L_e1 so that Grad2VAE can differentiate z w.r.t. that map:
+    ``first_layer(x)`` gives L_e1 (after its ReLU), ``from_first_layer(e1)`` the rest. Nothing here
+    mixes samples (no BatchNorm), so derivatives of one sample's z involve only that sample."""
+
+    def __init__(self, latent_dim: int, channels: tuple[int, int, int] = CHANNELS, hidden: int = HIDDEN):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)  # L_e1, 28x28
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)  # L_e2, 28x28
+        self.conv3 = nn.Conv2d(c2, c3, 3, stride=2, padding=1)  # L_e3, 14x14
+        self.hidden = nn.Linear(c3 * 14 * 14, hidden)
+        self.mu = nn.Linear(hidden, latent_dim)
+        self.logvar = nn.Linear(hidden, latent_dim)
+        keras_init_(self, relu=True)
+        keras_init_(self.mu, relu=False)
+        keras_init_(self.logvar, relu=False)
+
+    def first_layer(self, x: Tensor) -> Tensor:
+        return F.relu(self.conv1(x))
+
+    def from_first_layer(self, e1: Tensor) -> tuple[Tensor, Tensor]:
+        h = F.relu(self.conv2(e1))
+        h = F.relu(self.conv3(h))
+        h = F.relu(self.hidden(h.flatten(1)))
+        return self.mu(h), self.logvar(h)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.from_first_layer(self.first_layer(x))
+
+
+class Decoder(nn.Module):
+    """z -> logits of the 28x28 image. ``residual`` (same shape as L_d(n-1)'s output: N x c1 x
+    28 x 28) is added to that layer's output before the output layer (Grad2VAE's fusion)."""
+
+    def __init__(self, latent_dim: int, channels: tuple[int, int, int] = CHANNELS, hidden: int = HIDDEN):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.c3 = c3
+        self.hidden = nn.Linear(latent_dim, hidden)
+        self.expand = nn.Linear(hidden, c3 * 14 * 14)
+        self.deconv = nn.ConvTranspose2d(c3, c2, 3, stride=2, padding=1, output_padding=1)  # 28x28
+        self.conv = nn.Conv2d(c2, c1, 3, padding=1)  # L_d(n-1), 28x28
+        self.out = nn.Conv2d(c1, 1, 1)  # L_d(n), 28x28, sigmoid (applied by the loss / caller)
+        keras_init_(self, relu=True)
+        keras_init_(self.out, relu=False)
+
+    def forward(self, z: Tensor, residual: Tensor | None = None) -> Tensor:
+        h = F.relu(self.hidden(z))
+        h = F.relu(self.expand(h)).view(-1, self.c3, 14, 14)
+        h = F.relu(self.deconv(h))
+        h = F.relu(self.conv(h))
+        if residual is not None:
+            h = h + residual
+        return self.out(h)
+
+
+@register
+class VAE(AnomalyModel):
+    name = "vae"
+    main_score = "reconstruction error (BCE summed over pixels, sampled z)"
+    assumptions = ASSUMPTIONS
+    parameter_note = "widths chosen to match the paper's 3.25 M (MNIST, latent 16)"
+
+    def __init__(self, latent_dim: int, channels: tuple[int, int, int] = CHANNELS, hidden: int = HIDDEN):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = Encoder(latent_dim, channels, hidden)
+        self.decoder = Decoder(latent_dim, channels, hidden)
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The encoder's last convolution (L_e3); hook its output (pre-ReLU) for Grad-CAM."""
+        return self.encoder.conv3
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(x)
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        mu, logvar = self.encoder(x)
+        z = reparameterize(mu, logvar, torch.randn_like(mu))
+        reconstruction = bce_per_sample(self.decoder(z), x).mean()
+        kl = kl_per_sample(mu, logvar).mean()
+        return {"reconstruction": reconstruction, "kl": kl, "total": reconstruction + kl}
+
+    @torch.no_grad()
+    def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        eps = sample_eps(len(x), self.latent_dim, generator, like=x)
+        errors = []
+        for start in range(0, len(x), SCORE_CHUNK):
+            xs = x[start : start + SCORE_CHUNK]
+            mu, logvar = self.encoder(xs)
+            z = reparameterize(mu, logvar, eps[start : start + SCORE_CHUNK])
+            errors.append(bce_per_sample(self.decoder(z), xs))
+        error = torch.cat(errors)
+        return {"main": error, "reconstruction": error}

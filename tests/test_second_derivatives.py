@@ -1,0 +1,142 @@
+"""Grad2VAE's second derivatives: exact against independent methods (float64), the loop and the
+vectorised implementation agree, per-sample (batch == alone), and the loss trains through them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import grad, jvp
+
+from grad2vae.models.grad2vae import Grad2VAE
+from grad2vae.models.vae import reparameterize
+from grad2vae.second_derivatives import METHODS, second_derivatives
+
+TINY = dict(channels=(2, 3, 3), hidden=8, attention_width=4)
+
+
+def tiny_model(latent_dim=3, seed=0, dtype=torch.float64, **kwargs) -> Grad2VAE:
+    torch.manual_seed(seed)
+    return Grad2VAE(latent_dim, **TINY, **kwargs).to(dtype)
+
+
+def tiny_inputs(model, n=3, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 28, 28, generator=g, dtype=dtype)
+    eps = torch.randn(n, model.latent_dim, generator=g, dtype=dtype)
+    return x, eps
+
+
+def latent_and_layer(model, x, eps):
+    e1 = model.encoder.first_layer(x)
+    mu, logvar = model.encoder.from_first_layer(e1)
+    return reparameterize(mu, logvar, eps), e1, logvar
+
+
+def z_of_one_sample(model, eps_n, i):
+    """z_i of one sample as a function of that sample's L_e1 alone (for torch.func)."""
+    return lambda layer: reparameterize(*model.encoder.from_first_layer(layer[None]), eps_n[None])[0, i]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_hessian_vector_products(method):
+    """h[n, i] = H(z_{n,i}) @ 1, computed independently by forward-over-reverse torch.func."""
+    model = tiny_model()
+    x, eps = tiny_inputs(model)
+    z, e1, _ = latent_and_layer(model, x, eps)
+    h = second_derivatives(z, e1, method)
+    assert h.shape == (3, 3, 2, 28, 28)
+    layer = e1.detach()
+    for n in range(3):
+        for i in range(3):
+            f = z_of_one_sample(model, eps[n], i)
+            _, expected = jvp(grad(f), (layer[n],), (torch.ones_like(layer[n]),))
+            torch.testing.assert_close(h[n, i], expected, rtol=1e-10, atol=1e-14)
+    assert h.abs().max() > 0
+
+
+def test_matches_finite_differences_of_the_first_derivative():
+    model = tiny_model()
+    x, eps = tiny_inputs(model, n=2)
+    z, e1, _ = latent_and_layer(model, x, eps)
+    h = second_derivatives(z, e1, "vectorized")
+    delta = 1e-6
+    layer = e1.detach()
+    for i in range(model.latent_dim):
+
+        def first_derivative(shift):
+            moved = (layer + shift).requires_grad_(True)
+            mu, logvar = model.encoder.from_first_layer(moved)
+            (g,) = torch.autograd.grad(reparameterize(mu, logvar, eps)[:, i].sum(), moved)
+            return g
+
+        estimate = (first_derivative(delta) - first_derivative(-delta)) / (2 * delta)
+        scale = h[:, i].abs().max()
+        assert (estimate - h[:, i].detach()).abs().max() <= 1e-6 * scale
+
+
+def test_relu_path_closed_form_and_zero_at_the_mean():
+    """With ReLU layers, h_i = sigma_i eps_i / 4 * g_i (1 . g_i), g_i = d logvar_i / dL (exact),
+    and with eps = 0 (z = mu) the second derivatives vanish: the attention needs a sampled z."""
+    model = tiny_model()
+    x, eps = tiny_inputs(model, n=2)
+    z, e1, logvar = latent_and_layer(model, x, eps)
+    h = second_derivatives(z, e1, "loop")
+    for i in range(model.latent_dim):
+        (g,) = torch.autograd.grad(logvar[:, i].sum(), e1, retain_graph=True)
+        coefficient = (0.25 * torch.exp(0.5 * logvar[:, i]) * eps[:, i] * g.flatten(1).sum(1)).view(
+            -1, 1, 1, 1
+        )
+        torch.testing.assert_close(h[:, i], coefficient * g, rtol=1e-10, atol=1e-14)
+    for method in METHODS:
+        z0, e10, _ = latent_and_layer(model, x, torch.zeros_like(eps))
+        assert torch.count_nonzero(second_derivatives(z0, e10, method)) == 0
+
+
+def test_loop_and_vectorized_agree_on_outputs_and_parameter_gradients():
+    results = {}
+    for method in METHODS:
+        model = tiny_model(derivatives=method)
+        x, eps = tiny_inputs(model, n=4)
+        out = model(x, eps)
+        loss = out["logits"].square().mean() + out["attention_logits"].square().mean()
+        loss.backward()
+        results[method] = (out, {k: p.grad.clone() for k, p in model.named_parameters()})
+    (out_a, grads_a), (out_b, grads_b) = results["loop"], results["vectorized"]
+    for key in ("second_derivatives", "attention_logits", "logits"):
+        torch.testing.assert_close(out_a[key], out_b[key], rtol=1e-10, atol=1e-13)
+    for key in grads_a:
+        torch.testing.assert_close(grads_a[key], grads_b[key], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_samples_attention_in_a_batch_equals_its_attention_alone(method):
+    torch.manual_seed(0)
+    model = Grad2VAE(16, derivatives=method)  # the real configuration, float32
+    x, eps = tiny_inputs(model, n=4, dtype=torch.float32)
+    batch = model(x, eps, create_graph=False)
+    for n in (0, 3):
+        alone = model(x[n : n + 1], eps[n : n + 1], create_graph=False)
+        for key in ("second_derivatives", "attention_logits", "logits"):
+            torch.testing.assert_close(batch[key][n : n + 1], alone[key], rtol=1e-4, atol=1e-5)
+    assert batch["second_derivatives"].abs().max() > 0
+
+
+def test_the_loss_trains_through_the_second_derivatives():
+    model = tiny_model()
+    x, _ = tiny_inputs(model)
+    model.loss(x)["attention"].backward()
+    # The attention image depends on the encoder only through the second derivatives.
+    for parameter in (model.encoder.conv1.weight, model.encoder.conv2.weight, model.encoder.logvar.weight):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    assert model.attention_module.aggregate.weight.grad.abs().sum() > 0
+    assert model.decoder.hidden.weight.grad is None  # the decoder is not on that path
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(ValueError, match="loop"):
+        Grad2VAE(16, derivatives="magic")
+    model = tiny_model()
+    x, eps = tiny_inputs(model)
+    z, e1, _ = latent_and_layer(model, x, eps)
+    with pytest.raises(ValueError):
+        second_derivatives(z, e1, "magic")
