@@ -106,6 +106,10 @@ ASSUMPTIONS: tuple[str, ...] = (
     "the configuration hash covers what determines the results (model, dataset, class, seed, "
     "latent size, schedule, batch sizes, eval_every, limits), not where or how it runs (data "
     "and output dirs, device, threads, checkpoint interval) — our choice",
+    "a model's optional pretrain() runs once before epoch 1 with the run's schedule and its own "
+    "batch-order generator (sha256(seed, 'pretrain')); a resumed run takes its result from the "
+    "checkpoint's model state; extra_scores() run only at the final evaluation, after the main "
+    "scores, and their AUCs go to metrics.json auc_extra — issue 9",
 )
 
 
@@ -221,12 +225,16 @@ class NonFiniteLossError(UserError):
     """Training produced a non-finite loss (or score): the run stops, its checkpoint stays."""
 
 
-def evaluate(model, split, generator_seed: int, batch_size: int = 1000) -> dict[str, np.ndarray]:
+def evaluate(
+    model, split, generator_seed: int, batch_size: int = 1000, extra: bool = False
+) -> dict[str, np.ndarray]:
     """Scores of every test image: ``{"main": ..., "reconstruction": ..., ...}`` as float arrays.
 
     Calls ``model.fit_scorer(train_x)`` (eval mode, no_grad) first; scores run with autograd
     enabled (Grad2VAE needs second derivatives) and a fresh generator seeded with
-    ``generator_seed``. Runs inside ``fork_rng``, so the caller's RNG streams are untouched."""
+    ``generator_seed``. Runs inside ``fork_rng``, so the caller's RNG streams are untouched.
+    ``extra``: also the model's ``extra_scores`` (the final evaluation only), after all of
+    ``scores`` and with their own generator, so the main scores are the same either way."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -244,6 +252,18 @@ def evaluate(model, split, generator_seed: int, batch_size: int = 1000) -> dict[
                     scores = model.scores(batch, generator)
                 for key, value in scores.items():
                     collected.setdefault(key, []).append(value.detach().reshape(-1).float().cpu())
+            if extra:
+                main_keys = set(collected)
+                generator = torch.Generator(device).manual_seed((generator_seed + 1) % 2**63)
+                for start in range(0, len(test_x), batch_size):
+                    batch = test_x[start : start + batch_size].to(device, non_blocking=True)
+                    with torch.enable_grad():
+                        scores = model.extra_scores(batch, generator)
+                    clash = main_keys & set(scores)
+                    if clash:
+                        raise RuntimeError(f"{type(model).__name__}.extra_scores() repeats {sorted(clash)}")
+                    for key, value in scores.items():
+                        collected.setdefault(key, []).append(value.detach().reshape(-1).float().cpu())
     finally:
         model.train(was_training)
     missing = {"main", "reconstruction"} - set(collected)
@@ -268,6 +288,18 @@ def auc_of(scores: dict[str, np.ndarray], labels: np.ndarray, epoch: int | None 
             )
         result[column] = float(roc_auc_score(labels, values))
     return result
+
+
+def extra_aucs(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float | None]:
+    """AUC-ROC of every score besides main and reconstruction (a model's ``extra_scores``);
+    None for a score that is not finite everywhere."""
+    from sklearn.metrics import roc_auc_score
+
+    return {
+        key: float(roc_auc_score(labels, values)) if np.isfinite(values).all() else None
+        for key, values in scores.items()
+        if key not in ("main", "reconstruction")
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -610,7 +642,7 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
     eval_split = types.SimpleNamespace(train_x=train_x, test_x=split.test_x.to(device))
 
     seed_everything(config.seed)
-    model = create_model(config.model, config.latent_dim).to(device)
+    model = create_model(config.model, config.latent_dim, dataset=config.dataset).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     milestones = [config.lr_decay_epoch] if config.lr_decay_epoch > 0 else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -623,6 +655,7 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
     start_epoch = 1
     resumes = 0
     checkpoint_epoch = 0
+    pretrain_info = None
     checkpoint_path = out_dir / CHECKPOINT
     if checkpoint_path.exists():
         # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
@@ -635,9 +668,22 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
         start_epoch = int(checkpoint["epoch"]) + 1
         checkpoint_epoch = start_epoch - 1
         resumes = int(checkpoint.get("resumes", 0)) + 1
+        pretrain_info = checkpoint.get("pretrain")
         log.info("%s: resuming after epoch %d from %s", out_dir, start_epoch - 1, checkpoint_path)
     # Drop rows of epochs after the checkpoint (a killed run's history.tsv may be ahead of it).
     write_history(out_dir / HISTORY, history)
+    if start_epoch == 1:
+        # The model's optional pretraining (Deep SVDD's autoencoder), once per run with the run's
+        # protocol; a resumed run has its result in the checkpoint's model state.
+        pretrain_info = model.pretrain(
+            train_x,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            lr_decay_epoch=config.lr_decay_epoch,
+            lr_decay_factor=config.lr_decay_factor,
+            generator=torch.Generator().manual_seed(derive_seed(config.seed, "pretrain")),
+        )
 
     n_train = len(train_x)
     batches = math.ceil(n_train / config.batch_size)
@@ -710,7 +756,9 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
         eval_seconds = 0.0
         if evaluated:
             eval_start = time.perf_counter()
-            last_scores = evaluate(model, eval_split, eval_seed, batch_size=config.eval_batch_size)
+            last_scores = evaluate(
+                model, eval_split, eval_seed, batch_size=config.eval_batch_size, extra=epoch == config.epochs
+            )
             aucs = auc_of(last_scores, labels, epoch)
             eval_seconds = time.perf_counter() - eval_start
         seconds = time.perf_counter() - epoch_start
@@ -754,13 +802,15 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
                 device,
                 batch_generator,
                 resumes,
+                pretrain=pretrain_info,
             )
             checkpoint_epoch = epoch
 
     finish_start = time.perf_counter()
     if last_scores is None:  # resumed from a checkpoint at the last epoch: evaluate again
-        last_scores = evaluate(model, eval_split, eval_seed, batch_size=config.eval_batch_size)
+        last_scores = evaluate(model, eval_split, eval_seed, batch_size=config.eval_batch_size, extra=True)
     final = auc_of(last_scores, labels, config.epochs)
+    auc_extra = extra_aucs(last_scores, labels)
     write_scores(out_dir / SCORES, split, last_scores)
     model_payload = {
         "model": config.model,
@@ -795,11 +845,15 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
         "device": devices.device_name(device),
         "device_type": device.type,
         "threads": torch.get_num_threads(),
+        "derivatives": getattr(model, "derivatives_used", None),  # Grad2VAE's method, else None
         "parameters": int(model.parameter_count()),
         "train_images": n_train,
         "test_images": int(len(labels)),
         "test_anomalies": int(labels.sum()),
         "resumes": resumes,
+        "preprocessing": model.preprocessing_info(),
+        "pretrain": pretrain_info,
+        "auc_extra": auc_extra,
         "versions": environment_versions(),
         "git_commit": commit,
         "git_dirty": dirty,
@@ -820,7 +874,8 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
 
 
 def _save_checkpoint(
-    path, config, chash, epoch, model, optimizer, scheduler, history, device, batch_generator, resumes
+    path, config, chash, epoch, model, optimizer, scheduler, history, device, batch_generator, resumes,
+    pretrain=None,
 ) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -833,6 +888,7 @@ def _save_checkpoint(
         "history": history,
         "rng": _rng_state(device, batch_generator),
         "resumes": resumes,
+        "pretrain": pretrain,
     }
     with atomic.atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -846,7 +902,7 @@ def load_trained_model(run_dir: str | os.PathLike, device: str | torch.device = 
     if not path.exists():
         raise UserError(f"{path} does not exist: the run in {run_dir} has not finished")
     payload = _load(path, "cpu")
-    model = create_model(payload["model"], int(payload["latent_dim"]))
+    model = create_model(payload["model"], int(payload["latent_dim"]), dataset=payload.get("dataset"))
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval()
 
@@ -868,20 +924,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run_group.add_argument("--out-dir", required=True, help="the run's folder (created)")
 
-    protocol = parser.add_argument_group("protocol (defaults: the paper's, Sect. 4)")
+    protocol = parser.add_argument_group(
+        "protocol (defaults: the paper's, Sect. 4; for the five schedule options, a model whose source "
+        "trains otherwise uses its own defaults instead: deep_svdd 150 epochs, batch 200, lr 1e-4, "
+        "x 0.1 after epoch 50)"
+    )
     protocol.add_argument(
         "--latent-dim", type=int, default=None, help="bottleneck size (default: 16 mnist, 32 fashion_mnist)"
     )
-    protocol.add_argument("--epochs", type=int, default=100, help="training epochs (default: 100)")
-    protocol.add_argument("--batch-size", type=int, default=128, help="training batch size (default: 128)")
-    protocol.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    protocol.add_argument("--epochs", type=int, default=None, help="training epochs (default: 100)")
+    protocol.add_argument("--batch-size", type=int, default=None, help="training batch size (default: 128)")
+    protocol.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)")
     protocol.add_argument(
         "--lr-decay-epoch",
         type=int,
-        default=50,
+        default=None,
         help="multiply the learning rate by --lr-decay-factor after this epoch; 0: never (default: 50)",
     )
-    protocol.add_argument("--lr-decay-factor", type=float, default=0.01, help="(default: 0.01)")
+    protocol.add_argument("--lr-decay-factor", type=float, default=None, help="(default: 0.01)")
     protocol.add_argument(
         "--eval-every",
         type=int,
@@ -926,6 +986,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
     )
     execution.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    execution.add_argument(
+        "--derivatives",
+        default="auto",
+        help="Grad2VAE's second-derivative implementation: auto (per device, see `grad2vae bench`), "
+        "loop, vectorized, closed_form or explicit; equal results up to rounding (default: auto)",
+    )
+
+
+#: the options a model's ``protocol_defaults`` may set (RunConfig fields)
+SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "lr_decay_epoch", "lr_decay_factor")
+
+
+def schedule_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Each schedule option: as given, else the model's ``protocol_defaults``, else the paper's."""
+    from grad2vae.models import MODELS, model_names
+
+    model_defaults = MODELS[args.model].protocol_defaults if args.model in model_names() else {}
+    fields = {field.name: field.default for field in dataclasses.fields(RunConfig)}
+    schedule = {}
+    for name in SCHEDULE_FIELDS:
+        given = getattr(args, name, None)
+        schedule[name] = given if given is not None else model_defaults.get(name, fields[name])
+    return schedule
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -935,11 +1018,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         normal_class=args.normal_class,
         seed=args.seed,
         latent_dim=args.latent_dim,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_decay_epoch=args.lr_decay_epoch,
-        lr_decay_factor=args.lr_decay_factor,
+        **schedule_from_args(args),
         eval_every=args.eval_every,
         eval_batch_size=args.eval_batch_size,
         train_limit=args.train_limit,
@@ -949,6 +1028,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", devices.CUBLAS_WORKSPACE)  # before any CUDA
+    derivatives = getattr(args, "derivatives", "auto") or "auto"
+    if derivatives != "auto":  # read by Grad2VAE(derivatives="auto"); not part of the config hash
+        from grad2vae.models.grad2vae import DERIVATIVE_METHODS, DERIVATIVES_ENV
+
+        if derivatives not in DERIVATIVE_METHODS:
+            raise UserError(f"--derivatives {derivatives!r}: use auto or one of {', '.join(DERIVATIVE_METHODS)}")
+        os.environ[DERIVATIVES_ENV] = derivatives
     config = config_from_args(args)
     metrics = train_run(
         config,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from grad2vae.errors import UserError
 from grad2vae.models.base import AnomalyModel
 
@@ -14,16 +16,20 @@ def register(cls: type[AnomalyModel]) -> type[AnomalyModel]:
     return cls
 
 
-def create_model(name: str, latent_dim: int) -> AnomalyModel:
+def create_model(name: str, latent_dim: int, dataset: str | None = None) -> AnomalyModel:
     """Build the model registered as ``name``; ``latent_dim`` is the dataset's bottleneck size
     (16 for MNIST, 32 for Fashion-MNIST in the paper). Models whose source fixes its own code
-    size say so in their docstring and ignore it."""
+    size say so in their docstring and ignore it. ``dataset`` is passed on only to models whose
+    constructor takes a ``dataset`` argument (Deep SVDD picks its network by it); the others
+    never see it."""
     _load_builtin_models()
     try:
         cls = MODELS[name]
     except KeyError:
         known = ", ".join(sorted(MODELS))
         raise UserError(f"unknown model {name!r}; known models: {known}") from None
+    if dataset is not None and "dataset" in inspect.signature(cls).parameters:
+        return cls(latent_dim=latent_dim, dataset=dataset)
     return cls(latent_dim=latent_dim)
 
 
@@ -34,7 +40,7 @@ def model_names() -> list[str]:
 
 def _load_builtin_models() -> None:
     # Imported here, not at module top, so that model files can import `register` from us.
-    from grad2vae.models import cae, grad2vae, inception_caenn, vae  # noqa: F401
+    from grad2vae.models import cae, cae_ocsvm, deep_svdd, grad2vae, inception_caenn, vae  # noqa: F401
 
 
 __all__ = ["AnomalyModel", "MODELS", "create_model", "model_names", "register"]

@@ -7,7 +7,7 @@ inside its own ``forward`` path.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,22 @@ class AnomalyModel(nn.Module):
       the headline) and ``"reconstruction"`` (per-sample reconstruction error, reported for all
       models so that the report can compare both). ``generator`` drives any sampling done at
       test time, so that scores are reproducible; deterministic models ignore it.
+
+    Optional hooks (defaults do nothing, so the four paper models need none of them):
+
+    - ``pretrain(train_x, *, epochs, batch_size, lr, lr_decay_epoch, lr_decay_factor, generator)``
+      is called by the trainer once, before the first epoch (not again on resume: its result is
+      in the model's state and the checkpoint), with the run's protocol values; Deep SVDD
+      pretrains its autoencoder, fits its preprocessing constants and sets its centre here.
+      Returns a JSON-able summary recorded in ``metrics.json`` (``pretrain``), or None.
+    - ``extra_scores(x, generator)`` returns more named scores (higher = more anomalous), computed
+      only at the final evaluation; the trainer records each one's AUC in ``metrics.json``
+      (``auc_extra``). Used for expensive diagnostics (the CAE + OC-SVM oracle grid).
+    - ``preprocessing`` (class attribute) / ``preprocessing_info()``: what is done to the [0, 1]
+      images before the network, recorded in ``metrics.json`` (``preprocessing``).
+    - ``protocol_defaults`` (class attribute): training-protocol values of the model's source
+      that differ from the paper's (``train.RunConfig`` field -> value); ``grad2vae train`` uses
+      them for the options not given on its command line.
     """
 
     #: registry name, e.g. "grad2vae"
@@ -36,6 +52,12 @@ class AnomalyModel(nn.Module):
     main_score: ClassVar[str]
     #: every choice the paper leaves open, each "choice — source"; shown in the report
     assumptions: ClassVar[tuple[str, ...]]
+    #: what is done to the images (pixels / 255) before the network; recorded in metrics.json
+    preprocessing: ClassVar[str] = (
+        "pixels / 255 in [0, 1] as loaded; any padding is done inside the model (see its assumptions)"
+    )
+    #: protocol values of the model's own source (RunConfig field -> value); empty: the paper's
+    protocol_defaults: ClassVar[dict[str, Any]] = {}
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -46,6 +68,25 @@ class AnomalyModel(nn.Module):
 
     def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def pretrain(
+        self,
+        train_x: Tensor,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        lr_decay_epoch: int,
+        lr_decay_factor: float,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Any] | None:
+        return None
+
+    def extra_scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return {}
+
+    def preprocessing_info(self) -> dict[str, Any]:
+        return {"description": self.preprocessing}
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

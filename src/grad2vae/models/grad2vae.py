@@ -27,8 +27,22 @@ Per-sample derivatives: nothing between L_e1 and z mixes samples (no BatchNorm),
 over the batch inside the derivative (as ``tf.gradients`` does) still yields each sample's own
 derivatives; a test checks that a sample's attention in a batch equals its attention alone.
 
-API beyond ``AnomalyModel``: ``Grad2VAE(latent_dim, derivatives="vectorized"|"loop")`` picks the
-implementation of step 2 (equal results; the benchmark times them). ``encode(x) -> (mu,
+API beyond ``AnomalyModel``: ``Grad2VAE(latent_dim, derivatives=...)`` picks the implementation
+of step 2; all give equal results up to rounding (tests/test_second_derivatives.py) and the
+benchmark (``grad2vae bench``) times them side by side:
+
+- ``"loop"``: the reference, 2d reverse passes per step; ``"vectorized"``: 3 autograd calls;
+- ``"closed_form"``: h_i = 0.25 sigma_i eps_i (1.g_i) g_i with g = d logvar / dL_e1 from one
+  batched VJP (first derivatives only; ``second_derivatives.second_derivatives_closed_form``);
+- ``"explicit"``: the same closed form with g written out as the transposed encoder (masked
+  Linear/ConvTranspose on N*d maps, ``explicit_second_derivatives``), sharing the forward pass;
+  the fewest FLOPs and the fastest on the CPU;
+- ``"auto"`` (default): ``resolve_derivatives(device)``: the environment variable
+  ``GRAD2VAE_DERIVATIVES`` if set (``grad2vae train --derivatives`` sets it), else
+  ``AUTO_DERIVATIVES[device type]``, the benchmark's verdict per device type.
+
+The two closed forms are exact only because every layer between L_e1 and (mu, logvar) is ReLU or
+linear (``models.vae.Encoder``); the constructor refuses them for any other encoder class. ``encode(x) -> (mu,
 logvar)``; ``gradcam_layer`` = the encoder's last convolution (L_e3, pre-ReLU output), for the
 offline attention of Liu et al.; ``forward(x, eps, create_graph)`` -> dict of every intermediate;
 ``attention(x, generator) -> dict`` with ``"second_derivatives"`` (N, d, C, 28, 28),
@@ -56,12 +70,83 @@ from grad2vae.models.vae import (
     reparameterize,
     sample_eps,
 )
-from grad2vae.second_derivatives import METHODS, second_derivatives
+from grad2vae.second_derivatives import (
+    CLOSED_FORM_METHODS,
+    METHODS,
+    closed_form_from_jacobian,
+    second_derivatives,
+    second_derivatives_closed_form,
+)
 
 #: width of the attention module's first (aggregating) convolution
 ATTENTION_WIDTH = 48
 #: images per forward pass when scoring: the derivative tensors take N*d*C*784 floats
 SCORE_CHUNK = 128
+
+#: every implementation of the second derivatives (equal results); "auto" resolves per device
+DERIVATIVE_METHODS = METHODS + CLOSED_FORM_METHODS
+#: the method "auto" uses per device type: the verdict of `grad2vae bench` (docs/benchmarks.md).
+#: CPU: measured (explicit fastest). CUDA: not measured yet (no GPU was lent); "explicit" does the
+#: fewest FLOPs with plain dense kernels, so it is the default until a GPU benchmark says otherwise.
+AUTO_DERIVATIVES = {"cpu": "explicit", "cuda": "explicit"}
+#: environment variable that overrides "auto" (set by `grad2vae train --derivatives`)
+DERIVATIVES_ENV = "GRAD2VAE_DERIVATIVES"
+
+
+def resolve_derivatives(device: torch.device | str, requested: str = "auto") -> str:
+    """The implementation to use on ``device``: ``requested`` unless it is "auto", then the
+    ``GRAD2VAE_DERIVATIVES`` environment variable if set (and not "auto"), else the table."""
+    import os
+
+    if requested == "auto":
+        requested = os.environ.get(DERIVATIVES_ENV, "auto").strip() or "auto"
+    if requested == "auto":
+        requested = AUTO_DERIVATIVES.get(torch.device(device).type, "explicit")
+    if requested not in DERIVATIVE_METHODS:
+        raise ValueError(
+            f"second-derivative method {requested!r} (from {DERIVATIVES_ENV} or the argument) is not "
+            f"one of {('auto',) + DERIVATIVE_METHODS}"
+        )
+    return requested
+
+
+def explicit_second_derivatives(
+    encoder: Encoder, e1: Tensor, eps: Tensor, create_graph: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(mu, logvar, h) from L_e1 in one pass: the encoder's forward, then g = d logvar / dL_e1
+    for all d units written out as the transposed network (ReLU masks from the forward, as
+    autograd's ReLU backward uses them: output > 0), then the closed form of
+    ``second_derivatives``. Valid for ``models.vae.Encoder`` exactly (checked)."""
+    if type(encoder) is not Encoder:
+        raise TypeError(
+            f"explicit derivatives are written for models.vae.Encoder, not {type(encoder).__name__}"
+        )
+    a2 = F.relu(encoder.conv2(e1))
+    a3 = F.relu(encoder.conv3(a2))
+    ah = F.relu(encoder.hidden(a3.flatten(1)))
+    mu, logvar = encoder.mu(ah), encoder.logvar(ah)
+    n, d = logvar.shape
+    with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+        dtype = e1.dtype
+        t = (ah > 0).to(dtype).unsqueeze(1) * encoder.logvar.weight  # (N, d, hidden)
+        t = (t @ encoder.hidden.weight).view(n, d, *a3.shape[1:])  # (N, d, c3, 14, 14)
+        t = (t * (a3 > 0).to(dtype).unsqueeze(1)).flatten(0, 1)
+        conv3 = encoder.conv3
+        output_padding = tuple(
+            size - ((small - 1) * stride - 2 * pad + kernel)
+            for size, small, stride, pad, kernel in zip(
+                a2.shape[2:], a3.shape[2:], conv3.stride, conv3.padding, conv3.kernel_size
+            )
+        )
+        t = F.conv_transpose2d(
+            t, conv3.weight, stride=conv3.stride, padding=conv3.padding, output_padding=output_padding
+        )
+        t = (t.view(n, d, *a2.shape[1:]) * (a2 > 0).to(dtype).unsqueeze(1)).flatten(0, 1)
+        conv2 = encoder.conv2
+        g = F.conv_transpose2d(t, conv2.weight, stride=conv2.stride, padding=conv2.padding)
+        g = g.view(n, d, *e1.shape[1:])
+        h = closed_form_from_jacobian(logvar, eps, g)
+    return mu, logvar, h
 
 ASSUMPTIONS = VAE_ASSUMPTIONS + (
     "Second derivatives taken w.r.t. L_e1 after its ReLU, h_i = d/dL_e1(sum_j dz_i/dL_e1_j), one "
@@ -82,6 +167,10 @@ ASSUMPTIONS = VAE_ASSUMPTIONS + (
     "Anomaly score = per-sample BCE of the main reconstruction (with the attention fusion); the "
     "attention image's own error is not part of the score — paper Sect. 4.2 ('due to its "
     "reconstruction ability')",
+    "Second derivatives computed by default in closed form, h_i = 0.25 sigma_i eps_i (1.g_i) g_i "
+    "with g_i = d logvar_i / dL_e1 (exact because every layer from L_e1 to (mu, logvar) is ReLU or "
+    "linear); equal to the per-unit double backward up to float rounding, checked by tests and "
+    "by `grad2vae bench` — ours (issue 8, speed); TF32 stays off (its effect on AUC is unmeasured)",
 )
 
 
@@ -114,16 +203,20 @@ class Grad2VAE(AnomalyModel):
     def __init__(
         self,
         latent_dim: int,
-        derivatives: str = "vectorized",
+        derivatives: str = "auto",
         channels: tuple[int, int, int] = CHANNELS,
         hidden: int = HIDDEN,
         attention_width: int = ATTENTION_WIDTH,
     ):
         super().__init__()
-        if derivatives not in METHODS:
-            raise ValueError(f"derivatives must be one of {METHODS}, not {derivatives!r}")
+        if derivatives != "auto" and derivatives not in DERIVATIVE_METHODS:
+            raise ValueError(
+                f"derivatives must be one of {('auto',) + DERIVATIVE_METHODS}, not {derivatives!r}"
+            )
         self.latent_dim = latent_dim
         self.derivatives = derivatives
+        #: the method the last forward pass used (``derivatives`` resolved on its device)
+        self.derivatives_used: str | None = None
         self.encoder = Encoder(latent_dim, channels, hidden)
         self.decoder = Decoder(latent_dim, channels, hidden)
         self.attention_module = AttentionModule(latent_dim, channels[0], channels[0], attention_width)
@@ -138,12 +231,24 @@ class Grad2VAE(AnomalyModel):
 
     def forward(self, x: Tensor, eps: Tensor, create_graph: bool = True) -> dict[str, Tensor]:
         """Everything for one batch with the given noise ``eps`` (N, d); logits, not probabilities."""
+        method = resolve_derivatives(x.device, self.derivatives)
+        if method in CLOSED_FORM_METHODS and type(self.encoder) is not Encoder:
+            # the closed form needs a piecewise-linear path from L_e1 to (mu, logvar)
+            raise ValueError(f"derivatives={method!r} is exact only for models.vae.Encoder; use 'loop'")
+        self.derivatives_used = method
         e1 = self.encoder.first_layer(x)
-        if not e1.requires_grad:  # frozen parameters: L_e1 still needs to be differentiable
-            e1 = e1.detach().requires_grad_(True)
-        mu, logvar = self.encoder.from_first_layer(e1)
-        z = reparameterize(mu, logvar, eps)
-        h = second_derivatives(z, e1, self.derivatives, create_graph=create_graph)
+        if method == "explicit":
+            mu, logvar, h = explicit_second_derivatives(self.encoder, e1, eps, create_graph=create_graph)
+            z = reparameterize(mu, logvar, eps)
+        else:
+            if not e1.requires_grad:  # frozen parameters: L_e1 still needs to be differentiable
+                e1 = e1.detach().requires_grad_(True)
+            mu, logvar = self.encoder.from_first_layer(e1)
+            z = reparameterize(mu, logvar, eps)
+            if method == "closed_form":
+                h = second_derivatives_closed_form(logvar, eps, e1, create_graph=create_graph)
+            else:
+                h = second_derivatives(z, e1, method, create_graph=create_graph)
         feature_map, attention_logits = self.attention_module(h)
         logits = self.decoder(z, residual=feature_map)
         return {
