@@ -1,0 +1,238 @@
+"""The Snakemake workflow through the `snakemake` command: configuration checks, the 800-job dry
+run, lint and format, and (slow) a tiny configuration end to end, including a partial report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grad2vae.aggregate import RUN_DIR, TRAIN_LOG
+
+from conftest import write_synthetic_dataset
+from test_report import check_report_in_browser, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def snakemake(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`snakemake ARGS` in the repository root, with this environment's `grad2vae` on PATH.
+    --nolock: tests must not collide with (or be blocked by) a pipeline the user is running."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--nolock", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'job  count' table that a dry run prints."""
+    counts = {}
+    for line in output.splitlines():
+        match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s+(\d+)\s*", line)
+        if match and match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def write_config(path: Path, payload: dict) -> Path:
+    path.write_text(yaml.safe_dump(payload, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+def test_paper_config_dry_run_lists_800_training_jobs(tmp_path):
+    started = time.monotonic()
+    result = snakemake("-n", "--quiet", "rules", "--config", f"results_dir={tmp_path / 'results'}",
+                       f"report_dir={tmp_path / 'report'}")
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts["train"] == 800 == 2 * 10 * 4 * 10
+    for rule in ("workflow_config", "aggregate", "figures", "report", "all"):
+        assert counts[rule] == 1
+    assert time.monotonic() - started < 120
+
+
+def test_quick_preset_dry_run(tmp_path):
+    overlay = write_config(tmp_path / "overlay.yaml", {"results_dir": str(tmp_path / "r"), "report_dir": str(tmp_path / "p")})
+    result = snakemake("-n", "-p", "--configfile", "presets/quick.yaml", str(overlay))
+    assert result.returncode == 0, result.stderr + result.stdout
+    output = result.stdout + result.stderr
+    assert job_counts(output)["train"] == 16  # 2 datasets x 2 classes x 4 models x 1 seed
+    commands = [line for line in output.splitlines() if "grad2vae train" in line]
+    assert commands and all("--epochs 2" in c and "--device cpu" in c and "--train-limit" in c for c in commands)
+    assert any("--latent-dim 32" in c and "fashion_mnist" in c for c in commands)
+    assert any("--latent-dim 16" in c and "--dataset mnist" in c for c in commands)
+
+
+def test_quick_preset_keeps_its_own_results_and_report():
+    quick = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
+    paper = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert quick["results_dir"] != paper["results_dir"] and quick["report_dir"] != paper["report_dir"]
+    assert quick["resources"]["train"]["gpu"] == 0 and quick["seeds"] == [0] and len(quick["normal_classes"]) == 2
+
+
+def test_paper_config_is_the_paper_protocol():
+    from grad2vae.published import learning_setup
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    setup = learning_setup()
+    assert config["datasets"] == ["mnist", "fashion_mnist"]
+    assert config["normal_classes"] == list(range(10)) and config["seeds"] == list(range(10))
+    assert sorted(config["models"]) == ["cae", "grad2vae", "inception_caenn", "vae"]
+    assert config["latent_dim"] == setup["latent_dim"]
+    for key in ("epochs", "batch_size", "lr", "lr_decay_epoch", "lr_decay_factor"):
+        assert config["train"][key] == setup[key], key
+    assert config["train"]["eval_every"] == 1 and config["resources"]["train"]["gpu"] == 1
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        ({"train": {"epoch": 3}}, ["train", "'epoch' was unexpected"]),
+        ({"bogus_key": 1}, ["(top level)", "'bogus_key' was unexpected"]),
+        ({"datasets": ["mnist", "cifar10"]}, ["datasets.1", "'cifar10' is not one of"]),
+        ({"train": {"epochs": 0}}, ["train.epochs", "less than the minimum"]),
+    ],
+)
+def test_bad_config_fails_fast_naming_the_key(tmp_path, bad, named):
+    config = write_config(tmp_path / "bad.yaml", {"results_dir": str(tmp_path / "results"), **bad})
+    started = time.monotonic()
+    result = snakemake("-n", "--configfile", str(config))
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    message = result.stderr + result.stdout
+    assert "invalid configuration" in message
+    for text in named:
+        assert text in message, (text, message)
+    assert elapsed < 60
+    assert not (tmp_path / "results").exists()
+
+
+def test_schema_fills_defaults(tmp_path):
+    """A config stating almost nothing gets the paper's protocol from the schema's defaults."""
+    from snakemake.utils import validate
+
+    config = {"results_dir": "x"}
+    validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    assert config["train"]["epochs"] == 100 and config["train"]["lr_decay_factor"] == 0.01
+    assert config["latent_dim"] == {"mnist": 16, "fashion_mnist": 32}
+    assert config["resources"]["train"]["gpu"] == 1 and config["allow_partial"] is False
+
+
+def test_schema_models_are_the_registry():
+    from grad2vae.models import model_names
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert sorted(schema["properties"]["models"]["items"]["enum"]) == sorted(model_names())
+
+
+def test_idx_names_match_the_data_module():
+    from grad2vae.data import DATASETS, MANIFEST_NAME
+
+    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    for dataset in DATASETS.values():
+        for idx_file in dataset.files.values():
+            assert f'"{idx_file.name}"' in common
+    assert f'MANIFEST = "{MANIFEST_NAME}"' in common
+
+
+def test_lint_and_format():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_every_rule_has_a_log_and_train_declares_resources():
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
+    rules = re.split(r"^rule ", text, flags=re.M)[1:]
+    assert {r.split(":")[0] for r in rules} == {"data", "train", "workflow_config", "aggregate", "figures", "report"}
+    for body in rules:
+        assert "\n    log:\n" in body, body.split(":")[0]
+    train = next(r for r in rules if r.startswith("train:"))
+    for word in ("benchmark:", "threads:", "gpu=", "mem_mb=", "runtime="):
+        assert word in train
+
+
+# --------------------------------------------------------------------------------------------
+# end to end
+
+
+@pytest.mark.slow
+def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
+    """The whole DAG through `snakemake` on synthetic data: both datasets, all four models, one
+    class, one seed, 2 epochs on a few images; then a partial report after a run 'failed'."""
+    data = tmp_path / "data"
+    for offset, dataset in enumerate(("mnist", "fashion_mnist")):
+        write_synthetic_dataset(data, dataset, train_per_class=12, test_per_class=4, seed=offset)
+    results, report = tmp_path / "results", tmp_path / "report"
+    config = write_config(tmp_path / "tiny.yaml", {
+        "results_dir": str(results), "report_dir": str(report),
+        "data": {"dir": str(data)},  # already there: the data rule has nothing to do
+        "normal_classes": [1], "seeds": [0],
+        "train": {"epochs": 2, "batch_size": 8, "train_limit": 8, "test_limit": 24, "checkpoint_every": 0,
+                  "device": "cpu"},
+        "resources": {"train": {"threads": 1, "gpu": 0, "mem_mb": 2000, "runtime": 10}},
+        "figures": {"roc_class": 1, "dpi": 50},
+    })
+    result = snakemake("--cores", "2", "--configfile", str(config), timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    runs = list(csv.DictReader((results / "aggregate" / "runs.csv").open()))
+    assert len(runs) == 8 and {r["model"] for r in runs} == {"grad2vae", "vae", "cae", "inception_caenn"}
+    assert all(r["epochs"] == "2" for r in runs)
+    for key in ({"dataset": "mnist", "model": "grad2vae", "normal_class": 1, "seed": 0},):
+        run_dir = results / RUN_DIR.format(**key)
+        for name in ("metrics.json", "history.tsv", "scores.csv.gz", "model.pt"):
+            assert (run_dir / name).is_file()
+        assert (results / TRAIN_LOG.format(**key)).is_file()
+        assert (results / "benchmarks" / "train" / "mnist" / "grad2vae" / "class1" / "seed0.tsv").is_file()
+    for name in ("fig6_auc_vs_epoch.png", "per_class_auc.png", "roc_class1.png", "parameters.png", "compute.png"):
+        assert (results / "figures" / name).is_file()
+    index = report / "index.html"
+    page = parse(index.read_text(encoding="utf-8"))
+    rows = {"table1": 2 * (1 + 1), "summary-table": 2 * 4, "status-matrix": 2}
+    for table, count in rows.items():
+        assert page.rows.get(table) == count, (table, page.rows)
+    assert "status-table" not in page.ids  # every run complete
+    for figure in ("figures/fig6_auc_vs_epoch.png", "figures/roc_class1.png"):
+        assert figure in page.images and (report / figure).is_file()
+    payload = json.loads((results / "aggregate" / "aggregate.json").read_text())
+    assert payload["counts"] == {"complete": 8, "failed": 0, "missing": 0}
+    assert payload["workflow_config"]["train"]["epochs"] == 2
+
+    # Execution settings (device, checkpoints) do not re-run finished runs; the protocol does.
+    execution = write_config(tmp_path / "execution.yaml", {"train": {"device": "auto", "checkpoint_every": 1}})
+    dry = snakemake("-n", "--configfile", str(config), str(execution))
+    assert dry.returncode == 0 and "train" not in job_counts(dry.stdout + dry.stderr), dry.stdout + dry.stderr
+    protocol = write_config(tmp_path / "protocol.yaml", {"train": {"epochs": 3}})
+    dry = snakemake("-n", "--configfile", str(config), str(protocol))
+    assert dry.returncode == 0 and job_counts(dry.stdout + dry.stderr)["train"] == 8
+
+    # A run "fails" (its metrics.json is gone, its log stays); with allow_partial the report is
+    # rebuilt from what exists, without training anything.
+    failed_dir = results / RUN_DIR.format(dataset="fashion_mnist", model="vae", normal_class=1, seed=0)
+    (failed_dir / "metrics.json").unlink()
+    partial = snakemake("--cores", "2", "--configfile", str(config), "--config", "allow_partial=True", timeout=600)
+    assert partial.returncode == 0, partial.stdout[-4000:] + partial.stderr[-4000:]
+    assert "rule train" not in partial.stdout + partial.stderr
+    payload = json.loads((results / "aggregate" / "aggregate.json").read_text())
+    assert payload["counts"] == {"complete": 7, "failed": 1, "missing": 0}
+    page = parse(index.read_text(encoding="utf-8"))
+    assert page.rows.get("status-table") == 1 and "partial-notice" in page.ids
+    check_report_in_browser(index, {**rows, "status-table": 1})

@@ -1,0 +1,60 @@
+# Stage 3: the tidy table of all runs, per-class statistics, mstd and Table 1
+# (`grad2vae aggregate`), then the figures (`grad2vae figures`).
+
+
+rule workflow_config:
+    output:
+        f"{AGGREGATE_DIR}/workflow_config.json",
+    log:
+        f"{RESULTS}/logs/workflow_config.log",
+    params:
+        # the validated configuration with its defaults; a change re-runs the rules below
+        text=config_json(),
+    run:
+        from grad2vae.atomic import write_json, write_text
+
+        write_json(output[0], json.loads(params.text))
+        write_text(log[0], f"wrote {output[0]}\n")
+
+
+rule aggregate:
+    input:
+        runs=aggregate_runs,
+        config=rules.workflow_config.output,
+    output:
+        [f"{AGGREGATE_DIR}/{name}" for name in AGGREGATE_FILES],
+    log:
+        f"{RESULTS}/logs/aggregate.log",
+    conda:
+        "../../envs/grad2vae.yaml"
+    params:
+        results_dir=lambda wildcards, output: up(output[0], 2),
+        out_dir=lambda wildcards, output: up(output[0]),
+    shell:
+        "grad2vae aggregate --results-dir {params.results_dir}"
+        " --workflow-config {input.config} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        rules.aggregate.output,
+        roc_scores,
+    output:
+        [f"{FIGURES_DIR}/{name}" for name in FIGURE_FILES],
+        roc_figure(),
+    log:
+        f"{RESULTS}/logs/figures.log",
+    conda:
+        "../../envs/grad2vae.yaml"
+    params:
+        results_dir=lambda wildcards, output: up(output[0], 2),
+        aggregate_dir=lambda wildcards, input: up(input[0]),
+        out_dir=lambda wildcards, output: up(output[0]),
+        roc_class=config["figures"]["roc_class"],
+        fig6_epochs=config["figures"]["fig6_epochs"],
+        dpi=config["figures"]["dpi"],
+    shell:
+        "grad2vae figures --results-dir {params.results_dir}"
+        " --aggregate-dir {params.aggregate_dir} --out-dir {params.out_dir}"
+        " --roc-class {params.roc_class} --fig6-epochs {params.fig6_epochs}"
+        " --dpi {params.dpi} > {log} 2>&1"
