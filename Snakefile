@@ -2,7 +2,7 @@
 
 Run from the repository root:
     snakemake --cores 2 --configfile presets/quick.yaml   # CPU smoke run, < 10 min
-                                                          #   -> report/quick/index.html
+                                                          #   -> report/index.html
     snakemake --cores 8 --resources gpu=2                 # the paper's grid (config.yaml)
                                                           #   -> report/index.html
     snakemake --profile profiles/slurm                    # the same on a Slurm cluster
@@ -17,7 +17,7 @@ The report's "Run status" section lists the missing and failed runs (with the er
 each failed run's log); running the first command again retries them.
 
 Stages, one rule file each under workflow/rules/: data.smk, train.smk, aggregate.smk (also the
-figures), report.smk; common.smk holds the paths and helpers. Configuration: config.yaml,
+figures), explain.smk (attention figures, faithfulness), report.smk; common.smk holds the paths and helpers. Configuration: config.yaml,
 checked against workflow/schemas/config.schema.yaml.
 """
 
@@ -66,6 +66,7 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/explain.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -3,6 +3,7 @@
 
 import json
 import os
+import sys
 
 from grad2vae.aggregate import RUN_DIR, TRAIN_BENCHMARK, TRAIN_LOG
 
@@ -162,7 +163,8 @@ def latent_dim(wildcards):
 
 def explain_inputs(wildcards):
     """{results}/explain/summary.json when a rule named `explain` makes it (the report then waits
-    for it) or when the file is already there; else nothing, and the report has no such section."""
+    for it) or when the file is already there; else nothing, and the report has no such section.
+    """
     if rules.has("explain") or os.path.exists(EXPLAIN_SUMMARY):
         return [EXPLAIN_SUMMARY]
     return []
@@ -170,3 +172,114 @@ def explain_inputs(wildcards):
 
 def config_json():
     return json.dumps(config, sort_keys=True)
+
+
+# ---- explainability targets (rule in explain.smk) ----
+
+EXPLAIN_DIR = os.path.dirname(EXPLAIN_SUMMARY)
+EXPLAIN_MODELS = ("grad2vae", "vae")
+# The file names `grad2vae explain` writes (grad2vae.explain.FIGURES_PER_CLASS, ...; repeated
+# here so that parsing the workflow imports no torch; tests/test_explain.py checks they agree).
+EXPLAIN_FIGURES_PER_CLASS = (
+    "fig3_second_derivatives_{dataset}_class{normal_class}.png",
+    "fig4_attention_{dataset}_class{normal_class}.png",
+)
+EXPLAIN_FIGURES_PER_DATASET = (
+    "fig5_attention_{dataset}.png",
+    "deletion_curves_{dataset}.png",
+)
+EXPLAIN_TABLES = ("faithfulness.csv", "deletion_curves.csv")
+
+
+def explain_run_dir(dataset, model, normal_class):
+    key = dict(
+        dataset=dataset,
+        model=model,
+        normal_class=normal_class,
+        seed=config["explain"]["seed"],
+    )
+    return f"{RESULTS}/{RUN_DIR.format(**key)}"
+
+
+def explain_targets():
+    """(datasets, normal classes) to explain: the configured ones that the grid trains (both
+    models, the seed); with allow_partial, only classes whose runs all exist now."""
+    wanted = config["explain"]
+    if not wanted["enabled"]:
+        return [], []
+    skipped = []
+    datasets = [d for d in wanted["datasets"] if d in config["datasets"]]
+    skipped += [f"dataset {d}" for d in wanted["datasets"] if d not in datasets]
+    classes = [c for c in wanted["normal_classes"] if c in config["normal_classes"]]
+    skipped += [f"class {c}" for c in wanted["normal_classes"] if c not in classes]
+    missing_models = [m for m in EXPLAIN_MODELS if m not in config["models"]]
+    if missing_models or wanted["seed"] not in config["seeds"]:
+        skipped.append(
+            f"models {missing_models} or seed {wanted['seed']} not in the grid"
+        )
+        datasets, classes = [], []
+    if config["allow_partial"]:
+        complete = [
+            c
+            for c in classes
+            if all(
+                os.path.exists(f"{explain_run_dir(d, m, c)}/metrics.json")
+                for d in datasets
+                for m in EXPLAIN_MODELS
+            )
+        ]
+        skipped += [f"class {c} (runs missing)" for c in classes if c not in complete]
+        classes = complete
+    if skipped:
+        print(
+            "explain: skipped (not in the training grid): " + ", ".join(skipped),
+            file=sys.stderr,
+        )
+    if not datasets or not classes:
+        return [], []
+    return datasets, classes
+
+
+EXPLAIN_DATASETS, EXPLAIN_CLASSES = explain_targets()
+
+
+def explain_runs():
+    return [
+        f"{explain_run_dir(d, m, c)}/{name}"
+        for d in EXPLAIN_DATASETS
+        for c in EXPLAIN_CLASSES
+        for m in EXPLAIN_MODELS
+        for name in ("metrics.json", "model.pt")
+    ]
+
+
+def explain_figures():
+    names = []
+    for dataset in EXPLAIN_DATASETS:
+        for normal_class in EXPLAIN_CLASSES:
+            names += [
+                pattern.format(dataset=dataset, normal_class=normal_class)
+                for pattern in EXPLAIN_FIGURES_PER_CLASS
+            ]
+        names += [
+            pattern.format(dataset=dataset) for pattern in EXPLAIN_FIGURES_PER_DATASET
+        ]
+    return [f"{EXPLAIN_DIR}/{name}" for name in names]
+
+
+def explain_options():
+    """`grad2vae explain` options from config["explain"]."""
+    wanted = config["explain"]
+    options = [
+        f"--seed {wanted['seed']}",
+        f"--fig4-images {wanted['fig4_images']}",
+        f"--faithfulness-per-class {wanted['faithfulness_per_class']}",
+        f"--fill {wanted['fill']}",
+        f"--max-fraction {wanted['max_fraction']}",
+        f"--steps {wanted['steps']}",
+        f"--random-repeats {wanted['random_repeats']}",
+        f"--device {wanted['device']}",
+    ]
+    if wanted["units"]:
+        options.append("--units " + " ".join(str(u) for u in wanted["units"]))
+    return " ".join(options)
