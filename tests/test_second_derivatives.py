@@ -140,3 +140,112 @@ def test_unknown_method_is_rejected():
     z, e1, _ = latent_and_layer(model, x, eps)
     with pytest.raises(ValueError):
         second_derivatives(z, e1, "magic")
+
+
+# --------------------------------------------------------------------------------------------
+# Closed-form fast paths (issue 8): equal to the per-unit loop in values, losses and gradients.
+
+from grad2vae.models.grad2vae import (  # noqa: E402
+    AUTO_DERIVATIVES,
+    DERIVATIVE_METHODS,
+    DERIVATIVES_ENV,
+    explicit_second_derivatives,
+    resolve_derivatives,
+)
+from grad2vae.second_derivatives import CLOSED_FORM_METHODS, second_derivatives_closed_form  # noqa: E402
+
+
+def test_closed_form_matches_hessian_vector_products():
+    model = tiny_model()
+    x, eps = tiny_inputs(model)
+    z, e1, logvar = latent_and_layer(model, x, eps)
+    h = second_derivatives_closed_form(logvar, eps, e1)
+    layer = e1.detach()
+    for n in range(3):
+        for i in range(3):
+            f = z_of_one_sample(model, eps[n], i)
+            _, expected = jvp(grad(f), (layer[n],), (torch.ones_like(layer[n]),))
+            torch.testing.assert_close(h[n, i], expected, rtol=1e-10, atol=1e-14)
+    _, _, h_explicit = explicit_second_derivatives(model.encoder, model.encoder.first_layer(x), eps)
+    torch.testing.assert_close(h_explicit, h, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", CLOSED_FORM_METHODS)
+@pytest.mark.parametrize("create_graph", [True, False])
+def test_fast_paths_equal_the_loop_in_outputs_losses_and_gradients(method, create_graph):
+    results = {}
+    for name in ("loop", method):
+        model = tiny_model(derivatives=name)
+        x, eps = tiny_inputs(model, n=4)
+        out = model(x, eps, create_graph=create_graph)
+        assert model.derivatives_used == name
+        torch.manual_seed(5)
+        terms = model.loss(x)  # the training loss, same eps draw
+        terms["total"].backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+        results[name] = (out, terms, grads)
+    (out_a, terms_a, grads_a), (out_b, terms_b, grads_b) = results["loop"], results[method]
+    for key in ("second_derivatives", "attention_logits", "logits", "mu", "logvar", "z"):
+        torch.testing.assert_close(out_b[key], out_a[key], rtol=1e-10, atol=1e-13)
+    for key in terms_a:
+        torch.testing.assert_close(terms_b[key], terms_a[key], rtol=1e-12, atol=1e-12)
+    assert grads_a.keys() == grads_b.keys()
+    for key in grads_a:
+        torch.testing.assert_close(grads_b[key], grads_a[key], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", CLOSED_FORM_METHODS + ("vectorized",))
+def test_fast_paths_equal_the_loop_at_the_papers_size_in_float32(method):
+    """The real configuration (latent 16, float32): loss and every parameter gradient."""
+    results = {}
+    for name in ("loop", method):
+        torch.manual_seed(0)
+        model = Grad2VAE(16, derivatives=name)
+        x, _ = tiny_inputs(model, n=2, dtype=torch.float32)
+        torch.manual_seed(1)
+        terms = model.loss(x)
+        terms["total"].backward()
+        results[name] = (terms, {k: p.grad.clone() for k, p in model.named_parameters()})
+    for key in results["loop"][0]:
+        torch.testing.assert_close(results[method][0][key], results["loop"][0][key], rtol=1e-5, atol=1e-4)
+    for key, reference in results["loop"][1].items():
+        scale = reference.abs().max().item()
+        assert (results[method][1][key] - reference).abs().max().item() <= 1e-4 * scale + 1e-6, key
+
+
+def test_auto_resolves_per_device_and_the_environment_overrides(monkeypatch):
+    monkeypatch.delenv(DERIVATIVES_ENV, raising=False)
+    assert resolve_derivatives("cpu") == AUTO_DERIVATIVES["cpu"]
+    assert resolve_derivatives("cpu", "loop") == "loop"
+    assert set(AUTO_DERIVATIVES.values()) <= set(DERIVATIVE_METHODS)
+    monkeypatch.setenv(DERIVATIVES_ENV, "vectorized")
+    assert resolve_derivatives("cpu") == "vectorized"
+    assert resolve_derivatives("cpu", "loop") == "loop"  # an explicit argument wins
+    model = tiny_model()
+    assert model.derivatives == "auto"
+    x, eps = tiny_inputs(model)
+    model(x, eps, create_graph=False)
+    assert model.derivatives_used == "vectorized"
+    monkeypatch.setenv(DERIVATIVES_ENV, "magic")
+    with pytest.raises(ValueError, match="magic"):
+        resolve_derivatives("cpu")
+
+
+@pytest.mark.parametrize("method", CLOSED_FORM_METHODS)
+def test_closed_forms_refuse_an_encoder_that_is_not_piecewise_linear(method):
+    from grad2vae.models.vae import Encoder
+
+    class SmoothEncoder(Encoder):  # softplus instead of ReLU: the closed form would be wrong
+        def from_first_layer(self, e1):
+            h = torch.nn.functional.softplus(self.conv2(e1))
+            h = torch.nn.functional.softplus(self.conv3(h))
+            h = torch.nn.functional.softplus(self.hidden(h.flatten(1)))
+            return self.mu(h), self.logvar(h)
+
+    model = tiny_model(derivatives=method)
+    model.encoder = SmoothEncoder(3, TINY["channels"], TINY["hidden"]).double()
+    x, eps = tiny_inputs(model)
+    with pytest.raises(ValueError, match="loop"):
+        model(x, eps)
+    model.derivatives = "loop"
+    model(x, eps)  # the reference still works

@@ -26,6 +26,20 @@ Where the derivatives are zero: a piecewise-linear (ReLU) path from L to z has z
 almost everywhere, so with z = mu the result is identically zero; it is non-zero only through the
 non-linear sigma = exp(0.5 logvar) in z = mu + sigma * eps. Parts of the graph that do not reach L
 at second order are returned as zeros rather than raising.
+
+Closed form (``second_derivatives_closed_form``, methods ``"closed_form"`` and ``"explicit"`` of
+``Grad2VAE``). PRECONDITION: everything from L to (mu, logvar) is piecewise linear (Conv/Linear
+and ReLU, as in ``models.vae.Encoder``) and z = mu + exp(0.5 logvar) * eps. Then, with
+g_i = d logvar_i / dL and sigma_i = exp(0.5 logvar_i), and the Hessians of mu_i and logvar_i zero
+(exactly so in autograd too: ReLU's backward has zero derivative w.r.t. its input),
+
+    dz_i/dL = dmu_i/dL + 0.5 sigma_i eps_i g_i,   sum_j dz_i/dL_j = 1.dmu_i + 0.5 sigma_i eps_i (1.g_i)
+    h_i = 0.5 eps_i (1.g_i) dsigma_i/dL = 0.25 sigma_i eps_i (1.g_i) g_i.
+
+Only first derivatives are needed: one batched VJP of logvar with the d one-hot cotangents. It is
+kept in the graph like the others and gives the same values and the same parameter gradients up
+to rounding (tests/test_second_derivatives.py); it is *wrong* for an encoder with curvature
+between L and (mu, logvar) (e.g. sigmoid, tanh, softplus, BatchNorm in train mode).
 """
 
 from __future__ import annotations
@@ -83,3 +97,29 @@ def _grad_or_zeros(output: Tensor, layer: Tensor, grad_outputs, create_graph: bo
         is_grads_batched=batched,
     )
     return layer.new_zeros(shape) if h is None else h
+
+
+#: methods that need only first derivatives; valid only under the precondition above
+CLOSED_FORM_METHODS = ("closed_form", "explicit")
+
+
+def closed_form_from_jacobian(logvar: Tensor, eps: Tensor, g: Tensor) -> Tensor:
+    """h (N, d, ...) = 0.25 sigma eps (1.g) g from g = d logvar / dL of shape (N, d, ...)."""
+    n, d = logvar.shape
+    coefficient = 0.25 * torch.exp(0.5 * logvar) * eps * g.sum(dim=tuple(range(2, g.dim())))
+    return coefficient.view(n, d, *([1] * (g.dim() - 2))) * g
+
+
+def second_derivatives_closed_form(
+    logvar: Tensor, eps: Tensor, layer: Tensor, create_graph: bool = True
+) -> Tensor:
+    """h of shape (N, d, *layer.shape[1:]), equal to ``second_derivatives(z, layer)`` when the
+    path from ``layer`` to (mu, logvar) is piecewise linear and z = mu + exp(0.5 logvar) eps
+    (see the module docstring: the caller must guarantee it). One batched VJP (a vmap over the
+    d one-hot cotangents) instead of the 2d reverse passes of the loop."""
+    n, d = logvar.shape
+    if not logvar.requires_grad:
+        return layer.new_zeros((n, d) + tuple(layer.shape[1:]))
+    one_hot = torch.eye(d, dtype=logvar.dtype, device=logvar.device).unsqueeze(1).expand(d, n, d)
+    g = _grad_or_zeros(logvar, layer, one_hot, create_graph, batched=True)  # (d, N, ...)
+    return closed_form_from_jacobian(logvar, eps, g.transpose(0, 1))

@@ -130,7 +130,9 @@ def explicit_second_derivatives(
         dtype = e1.dtype
         t = (ah > 0).to(dtype).unsqueeze(1) * encoder.logvar.weight  # (N, d, hidden)
         t = (t @ encoder.hidden.weight).view(n, d, *a3.shape[1:])  # (N, d, c3, 14, 14)
-        t = (t * (a3 > 0).to(dtype).unsqueeze(1)).flatten(0, 1)
+        # channels_last: the transposed convolutions on N*d maps run ~2x faster in it on the CPU
+        # (oneDNN); values are the same up to rounding
+        t = (t * (a3 > 0).to(dtype).unsqueeze(1)).flatten(0, 1).contiguous(memory_format=torch.channels_last)
         conv3 = encoder.conv3
         output_padding = tuple(
             size - ((small - 1) * stride - 2 * pad + kernel)
@@ -141,7 +143,8 @@ def explicit_second_derivatives(
         t = F.conv_transpose2d(
             t, conv3.weight, stride=conv3.stride, padding=conv3.padding, output_padding=output_padding
         )
-        t = (t.view(n, d, *a2.shape[1:]) * (a2 > 0).to(dtype).unsqueeze(1)).flatten(0, 1)
+        t = t.view(n, d, *a2.shape[1:]) * (a2 > 0).to(dtype).unsqueeze(1)  # stays channels_last
+        t = t.flatten(0, 1).contiguous(memory_format=torch.channels_last)
         conv2 = encoder.conv2
         g = F.conv_transpose2d(t, conv2.weight, stride=conv2.stride, padding=conv2.padding)
         g = g.view(n, d, *e1.shape[1:])

@@ -1,0 +1,688 @@
+"""Speed benchmark: every model of the grid side by side on one device, Grad2VAE's derivative
+implementations against the per-unit loop, our training loop against a DataLoader one, and the
+estimated hours of the full 800-run grid on this device.
+
+What is measured, per (dataset, model variant), at the paper's settings (batch 128, ~6,000
+training images of the normal class, 10,000 test images; synthetic tensors of the same shapes):
+
+- ms per training step (loss + backward + Adam step) and images/s: the median of --repeats
+  rounds after --warmup steps; the rounds are interleaved (A, B, C, A, B, C, ...) with a
+  matrix-multiply probe, so that other load on the machine hits every variant alike;
+- seconds per epoch = ceil(train images / batch) steps + the data feeding of one epoch;
+- seconds per evaluation = ``fit_scorer`` on the training images + ``scores`` over the test set
+  in chunks of --eval-batch-size (timed on --eval-images test images, scaled to --test-images);
+- FLOPs per step (``torch.utils.flop_counter.FlopCounterMode`` over forward + backward; it
+  works at the dispatcher, so the double-backward ops of the derivative methods are counted),
+  the achieved FLOP/s and its fraction of the measured matmul rate (same device, same rounds);
+- for Grad2VAE: every derivative method (loop, vectorized, closed_form, explicit) with the check
+  that it agrees with the loop (values, loss and every parameter gradient) and its speed-up;
+- the data feeding of our trainer (a device tensor indexed by a seeded randperm) against the
+  straightforward one (a map-style dataset that converts each uint8 image on access, as
+  torchvision's MNIST + ToTensor does, and a shuffling DataLoader per batch, moved to the
+  device), per model as the ratio of whole-epoch times;
+- the estimated hours of the grid (4 models x 10 classes x 10 seeds x 2 datasets, 100 epochs,
+  evaluation every epoch), runs one after another on this device, Grad2VAE with the method that
+  "auto" picks on this device.
+
+Output: a table on stdout and, with --output, a JSON file (written atomically). Ratios within
+one run are meaningful; absolute times depend on the load of the machine. --tiny runs the same
+code at toy sizes in seconds (CI).
+
+examples:
+  grad2vae bench --output results/bench/cpu.json
+  grad2vae bench --device cuda --output results/bench/h100.json
+  grad2vae bench --tiny --output /tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from grad2vae.atomic import write_json
+from grad2vae.devices import device_name, resolve_device
+
+SCHEMA = "grad2vae-bench/1"
+#: the four models of the paper's grid (config.yaml ``models``)
+GRID_MODELS = ("grad2vae", "vae", "cae", "inception_caenn")
+#: latent size per dataset (paper Sect. 4.2), as grad2vae.train.DEFAULT_LATENT_DIM
+GRID_DATASETS = {"mnist": 16, "fashion_mnist": 32}
+GRID = {"classes": 10, "seeds": 10, "epochs": 100, "eval_every": 1}
+#: the derivative method every other one is compared with
+REFERENCE_METHOD = "loop"
+
+
+@dataclasses.dataclass
+class Settings:
+    batch_size: int = 128
+    train_images: int = 6000
+    test_images: int = 10000
+    eval_images: int = 10000
+    eval_batch_size: int = 1000
+    datasets: dict[str, int] = dataclasses.field(default_factory=lambda: dict(GRID_DATASETS))
+    models: tuple[str, ...] = GRID_MODELS
+    methods: tuple[str, ...] = ("loop", "vectorized", "closed_form", "explicit")
+    warmup: int = 1
+    repeats: int = 3
+    steps: int = 1
+    loader_repeats: int = 3
+    check_images: int = 4
+    matmul_size: int = 2048
+    seed: int = 0
+    tiny: bool = False
+
+    @classmethod
+    def tiny_mode(cls) -> "Settings":
+        return cls(
+            batch_size=4,
+            train_images=8,
+            test_images=8,
+            eval_images=8,
+            eval_batch_size=8,
+            datasets={"mnist": 2},
+            warmup=1,
+            repeats=1,
+            steps=1,
+            loader_repeats=1,
+            check_images=2,
+            matmul_size=128,
+            tiny=True,
+        )
+
+
+@dataclasses.dataclass
+class Variant:
+    label: str
+    model_name: str
+    method: str | None  # Grad2VAE's derivative method, else None
+    build: Callable[[], torch.nn.Module]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_variants(settings: Settings, dataset: str, latent_dim: int) -> list[Variant]:
+    from grad2vae.models import create_model
+    from grad2vae.models.grad2vae import Grad2VAE
+
+    chosen = []
+    for name in settings.models:
+        if name == "grad2vae":
+            for method in settings.methods:
+                chosen.append(
+                    Variant(
+                        f"grad2vae[{method}]",
+                        name,
+                        method,
+                        lambda m=method: Grad2VAE(latent_dim, derivatives=m),
+                    )
+                )
+        else:
+            chosen.append(
+                Variant(name, name, None, lambda n=name: create_model(n, latent_dim, dataset=dataset))
+            )
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces that are timed
+
+
+def training_step(model, optimizer, batch: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    model.loss(batch)["total"].backward()
+    optimizer.step()
+
+
+def time_steps(model, optimizer, batch: torch.Tensor, steps: int) -> float:
+    """Seconds per optimisation step, averaged over ``steps`` steps."""
+    _synchronize(batch.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        training_step(model, optimizer, batch)
+    _synchronize(batch.device)
+    return (time.perf_counter() - start) / steps
+
+
+def count_step_flops(model, optimizer, batch: torch.Tensor) -> int:
+    """FLOPs of one training step (forward + backward, including every double-backward op)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        training_step(model, optimizer, batch)
+    _synchronize(batch.device)
+    return int(counter.get_total_flops())
+
+
+def time_matmul(device: torch.device, n: int, a: torch.Tensor | None = None) -> float:
+    """FLOP/s of one n x n float32 matrix product (the device's dense rate under current load)."""
+    if a is None:
+        a = torch.randn(n, n, device=device)
+    _synchronize(device)
+    start = time.perf_counter()
+    reps = 3
+    for _ in range(reps):
+        torch.mm(a, a)
+    _synchronize(device)
+    return reps * 2 * n**3 / (time.perf_counter() - start)
+
+
+def time_evaluation(model, train_x: torch.Tensor, test_x: torch.Tensor, batch_size: int, seed: int) -> dict:
+    """Seconds of ``fit_scorer`` (training images) and of ``scores`` (``test_x``), as the
+    trainer's ``evaluate`` runs them (eval mode, no_grad fit, enable_grad scores)."""
+    device = train_x.device
+    model.eval()
+    try:
+        _synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.fit_scorer(train_x)
+        _synchronize(device)
+        fit = time.perf_counter() - start
+        generator = torch.Generator(device).manual_seed(seed)
+        start = time.perf_counter()
+        for first in range(0, len(test_x), batch_size):
+            with torch.enable_grad():
+                scores = model.scores(test_x[first : first + batch_size], generator)
+            for value in scores.values():
+                value.detach().cpu()
+        _synchronize(device)
+        return {"fit_seconds": fit, "scores_seconds": time.perf_counter() - start}
+    finally:
+        model.train()
+
+
+class StraightforwardDataset(torch.utils.data.Dataset):
+    """What ``torchvision.datasets.MNIST(transform=ToTensor())`` does per item: one uint8 image
+    -> float tensor (1, 28, 28) in [0, 1] on every access (via PIL when torchvision is there)."""
+
+    def __init__(self, images_uint8: np.ndarray):
+        self.images = images_uint8
+        try:
+            from PIL import Image
+            from torchvision.transforms import ToTensor
+
+            self._to_tensor = lambda array: ToTensor()(Image.fromarray(array, mode="L"))
+            self.kind = "torchvision ToTensor on PIL images"
+        except ImportError:
+            self._to_tensor = lambda array: torch.from_numpy(array).float().div_(255).unsqueeze(0)
+            self.kind = "per-item uint8 -> float / 255 (torchvision not installed; same work as ToTensor)"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self._to_tensor(self.images[index])
+
+
+def feed_ours(train_x: torch.Tensor, batch_size: int, generator: torch.Generator) -> float:
+    """Seconds to produce every batch of one epoch as ``train._train`` does."""
+    device = train_x.device
+    _synchronize(device)
+    start = time.perf_counter()
+    permutation = torch.randperm(len(train_x), generator=generator).to(device)
+    total = torch.zeros((), device=device)
+    for first in range(0, len(train_x), batch_size):
+        batch = train_x[permutation[first : first + batch_size]]
+        total = total + batch[0, 0, 0, 0]  # touch it, as the model would
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def feed_straightforward(
+    dataset: StraightforwardDataset, batch_size: int, device: torch.device, seed: int
+) -> float:
+    """Seconds to produce every batch of one epoch with a shuffling DataLoader, moved to device."""
+    _synchronize(device)
+    start = time.perf_counter()
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    total = torch.zeros((), device=device)
+    for batch in loader:
+        batch = batch.to(device, non_blocking=True)
+        total = total + batch[0, 0, 0, 0]
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement of the derivative methods
+
+
+def check_derivatives(
+    latent_dim: int, methods: tuple[str, ...], device: torch.device, n: int, seed: int
+) -> dict:
+    """Each method against the loop on the same weights and noise (float32, ``n`` images): max
+    relative difference of the second derivatives, of the loss and of every parameter gradient."""
+    from grad2vae.models.grad2vae import Grad2VAE
+
+    torch.manual_seed(seed)
+    reference = Grad2VAE(latent_dim, derivatives=REFERENCE_METHOD).to(device)
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(n, 1, 28, 28, generator=generator).to(device)
+    eps = torch.randn(n, latent_dim, generator=generator).to(device)
+
+    def run(method: str):
+        model = Grad2VAE(latent_dim, derivatives=method).to(device)
+        model.load_state_dict(state)
+        out = model(x, eps)
+        from grad2vae.models.vae import bce_per_sample, kl_per_sample
+
+        loss = (
+            bce_per_sample(out["logits"], x).mean()
+            + kl_per_sample(out["mu"], out["logvar"]).mean()
+            + bce_per_sample(out["attention_logits"], x).mean()
+        )
+        loss.backward()
+        grads = [p.grad.detach().clone() for p in model.parameters()]
+        return out["second_derivatives"].detach(), loss.detach(), grads
+
+    h_ref, loss_ref, grads_ref = run(REFERENCE_METHOD)
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+    result = {}
+    for method in methods:
+        h, loss, grads = run(method)
+        entry = {
+            "second_derivatives_rel": rel(h, h_ref),
+            "loss_rel": rel(loss, loss_ref),
+            "gradient_rel_max": max(rel(g, r) for g, r in zip(grads, grads_ref)),
+        }
+        entry["agrees"] = all(value <= 1e-4 for value in entry.values())
+        result[method] = entry
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str], None] = print) -> dict:
+    from grad2vae.models.grad2vae import AUTO_DERIVATIVES, resolve_derivatives
+
+    auto_method = resolve_derivatives(device)
+    gen = torch.Generator().manual_seed(settings.seed)
+    images = torch.randint(0, 256, (settings.train_images, 28, 28), generator=gen, dtype=torch.uint8)
+    test_images = torch.randint(0, 256, (settings.test_images, 28, 28), generator=gen, dtype=torch.uint8)
+    train_x = (images.float() / 255).unsqueeze(1).to(device)
+    test_x = (test_images.float() / 255).unsqueeze(1).to(device)
+    eval_x = test_x[: min(settings.eval_images, settings.test_images)]
+    batch = train_x[: settings.batch_size]
+    steps_per_epoch = math.ceil(settings.train_images / settings.batch_size)
+    straightforward = StraightforwardDataset(images.numpy())
+    matmul_a = torch.randn(settings.matmul_size, settings.matmul_size, device=device)
+
+    rows: list[dict[str, Any]] = []
+    derivative_checks: dict[str, dict] = {}
+    loaders: dict[str, dict] = {}
+    matmul_rates: list[float] = []
+    for dataset, latent_dim in settings.datasets.items():
+        log(f"[{dataset}] latent {latent_dim}: preparing {len(settings.models)} models")
+        prepared = []
+        for variant in build_variants(settings, dataset, latent_dim):
+            torch.manual_seed(settings.seed)
+            model = variant.build().to(device).train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            flops = count_step_flops(model, optimizer, batch)  # also the first warm-up step
+            for _ in range(settings.warmup - 1):
+                training_step(model, optimizer, batch)
+            prepared.append((variant, model, optimizer, flops))
+            log(f"  {variant.label}: {flops / 1e9:.2f} GFLOP per step")
+        time_matmul(device, settings.matmul_size, matmul_a)  # warm-up
+        step_times: dict[str, list[float]] = {v.label: [] for v, *_ in prepared}
+        for round_index in range(settings.repeats):
+            matmul_rates.append(time_matmul(device, settings.matmul_size, matmul_a))
+            for variant, model, optimizer, _ in prepared:
+                step_times[variant.label].append(time_steps(model, optimizer, batch, settings.steps))
+            log(
+                f"  round {round_index + 1}/{settings.repeats}: "
+                + ", ".join(f"{label} {1000 * times[-1]:.0f} ms" for label, times in step_times.items())
+            )
+        # data feeding, both loaders interleaved
+        feed = {"ours": [], "straightforward": []}
+        for repeat in range(settings.loader_repeats + 1):
+            ours = feed_ours(train_x, settings.batch_size, torch.Generator().manual_seed(repeat))
+            plain = feed_straightforward(straightforward, settings.batch_size, device, repeat)
+            if repeat:  # the first is a warm-up
+                feed["ours"].append(ours)
+                feed["straightforward"].append(plain)
+        feed_median = {key: statistics.median(values) for key, values in feed.items()}
+        # evaluation, once per variant (it is long; its noise is small relative to its length)
+        eval_times = {}
+        for variant, model, _, _ in prepared:
+            t = time_evaluation(model, train_x, eval_x, settings.eval_batch_size, settings.seed)
+            eval_times[variant.label] = t
+            log(
+                f"  {variant.label}: evaluation fit {t['fit_seconds']:.2f} s, scores of {len(eval_x)} "
+                f"images {t['scores_seconds']:.2f} s"
+            )
+        if any(v.method for v, *_ in prepared):
+            methods = tuple(v.method for v, *_ in prepared if v.method)
+            derivative_checks[dataset] = check_derivatives(
+                latent_dim, methods, device, settings.check_images, settings.seed
+            )
+        matmul_rate = statistics.median(matmul_rates)
+        loop_label = f"grad2vae[{REFERENCE_METHOD}]"
+        loop_step = statistics.median(step_times[loop_label]) if loop_label in step_times else None
+        loaders[dataset] = {
+            "ours_seconds_per_epoch": feed_median["ours"],
+            "straightforward_seconds_per_epoch": feed_median["straightforward"],
+            "straightforward_kind": straightforward.kind,
+            "data_ratio": feed_median["straightforward"] / max(feed_median["ours"], 1e-12),
+            "per_model": {},
+        }
+        for variant, model, _, flops in prepared:
+            times = step_times[variant.label]
+            step = statistics.median(times)
+            epoch = steps_per_epoch * step + feed_median["ours"]
+            epoch_plain = steps_per_epoch * step + feed_median["straightforward"]
+            evaluation = eval_times[variant.label]
+            eval_seconds = evaluation["fit_seconds"] + evaluation["scores_seconds"] * (
+                settings.test_images / max(len(eval_x), 1)
+            )
+            achieved = flops / step
+            row = {
+                "dataset": dataset,
+                "latent_dim": latent_dim,
+                "variant": variant.label,
+                "model": variant.model_name,
+                "derivatives": variant.method,
+                "auto": variant.method is None or variant.method == auto_method,
+                "ms_per_step": 1000 * step,
+                "ms_min": 1000 * min(times),
+                "ms_max": 1000 * max(times),
+                "images_per_second": settings.batch_size / step,
+                "seconds_per_epoch": epoch,
+                "seconds_per_eval": eval_seconds,
+                "eval_fit_seconds": evaluation["fit_seconds"],
+                "eval_scores_seconds_measured": evaluation["scores_seconds"],
+                "eval_images_measured": len(eval_x),
+                "flops_per_step": flops,
+                "achieved_flops_per_second": achieved,
+                "fraction_of_matmul_rate": achieved / matmul_rate,
+                "speedup_vs_loop": (loop_step / step) if (variant.method and loop_step) else None,
+                # the same ratio paired round by round (both timed within seconds of each other),
+                # more robust to load that changes between rounds
+                "speedup_vs_loop_paired": (
+                    statistics.median(a / b for a, b in zip(step_times[loop_label], times))
+                    if (variant.method and loop_step)
+                    else None
+                ),
+                "seconds_per_step_rounds": times,
+                "flop_ratio_vs_loop": None,
+                "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            }
+            rows.append(row)
+            loaders[dataset]["per_model"][variant.label] = {
+                "epoch_seconds_ours": epoch,
+                "epoch_seconds_straightforward": epoch_plain,
+                "ratio": epoch_plain / epoch,
+            }
+        loop_row = next((r for r in rows if r["dataset"] == dataset and r["variant"] == loop_label), None)
+        if loop_row:
+            for row in rows:
+                if row["dataset"] == dataset and row["derivatives"]:
+                    row["flop_ratio_vs_loop"] = loop_row["flops_per_step"] / row["flops_per_step"]
+        del prepared
+
+    matmul_rate = statistics.median(matmul_rates)
+    verdict = _verdict(rows, derivative_checks)
+    return {
+        "schema": SCHEMA,
+        "date": datetime.date.today().isoformat(),
+        "device": device_name(device),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "settings": dataclasses.asdict(settings),
+        "matmul": {
+            "size": settings.matmul_size,
+            "flops_per_second": matmul_rate,
+            "flops_per_second_all": matmul_rates,
+        },
+        "rows": rows,
+        "derivative_checks": derivative_checks,
+        "loaders": loaders,
+        "auto_method": auto_method,
+        "auto_table": dict(AUTO_DERIVATIVES),
+        "verdict": verdict,
+        "grid": grid_estimate(rows, settings, auto_method),
+    }
+
+
+def _verdict(rows: list[dict], checks: dict) -> dict:
+    """The fastest derivative method that agrees with the loop, per dataset and overall."""
+    per_dataset = {}
+    for dataset, results in checks.items():
+        candidates = [
+            r
+            for r in rows
+            if r["dataset"] == dataset and r["derivatives"] and results[r["derivatives"]]["agrees"]
+        ]
+        if candidates:
+            per_dataset[dataset] = min(candidates, key=lambda r: r["ms_per_step"])["derivatives"]
+    choices = set(per_dataset.values())
+    return {"per_dataset": per_dataset, "method": choices.pop() if len(choices) == 1 else None}
+
+
+def grid_estimate(rows: list[dict], settings: Settings, auto_method: str) -> dict:
+    """Hours of the 800-run grid on this device, runs one after another: per dataset and model,
+    classes x seeds runs of epochs x (seconds per epoch + seconds per evaluation). Grad2VAE with
+    the auto method (the fastest measured one if auto's was not measured) and, for comparison,
+    with the loop. Only the datasets and models that were measured."""
+    runs_per_cell = GRID["classes"] * GRID["seeds"]
+    evals = GRID["epochs"] // GRID["eval_every"]
+
+    def hours(row: dict) -> float:
+        seconds = GRID["epochs"] * row["seconds_per_epoch"] + evals * row["seconds_per_eval"]
+        return runs_per_cell * seconds / 3600
+
+    per_model: dict[str, float] = {}
+    loop_hours = 0.0
+    used: dict[str, str] = {}
+    covered = set()
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        here = [row for row in rows if row["dataset"] == dataset]
+        grad2vae_rows = [row for row in here if row["derivatives"]]
+        if grad2vae_rows:
+            chosen = next((r for r in grad2vae_rows if r["derivatives"] == auto_method), None)
+            chosen = chosen or min(grad2vae_rows, key=lambda r: r["ms_per_step"])
+            used[dataset] = chosen["derivatives"]
+            loop = next((r for r in grad2vae_rows if r["derivatives"] == REFERENCE_METHOD), None)
+            loop_hours += hours(loop) if loop else math.nan
+        for row in here:
+            if row["derivatives"] and row["derivatives"] != used.get(dataset):
+                continue
+            per_model[row["model"]] = per_model.get(row["model"], 0.0) + hours(row)
+            covered.add((row["dataset"], row["model"]))
+    total = sum(per_model.values())
+    datasets = sorted({d for d, _ in covered})
+    models = sorted({m for _, m in covered})
+    with_loop = total - per_model.get("grad2vae", 0.0) + loop_hours if used else None
+    return {
+        "runs": len(datasets) * len(models) * runs_per_cell,
+        "datasets": datasets,
+        "models": models,
+        "epochs": GRID["epochs"],
+        "evaluations_per_run": evals,
+        "grad2vae_method": used,
+        "hours_per_model": per_model,
+        "hours": total,
+        "hours_with_grad2vae_loop": with_loop if with_loop is None or math.isfinite(with_loop) else None,
+        "note": "one run at a time on this device; synthetic data of the paper's sizes; the "
+        "full grid is 4 models x 10 classes x 10 seeds x 2 datasets = 800 runs",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+def format_report(result: dict) -> str:
+    gf = 1e9
+    lines = [
+        f"grad2vae bench {result['date']} on {result['device']} ({result['device_type']}, "
+        f"{result['threads']} threads), torch {result['torch']}"
+        + (" [TINY MODE: toy sizes, numbers meaningless]" if result["settings"]["tiny"] else ""),
+        f"matmul {result['matmul']['size']}^2 float32: {result['matmul']['flops_per_second'] / gf:.1f} GFLOP/s "
+        f"(median of the rounds)",
+        "",
+        f"{'dataset':<14}{'variant':<24}{'ms/step':>10}{'img/s':>8}{'s/epoch':>9}{'s/eval':>9}"
+        f"{'GFLOP':>9}{'GFLOP/s':>9}{'%mm':>6}{'xloop':>7}{'paired':>7}{'flop/':>7}",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['dataset']:<14}{r['variant'] + (' *' if r['derivatives'] and r['auto'] else ''):<24}"
+            f"{r['ms_per_step']:>10.1f}{r['images_per_second']:>8.0f}{r['seconds_per_epoch']:>9.1f}"
+            f"{r['seconds_per_eval']:>9.1f}{r['flops_per_step'] / gf:>9.2f}"
+            f"{r['achieved_flops_per_second'] / gf:>9.1f}{100 * r['fraction_of_matmul_rate']:>6.0f}"
+            + (
+                f"{r['speedup_vs_loop']:>7.2f}{r['speedup_vs_loop_paired']:>7.2f}{r['flop_ratio_vs_loop']:>7.2f}"
+                if r["speedup_vs_loop"]
+                else ""
+            )
+        )
+    lines.append(
+        "(* = the method 'auto' picks on this device; xloop = speed-up over the loop (ratio of medians), "
+        "paired = median of the per-round ratios; "
+        "flop/ = loop FLOPs / its FLOPs)"
+    )
+    for dataset, checks in result["derivative_checks"].items():
+        lines.append("")
+        lines.append(f"{dataset}: derivative methods against the loop (max relative difference)")
+        for method, c in checks.items():
+            lines.append(
+                f"  {method:<12} h {c['second_derivatives_rel']:.1e}  loss {c['loss_rel']:.1e}  "
+                f"grads {c['gradient_rel_max']:.1e}  {'agrees' if c['agrees'] else 'DISAGREES'}"
+            )
+    for dataset, loader in result["loaders"].items():
+        lines.append("")
+        lines.append(
+            f"{dataset}: data feeding per epoch: ours {loader['ours_seconds_per_epoch'] * 1000:.1f} ms, "
+            f"DataLoader {loader['straightforward_seconds_per_epoch'] * 1000:.1f} ms "
+            f"({loader['data_ratio']:.1f}x); whole epoch DataLoader / ours:"
+        )
+        lines.append("  " + ", ".join(f"{k} {v['ratio']:.3f}" for k, v in loader["per_model"].items()))
+    grid = result["grid"]
+    lines.append("")
+    lines.append(
+        f"verdict: fastest agreeing derivative method {result['verdict']['per_dataset']} "
+        f"(auto on {result['device_type']} = {result['auto_method']})"
+    )
+    lines.append(
+        f"grid estimate ({grid['runs']} runs: {', '.join(grid['models'])} x {', '.join(grid['datasets'])}, "
+        f"one at a time): {grid['hours']:.1f} h with grad2vae {grid['grad2vae_method']}"
+        + (
+            f", {grid['hours_with_grad2vae_loop']:.1f} h with the loop"
+            if grid["hours_with_grad2vae_loop"]
+            else ""
+        )
+        + "; per model: "
+        + ", ".join(f"{m} {h:.1f} h" for m, h in grid["hours_per_model"].items())
+    )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes for CI: runs in seconds")
+    parser.add_argument("--output", help="write the results as JSON to this file (atomically)")
+    parser.add_argument("--models", help=f"comma-separated (default: the grid's {','.join(GRID_MODELS)})")
+    parser.add_argument(
+        "--methods", help="Grad2VAE derivative methods, comma-separated (default: all; loop is always kept)"
+    )
+    parser.add_argument(
+        "--datasets",
+        help="comma-separated dataset=latent (default: mnist=16,fashion_mnist=32, the grid's)",
+    )
+    parser.add_argument("--batch-size", type=int, help="training batch (default 128, the paper's)")
+    parser.add_argument("--train-images", type=int, help="images per epoch (default 6000)")
+    parser.add_argument("--test-images", type=int, help="test set size the evaluation is scaled to (10000)")
+    parser.add_argument(
+        "--eval-images", type=int, help="test images actually scored (default: all; fewer to save time)"
+    )
+    parser.add_argument("--eval-batch-size", type=int, help="test images per scores() call (1000)")
+    parser.add_argument("--repeats", type=int, help="interleaved timing rounds (default 3)")
+    parser.add_argument("--steps", type=int, help="training steps per round and variant (default 1)")
+    parser.add_argument("--warmup", type=int, help="warm-up steps per variant (default 1, FLOP-counted)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    from grad2vae.errors import UserError
+    from grad2vae.models import model_names
+    from grad2vae.models.grad2vae import DERIVATIVE_METHODS
+
+    settings = Settings.tiny_mode() if args.tiny else Settings()
+    for name in (
+        "batch_size",
+        "train_images",
+        "test_images",
+        "eval_images",
+        "eval_batch_size",
+        "repeats",
+        "steps",
+        "warmup",
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            if value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
+            setattr(settings, name, value)
+    if args.eval_images is None and args.test_images is not None:
+        settings.eval_images = settings.test_images
+    settings.eval_images = min(settings.eval_images, settings.test_images)
+    if args.models:
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        unknown = sorted(set(models) - set(model_names()))
+        if unknown:
+            raise UserError(f"unknown model(s) {unknown}; known: {', '.join(model_names())}")
+        settings.models = models
+    if args.methods:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        unknown = sorted(set(methods) - set(DERIVATIVE_METHODS))
+        if unknown:
+            raise UserError(f"unknown derivative method(s) {unknown}; known: {', '.join(DERIVATIVE_METHODS)}")
+        settings.methods = (REFERENCE_METHOD,) + tuple(m for m in methods if m != REFERENCE_METHOD)
+    if args.datasets:
+        datasets = {}
+        for item in args.datasets.split(","):
+            name, _, latent = item.partition("=")
+            try:
+                datasets[name.strip()] = int(latent) if latent else GRID_DATASETS[name.strip()]
+            except (KeyError, ValueError):
+                raise UserError(f"--datasets: {item!r} is not dataset=latent (e.g. mnist=16)") from None
+        settings.datasets = datasets
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    settings = settings_from_args(args)
+    device = resolve_device(args.device)
+    result = run_benchmark(device, settings)
+    print()
+    print(format_report(result))
+    if args.output:
+        write_json(args.output, result)
+        print(f"wrote {args.output}")
+    return 0
