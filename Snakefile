@@ -7,6 +7,8 @@ Run from the repository root:
                                                           #   -> report/index.html
     snakemake --profile profiles/slurm                    # the same on a Slurm cluster
     snakemake -n                                          # dry run: 800 training jobs
+    snakemake --cores 8 --resources gpu=2 --configfile presets/table1-complete.yaml
+                                     # + Deep SVDD and CAE OC-SVM (Table 1 complete): 1200 jobs
     snakemake data                                        # only fetch and verify the data
 
 A report of a partial grid: Snakemake does not run the report while any run it needs failed, so
@@ -58,7 +60,7 @@ include: "workflow/rules/common.smk"
 
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
-    model="|".join(config["models"]),
+    model="|".join(MODELS),
     normal_class=r"\d+",
     seed=r"\d+",
 

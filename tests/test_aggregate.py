@@ -33,6 +33,7 @@ def write_fake_run(
     epochs: int = 3,
     device: str = "cpu",
     n_test: int = 60,
+    auc_extra: dict | None = None,
 ) -> Path:
     """A finished run: metrics.json, history.tsv (AUC rising to ``auc``), scores.csv.gz, model.pt."""
     run = Path(results) / RUN_DIR.format(dataset=dataset, model=model, normal_class=normal_class, seed=seed)
@@ -61,6 +62,8 @@ def write_fake_run(
         "git_commit": "0123abc", "config": {"latent_dim": 16 if dataset == "mnist" else 32, "epochs": epochs},
         "config_hash": "cafe",
     }
+    if auc_extra is not None:
+        metrics["auc_extra"] = auc_extra
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
@@ -287,3 +290,115 @@ def test_command_line(tmp_path, capsys):
     # nothing to aggregate and no grid: a user error, not a traceback
     assert cli_main(["aggregate", "--results-dir", str(tmp_path / "empty")]) == 2
     assert "no runs" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Table 1 complete: deep_svdd, cae_ocsvm and its oracle; the statistics (issue 9)
+
+ALL_MODELS = MODELS + ["deep_svdd", "cae_ocsvm"]
+
+
+def oracle_grid(best: float) -> dict:
+    from grad2vae.models.cae_ocsvm import GRID_KEYS
+
+    return {key: best - 0.001 * (len(GRID_KEYS) - 1 - i) for i, key in enumerate(GRID_KEYS)}
+
+
+def write_complete_grid(results: Path, classes=range(10), seeds=(0, 1), datasets=("mnist",)) -> None:
+    """Every model; AUCs that order the methods the same way on every class (grad2vae best)."""
+    quality = {"grad2vae": 0.95, "inception_caenn": 0.93, "deep_svdd": 0.91, "vae": 0.89, "cae": 0.87, "cae_ocsvm": 0.80}
+    for dataset in datasets:
+        for c in classes:
+            for model in ALL_MODELS:
+                for seed in seeds:
+                    auc = quality[model] + 0.002 * c + 0.001 * seed
+                    extra = oracle_grid(auc + 0.1) if model == "cae_ocsvm" else None
+                    write_fake_run(results, dataset, model, c, seed, auc=auc, auc_extra=extra)
+
+
+def test_extra_models_join_the_grid_and_the_oracle_is_a_labelled_pseudo_model(tmp_path):
+    from grad2vae import stats
+    from grad2vae.aggregate import ORACLE_LABEL
+
+    write_complete_grid(tmp_path / "results", classes=[0, 1], seeds=[0, 1])
+    config = {**grid(classes=[0, 1], models=MODELS, seeds=[0, 1]), "extra_models": ["deep_svdd", "cae_ocsvm"]}
+    payload, out = run_aggregate(tmp_path, config)
+    assert set(payload["grid"]["models"]) == set(ALL_MODELS)
+    assert payload["counts"] == {"complete": 2 * 6 * 2, "failed": 0, "missing": 0}  # the oracle is not a run
+    runs = pd.read_csv(out / "runs.csv")
+    oracle = runs[runs["model"] == stats.ORACLE_MODEL]
+    assert len(oracle) == 4 and set(oracle["protocol"]) == {"oracle: selects hyperparameters on the test labels"}
+    assert set(runs.loc[runs["model"] == "cae_ocsvm", "protocol"]) == {"default"}
+    assert oracle["auc"].to_numpy() == pytest.approx(runs.loc[runs["model"] == "cae_ocsvm", "auc"].to_numpy() + 0.1)
+    assert stats.ORACLE_MODEL not in set(pd.read_csv(out / "status.csv")["model"])
+    assert stats.ORACLE_MODEL not in set(pd.read_csv(out / "compute.csv")["model"])
+    layout = payload["table1_layout"]
+    kinds = [(g["kind"], g["model"]) for g in layout]
+    assert kinds[:2] == [("compared", "cae_ocsvm"), ("oracle", stats.ORACLE_MODEL)]
+    assert ("compared", "deep_svdd") in kinds and not any(k == "published_only" for k, _ in kinds)
+    assert layout[1]["label"] == ORACLE_LABEL and "selects hyperparameters on the test labels" in ORACLE_LABEL
+    table = pd.read_csv(out / "table1.csv")
+    mnist0 = table[(table["dataset"] == "mnist") & (table["class_label"] == "0")].iloc[0]
+    assert mnist0["deep_svdd_mean"] == pytest.approx(91.05) and mnist0["published_deep_svdd"] == 99.10
+    assert mnist0["deep_svdd_difference"] == pytest.approx(91.05 - 99.10)
+    assert mnist0["cae_ocsvm_mean"] == pytest.approx(80.05)
+    assert mnist0[f"{stats.ORACLE_MODEL}_mean"] == pytest.approx(90.05)
+    assert f"{stats.ORACLE_MODEL}_difference" not in table  # never compared with a published column
+    claims = {c["model"]: c for c in payload["mstd_claims"]}
+    assert claims["deep_svdd"]["ours_max_mstd"] == pytest.approx(100 * 0.001 / math.sqrt(2))
+
+
+def test_stats_json_on_the_full_ten_class_grid(tmp_path):
+    from grad2vae import stats
+
+    write_complete_grid(tmp_path / "results")
+    config = {**grid(classes=list(range(10)), models=MODELS, seeds=[0, 1]), "extra_models": ["deep_svdd", "cae_ocsvm"]}
+    _payload, out = run_aggregate(tmp_path, config)
+    data = json.loads((out / "stats.json").read_text())
+    assert data["alpha"] == 0.05 and "test labels" in data["oracle_note"]
+    mnist = data["datasets"]["mnist"]
+    ours = mnist["ours"]
+    assert set(ours["methods"]) == set(ALL_MODELS)  # the oracle is not ranked
+    assert ours["average_ranks"] == pytest.approx(
+        {"grad2vae": 1, "inception_caenn": 2, "deep_svdd": 3, "vae": 4, "cae": 5, "cae_ocsvm": 6})
+    assert ours["classes"] == list(range(10))
+    # identical ranking on all 10 classes: Friedman chi2 = 12N/(k(k+1)) * sum R^2 - 3N(k+1)
+    k, n = 6, 10
+    chi2 = 12 * n / (k * (k + 1)) * sum(r**2 for r in range(1, k + 1)) - 3 * n * (k + 1)
+    assert ours["friedman"]["statistic"] == pytest.approx(chi2)
+    # one method wins on all 10 classes: Wilcoxon p = 2/2^10, Holm over 15 pairs
+    assert ours["wilcoxon_p"]["grad2vae"]["cae"] == pytest.approx(2 / 1024)
+    assert ours["minimum_holm_p"] == pytest.approx(15 * 2 / 1024)
+    assert max(ours["holm_p"][a][b] for a in ALL_MODELS for b in ALL_MODELS if a != b) == pytest.approx(15 * 2 / 1024)
+    assert mnist["claim_ours"]["verdict"] == "supported" and "published 98.23" in mnist["claim_ours"]["sentence"]
+    assert set(mnist["published"]["methods"]) == {"cae_ocsvm", "deep_svdd", "inception_caenn", "grad2vae"}
+    assert "claim_published" in mnist and mnist["skipped"] == []
+    assert not any("grid has" in note for note in mnist["notes"])  # all 10 classes
+
+
+@pytest.mark.parametrize(
+    "classes, models, expected",
+    [
+        ([0, 1], MODELS, "smallest possible two-sided Wilcoxon p-value is 2/2^2"),  # the quick preset
+        ([0, 1], ["grad2vae", "vae"], "Friedman test not run: it needs at least 3 methods"),
+        ([1], MODELS, "need at least 2 methods and 2 normal classes"),  # the end-to-end test
+    ],
+)
+def test_stats_say_why_a_test_was_not_run(tmp_path, classes, models, expected):
+    for c in classes:
+        for model in models:
+            write_fake_run(tmp_path / "results", "mnist", model, c, 0, auc=0.8 + 0.01 * len(model))
+    _payload, out = run_aggregate(tmp_path, grid(classes=classes, models=models, seeds=[0]))
+    section = json.loads((out / "stats.json").read_text())["datasets"]["mnist"]
+    assert any(expected in text for text in section["skipped"] + section["notes"]), section
+    assert "published" in section  # the paper's Table 1 is analysed whatever our grid
+
+
+def test_stats_on_a_partial_grid_leave_out_incomplete_classes(tmp_path):
+    write_complete_grid(tmp_path / "results", classes=[0, 1, 2], seeds=[0])
+    run_dir = tmp_path / "results" / RUN_DIR.format(dataset="mnist", model="vae", normal_class=2, seed=0)
+    (run_dir / "metrics.json").unlink()
+    _payload, out = run_aggregate(tmp_path, {**grid(classes=[0, 1, 2], models=ALL_MODELS, seeds=[0])})
+    section = json.loads((out / "stats.json").read_text())["datasets"]["mnist"]
+    assert section["ours"]["classes"] == [0, 1]
+    assert any("left out because some method has no run" in note and "2" in note for note in section["notes"])

@@ -18,14 +18,14 @@ from grad2vae.aggregate import TRAIN_LOG
 from grad2vae.cli import main as cli_main
 from grad2vae.report import gather_assumptions
 
-from test_aggregate import write_fake_run
+from test_aggregate import oracle_grid, write_fake_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DATASETS = ["mnist", "fashion_mnist"]
 CLASSES = [0, 1, 2]
-MODELS = ["grad2vae", "vae", "cae", "inception_caenn"]
+MODELS = ["grad2vae", "vae", "cae", "inception_caenn", "deep_svdd", "cae_ocsvm"]  # Table 1 complete
 SEEDS = [0, 1]
 
 
@@ -86,8 +86,9 @@ def make_results(root: Path) -> Path:
                         log.parent.mkdir(parents=True, exist_ok=True)
                         log.write_text("ValueError: <script>alert('x')</script> broke\n")
                         continue  # failed, with markup in its reason
-                    write_fake_run(results, dataset, model, c, seed, auc=0.8 + 0.03 * m + 0.01 * c + 0.005 * seed - 0.02 * d,
-                                   device="cuda" if model == "grad2vae" else "cpu")
+                    auc = 0.8 + 0.03 * m + 0.01 * c + 0.005 * seed - 0.02 * d
+                    write_fake_run(results, dataset, model, c, seed, auc=auc, device="cuda" if model == "grad2vae" else "cpu",
+                                   auc_extra=oracle_grid(auc + 0.05) if model == "cae_ocsvm" else None)
     config = {"datasets": DATASETS, "normal_classes": CLASSES, "models": MODELS, "seeds": SEEDS,
               "train": {"epochs": 3, "batch_size": 128, "lr": 0.001, "lr_decay_epoch": 50, "lr_decay_factor": 0.01,
                         "train_limit": 0, "test_limit": 0}}
@@ -131,12 +132,17 @@ def report_html(tmp_path_factory) -> Path:
 
 
 def expected_rows() -> dict[str, int]:
-    return {
+    k, paper = len(MODELS), 4  # our methods; the paper's Table 1 columns
+    rows = {
         "table1": len(DATASETS) * (len(CLASSES) + 1),
-        "summary-table": len(DATASETS) * len(MODELS),
+        "summary-table": len(DATASETS) * (len(MODELS) + 1),  # + the CAE OCSVM oracle
         "status-matrix": len(DATASETS),
         "status-table": 2,
     }
+    for dataset in DATASETS:
+        rows.update({f"stats-ranks-{dataset}": k, f"stats-pairs-{dataset}": k * (k - 1) // 2,
+                     f"stats-ranks-published-{dataset}": paper, f"stats-pairs-published-{dataset}": paper * (paper - 1) // 2})
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +151,7 @@ def expected_rows() -> dict[str, int]:
 def test_report_sections_and_tables(report_html):
     text = report_html.read_text(encoding="utf-8")
     page = parse(text)
-    for section in ("summary", "table1-section", "fig6", "per-class", "compute", "explainability", "assumptions",
+    for section in ("summary", "table1-section", "statistics", "stats-mnist", "stats-fashion_mnist", "fig6", "per-class", "compute", "explainability", "assumptions",
                     "status", "provenance", "protocol-deviations", "partial-notice"):
         assert section in page.ids, section
     for table, rows in expected_rows().items():
@@ -153,9 +159,51 @@ def test_report_sections_and_tables(report_html):
     assert "Published" in text and "Abukmeil" in text and "10.1007/978-3-031-06427-2_56" in text
     assert "97.62" in text  # Table 1: Grad2VAE, MNIST, class 0
     # Average rows of a 3-class grid: the paper's mean over those classes, not its printed 98.23
-    assert "97.76" in text and "98.23" not in text
+    table1 = text[text.index('id="table1"'):text.index("</table>", text.index('id="table1"'))]
+    assert "97.76" in table1 and "98.23" not in table1
     assert "epochs = 3 (paper: 100)" in text
-    assert "46 complete" in text and "1 failed" in text and "1 missing" in text
+    assert "70 complete" in text and "1 failed" in text and "1 missing" in text
+
+
+def test_report_table1_complete_and_statistics(report_html):
+    text = report_html.read_text(encoding="utf-8")
+    page = parse(text)
+    table1 = text[text.index('id="table1"'):text.index("</table>", text.index('id="table1"'))]
+    # our reruns beside the published CAE OCSVM and Deep SVDD columns, and the oracle, labelled
+    assert "CAE OCSVM<span class=\"vs\"> vs published CAE OCSVM" in table1
+    assert "Deep SVDD<span class=\"vs\"> vs published Deep SVDD" in table1
+    assert "oracle: selects hyperparameters on the test labels" in table1
+    assert "99.10" in table1 and "95.40" in table1  # published Deep SVDD / CAE OCSVM, MNIST class 0
+    assert "Published only" not in text
+    statistics = text[text.index('id="statistics"'):text.index('id="fig6"')]
+    assert "Friedman test over 3 classes and 6 methods" in statistics
+    assert "α = 0.05" in statistics and "Holm-corrected p" in statistics
+    assert "Grad2VAE has the best average AUC on MNIST: published 98.23" in statistics
+    assert "Verdict:" in statistics and "tested on the paper&#39;s own Table 1 numbers" in statistics
+    assert "smallest possible two-sided Wilcoxon p-value is 2/2^3" in statistics  # 3 classes: never significant
+    assert "no Holm-corrected p-value can be below" in statistics
+    assert "selects on the test labels" in statistics or "test labels" in statistics
+    assert {"figures/cd_mnist.png", "figures/cd_fashion_mnist.png"} <= set(page.images)
+    assert (report_html.parent / "data" / "stats.json").is_file()
+
+
+def test_statistics_section_says_why_tests_were_not_run(tmp_path):
+    """One normal class (like the end-to-end test): no ranks or tests, a reason, a placeholder figure."""
+    results = tmp_path / "results"
+    for model in ("grad2vae", "vae"):
+        write_fake_run(results, "mnist", model, 1, 0)
+    config = {"datasets": ["mnist"], "normal_classes": [1], "models": ["grad2vae", "vae"], "seeds": [0]}
+    (results / "aggregate").mkdir(parents=True)
+    (results / "aggregate" / "workflow_config.json").write_text(json.dumps(config))
+    assert cli_main(["aggregate", "--results-dir", str(results), "--workflow-config",
+                     str(results / "aggregate" / "workflow_config.json")]) == 0
+    assert cli_main(["figures", "--results-dir", str(results), "--dpi", "50"]) == 0
+    assert cli_main(["report", "--results-dir", str(results), "--report-dir", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    page = parse(text)
+    assert "need at least 2 methods and 2 normal classes" in text and "stats-ranks-mnist" not in page.ids
+    assert page.rows["stats-ranks-published-mnist"] == 4  # the paper's numbers are still analysed
+    assert "figures/cd_mnist.png" in page.images and (tmp_path / "report" / "figures" / "cd_mnist.png").is_file()
 
 
 def test_report_escapes_everything(report_html):

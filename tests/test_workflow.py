@@ -65,6 +65,27 @@ def test_paper_config_dry_run_lists_800_training_jobs(tmp_path):
     assert time.monotonic() - started < 120
 
 
+def test_table1_complete_preset_adds_deep_svdd_and_cae_ocsvm(tmp_path):
+    """presets/table1-complete.yaml: 1200 training jobs (config.yaml's 800 + 400), Deep SVDD with its
+    source's schedule, the other models' commands unchanged."""
+    overlay = write_config(tmp_path / "overlay.yaml", {"results_dir": str(tmp_path / "r"), "report_dir": str(tmp_path / "p")})
+    result = snakemake("-n", "-p", "--configfile", "presets/table1-complete.yaml", str(overlay))
+    assert result.returncode == 0, result.stderr + result.stdout
+    output = result.stdout + result.stderr
+    assert job_counts(output)["train"] == 1200 == 2 * 10 * 6 * 10
+    commands = [line for line in output.splitlines() if "grad2vae train" in line]
+    per_model = {m: [c for c in commands if f"--model {m} " in c] for m in ("deep_svdd", "cae_ocsvm", "grad2vae")}
+    assert all(len(v) == 200 for v in per_model.values())
+    assert all("--epochs 150 --batch-size 200 --lr 0.0001 --lr-decay-epoch 50 --lr-decay-factor 0.1 --eval-every 0" in c
+               for c in per_model["deep_svdd"])
+    assert all("--epochs 100 --batch-size 128" in c and "--eval-every 0" in c for c in per_model["cae_ocsvm"])
+    assert all("--epochs 100 --batch-size 128 --lr 0.001" in c and "--eval-every 1" in c for c in per_model["grad2vae"])
+    preset = yaml.safe_load((ROOT / "presets" / "table1-complete.yaml").read_text())
+    assert preset["extra_models"] == ["deep_svdd", "cae_ocsvm"]
+    paper = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert paper["extra_models"] == [] and paper["model_train"] == {}
+
+
 def test_quick_preset_dry_run(tmp_path):
     overlay = write_config(tmp_path / "overlay.yaml", {"results_dir": str(tmp_path / "r"), "report_dir": str(tmp_path / "p")})
     result = snakemake("-n", "-p", "--configfile", "presets/quick.yaml", str(overlay))
@@ -77,10 +98,12 @@ def test_quick_preset_dry_run(tmp_path):
     assert any("--latent-dim 16" in c and "--dataset mnist" in c for c in commands)
 
 
-def test_quick_preset_keeps_its_own_results_and_report():
+def test_quick_preset_keeps_its_own_results_and_writes_the_readme_report():
     quick = yaml.safe_load((ROOT / "presets" / "quick.yaml").read_text())
     paper = yaml.safe_load((ROOT / "config.yaml").read_text())
-    assert quick["results_dir"] != paper["results_dir"] and quick["report_dir"] != paper["report_dir"]
+    assert quick["results_dir"] != paper["results_dir"]
+    # the README's quick start promises report/index.html
+    assert quick["report_dir"] == "report" and "report/index.html" in (ROOT / "README.md").read_text()
     assert quick["resources"]["train"]["gpu"] == 0 and quick["seeds"] == [0] and len(quick["normal_classes"]) == 2
 
 
@@ -105,6 +128,8 @@ def test_paper_config_is_the_paper_protocol():
         ({"bogus_key": 1}, ["(top level)", "'bogus_key' was unexpected"]),
         ({"datasets": ["mnist", "cifar10"]}, ["datasets.1", "'cifar10' is not one of"]),
         ({"train": {"epochs": 0}}, ["train.epochs", "less than the minimum"]),
+        ({"model_train": {"deep_svdd": {"epoch": 3}}}, ["model_train.deep_svdd", "'epoch' was unexpected"]),
+        ({"extra_models": ["svdd"]}, ["extra_models.0", "'svdd' is not one of"]),
     ],
 )
 def test_bad_config_fails_fast_naming_the_key(tmp_path, bad, named):
@@ -137,6 +162,8 @@ def test_schema_models_are_the_registry():
 
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert sorted(schema["properties"]["models"]["items"]["enum"]) == sorted(model_names())
+    assert sorted(schema["properties"]["extra_models"]["items"]["enum"]) == sorted(model_names())
+    assert sorted(schema["properties"]["model_train"]["propertyNames"]["enum"]) == sorted(model_names())
 
 
 def test_idx_names_match_the_data_module():
@@ -202,7 +229,8 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
             assert (run_dir / name).is_file()
         assert (results / TRAIN_LOG.format(**key)).is_file()
         assert (results / "benchmarks" / "train" / "mnist" / "grad2vae" / "class1" / "seed0.tsv").is_file()
-    for name in ("fig6_auc_vs_epoch.png", "per_class_auc.png", "roc_class1.png", "parameters.png", "compute.png"):
+    for name in ("fig6_auc_vs_epoch.png", "per_class_auc.png", "roc_class1.png", "parameters.png", "compute.png",
+                 "cd_mnist.png", "cd_fashion_mnist.png"):
         assert (results / "figures" / name).is_file()
     index = report / "index.html"
     page = parse(index.read_text(encoding="utf-8"))
@@ -212,6 +240,8 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
     assert "status-table" not in page.ids  # every run complete
     for figure in ("figures/fig6_auc_vs_epoch.png", "figures/roc_class1.png"):
         assert figure in page.images and (report / figure).is_file()
+    # one normal class: the statistics section says why no test was run, instead of failing
+    assert "statistics" in page.ids and "need at least 2 methods and 2 normal classes" in index.read_text(encoding="utf-8")
     payload = json.loads((results / "aggregate" / "aggregate.json").read_text())
     assert payload["counts"] == {"complete": 8, "failed": 0, "missing": 0}
     assert payload["workflow_config"]["train"]["epochs"] == 2

@@ -18,6 +18,16 @@ and writes, into OUT (default RESULTS/aggregate), atomically:
   compute.csv     wall time and device-hours (GPU-hours for CUDA runs) per model and dataset
   parameters.csv  our parameter counts beside the paper's
   aggregate.json  grid, counts, mstd claims, provenance (versions, commits, devices)
+  stats.json      the statistics section (grad2vae.stats.analyse): per dataset, average ranks over
+                  the normal classes (mean over seeds first), Friedman, pairwise Wilcoxon signed-rank
+                  p-values with Holm's correction, the paper's "best average AUC" claim checked on
+                  ours and on its printed Table 1; ``skipped`` says why a test could not run
+
+CAE + OC-SVM's oracle protocol (the best TEST AUC over its nu x gamma grid, Golan & El-Yaniv;
+``grad2vae.stats.oracle_run``) becomes the pseudo-model ``cae_ocsvm_oracle``: extra rows of
+runs.csv (``protocol`` = oracle), of summary/averages and its own Table 1 column, labelled as
+selecting hyperparameters on the test labels. It is not a run (no status row) and is left out of
+the ranks and tests.
 
 The expected grid comes from --workflow-config (the JSON that the Snakefile writes, or any YAML
 or JSON with datasets / normal_classes / models / seeds), from --datasets/--models/
@@ -55,6 +65,7 @@ import yaml
 
 from grad2vae import __version__
 from grad2vae import published as pub
+from grad2vae import stats
 from grad2vae.atomic import atomic_open, write_json
 from grad2vae.errors import UserError
 
@@ -76,9 +87,27 @@ SCORES = ("auc", "auc_reconstruction")
 # labels
 
 
+ORACLE_MODEL = stats.ORACLE_MODEL
+ORACLE_LABEL = "CAE OCSVM oracle: selects hyperparameters on the test labels"
+ORACLE_PROTOCOL = "oracle: selects hyperparameters on the test labels"
+
+
 def model_label(model: str) -> str:
     """The paper's name for one of our models (Baseline CAE, vanilla VAE, ...), else the key."""
+    if model == ORACLE_MODEL:
+        return ORACLE_LABEL
     return str(pub.load_published().get("paper_model_labels", {}).get(model, model))
+
+
+def with_oracle(models: Iterable[str]) -> list[str]:
+    """``models`` with the CAE + OC-SVM oracle pseudo-model right after ``cae_ocsvm`` (if there)."""
+    out = []
+    for model in models:
+        if model != ORACLE_MODEL:
+            out.append(model)
+        if model == "cae_ocsvm":
+            out.append(ORACLE_MODEL)
+    return out
 
 
 def model_order(models: Iterable[str]) -> list[str]:
@@ -127,6 +156,9 @@ def expected_grid(
     results_dir: Path, workflow_config: dict[str, Any], overrides: dict[str, list | None]
 ) -> dict[str, list]:
     grid = {key: workflow_config.get(key) for key in GRID_KEYS}
+    if grid["models"] and workflow_config.get("extra_models"):
+        # the workflow's `extra_models` (presets/table1-complete.yaml) train beside `models`
+        grid["models"] = list(dict.fromkeys(list(grid["models"]) + list(workflow_config["extra_models"])))
     for key, value in overrides.items():
         if value:
             grid[key] = value
@@ -201,7 +233,9 @@ def _benchmark(path: Path) -> dict[str, float]:
 
 
 def read_run(results_dir: Path, key: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, pd.DataFrame | None]:
-    """(status row, metrics row or None, history or None) of one expected run."""
+    """(status row, metrics row or None, history or None) of one expected run. The metrics row
+    of a ``cae_ocsvm`` run with the oracle grid carries the oracle's pseudo-run row under
+    ``"_oracle_run"`` (``grad2vae.stats.oracle_run``; ``collect`` moves it into its own row)."""
     run_dir = results_dir / RUN_DIR.format(**key)
     log_path = results_dir / TRAIN_LOG.format(**key)
     status = dict(key, status="missing", reason="", run_dir=str(run_dir), log=str(log_path) if log_path.exists() else "")
@@ -236,6 +270,12 @@ def read_run(results_dir: Path, key: dict[str, Any]) -> tuple[dict[str, Any], di
         )
         row.update(_benchmark(results_dir / TRAIN_BENCHMARK.format(**key)))
         row.update(_oracle(metrics.get("auc_extra")))
+        oracle = stats.oracle_run(metrics)
+        if oracle is not None:
+            row["_oracle_run"] = dict(
+                oracle, main_score=stats.ORACLE_NOTE, protocol=ORACLE_PROTOCOL, epochs=metrics.get("epochs"),
+                run_dir=str(run_dir),
+            )
         history = None
         history_path = run_dir / "history.tsv"
         if history_path.is_file():
@@ -279,19 +319,37 @@ def _float(value: Any) -> float:
 
 
 def collect(results_dir: Path, grid: dict[str, list]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(runs, status, history) over the expected grid."""
-    statuses, rows, histories = [], [], []
+    """(runs, status, history) over the expected grid; runs ends with the oracle pseudo-runs."""
+    statuses, rows, histories, oracles = [], [], [], []
     for key in grid_keys(grid):
         status, row, history = read_run(results_dir, key)
         statuses.append(status)
         if row is not None:
+            oracle = row.pop("_oracle_run", None)
+            if oracle is not None:
+                oracles.append(oracle)
             rows.append(row)
         if history is not None:
             histories.append(history)
+    rows += oracles  # after the real runs, so that runs.csv reads them first
     runs = pd.DataFrame(rows, columns=None if rows else KEY_COLUMNS + ["auc", "auc_reconstruction"])
+    if "protocol" in runs:
+        runs["protocol"] = runs["protocol"].fillna("default")
     status = pd.DataFrame(statuses, columns=KEY_COLUMNS + ["status", "reason", "run_dir", "log"])
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=KEY_COLUMNS + ["epoch"])
     return runs, status, history
+
+
+def real_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` without the oracle pseudo-runs (for compute, parameters, provenance)."""
+    if runs.empty or "model" not in runs:
+        return runs
+    return runs[runs["model"] != ORACLE_MODEL]
+
+
+def table_grid(grid: dict[str, list]) -> dict[str, list]:
+    """The grid of the result tables: the run grid plus the oracle pseudo-model beside cae_ocsvm."""
+    return dict(grid, models=with_oracle(grid["models"]))
 
 
 def extra_runs(results_dir: Path, grid: dict[str, list]) -> list[str]:
@@ -403,13 +461,18 @@ def table1_layout(models: list[str]) -> list[dict[str, Any]]:
                 {"kind": "compared", "model": ours, "label": model_label(ours), "published_column": key,
                  "published_label": column["label"], "source": column.get("source", "")}
             )
+            if ours == "cae_ocsvm" and ORACLE_MODEL in models:
+                groups.append(
+                    {"kind": "oracle", "model": ORACLE_MODEL, "label": ORACLE_LABEL, "published_column": None,
+                     "published_label": None, "source": stats.ORACLE_NOTE}
+                )
         else:
             groups.append(
                 {"kind": "published_only", "model": None, "label": column["label"], "published_column": key,
                  "published_label": column["label"], "source": column.get("source", "")}
             )
     for model in models:
-        if pub.column_for_model(model) is None:
+        if pub.column_for_model(model) is None and model != ORACLE_MODEL:
             groups.append(
                 {"kind": "ours_only", "model": model, "label": model_label(model), "published_column": None,
                  "published_label": None, "source": "not in the paper's Table 1"}
@@ -475,6 +538,7 @@ def table1(summary: pd.DataFrame, avgs: pd.DataFrame, grid: dict[str, list]) -> 
 def compute_table(runs: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
     """Wall time per model and dataset, and device-hours split by device type."""
     columns = ["model", "dataset", "device_type", "runs", "wall_hours", "mean_wall_seconds", "mean_seconds_per_epoch", "gpu_hours"]
+    runs = real_runs(runs)
     if runs.empty:
         return pd.DataFrame(columns=columns)
     grouped = runs.groupby(["model", "dataset", "device_type"])
@@ -494,6 +558,7 @@ def compute_table(runs: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
 
 def parameters_table(runs: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
     paper = pub.parameters_millions()
+    runs = real_runs(runs)
     rows = []
     for model in grid["models"]:
         for dataset in grid["datasets"]:
@@ -534,8 +599,13 @@ def claims(avgs: pd.DataFrame) -> list[dict[str, Any]]:
                 "ours_max_class_std": _none(part["max_class_std"].max()) if len(part) else None,
             }
         )
-    out.append({"model": "deep_svdd", "claim": "Deep SVDD's mstd reaches 3.8 ([25]); not run here",
-                "published": paper.get("deep_svdd"), "ours_max_mstd": None, "ours_max_class_std": None})
+    part = avgs[avgs["model"] == "deep_svdd"]
+    ran = len(part) and part["n_classes"].sum() > 0
+    out.append({"model": "deep_svdd",
+                "claim": "Deep SVDD's mstd reaches 3.8 ([25])" + ("" if ran else "; not run here (extra_models)"),
+                "published": paper.get("deep_svdd"),
+                "ours_max_mstd": _none(part["mstd"].max()) if ran else None,
+                "ours_max_class_std": _none(part["max_class_std"].max()) if ran else None})
     return out
 
 
@@ -546,6 +616,90 @@ def _none(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# the statistics section (issue 9)
+
+
+def smallest_wilcoxon_p(n: int) -> float:
+    """The smallest two-sided exact Wilcoxon signed-rank p-value with ``n`` pairs: 2 / 2^n."""
+    return min(1.0, 2.0 / 2.0**n) if n > 0 else math.nan
+
+
+def statistics_payload(runs: pd.DataFrame, grid: dict[str, list], figure_dir: Path | None = None) -> dict[str, Any]:
+    """``grad2vae.stats.analyse`` over the grid's models (the oracle left out), with, per dataset,
+    ``skipped``: why a test was not run (too few methods or classes, a partial grid) and
+    ``notes``: what limits the tests that did run. Never raises for a small or partial grid."""
+    methods = [m for m in model_order(grid["models"]) if m != ORACLE_MODEL]
+    labels = {m: model_label(m) for m in methods}
+    usable = real_runs(runs)
+    if not usable.empty and "auc" in usable:
+        usable = usable[pd.to_numeric(usable["auc"], errors="coerce").notna()]
+    if usable.empty or "model" not in usable:
+        result: dict[str, Any] = {"alpha": stats.ALPHA, "oracle_note": stats.ORACLE_NOTE, "datasets": {}}
+    else:
+        result = stats.analyse(usable, methods=methods, labels=labels, figure_dir=figure_dir)
+    result["methods"] = methods
+    result["labels"] = labels
+    result["method"] = (
+        "Per dataset: one value per normal class and method, the AUC (percent) averaged over seeds first; "
+        "only classes where every method has a run. Average rank over the classes (1 = best AUC, ties share "
+        "the mean rank); Friedman test (scipy.stats.friedmanchisquare); every pair of methods by the two-sided "
+        "Wilcoxon signed-rank test on the paired class values (scipy.stats.wilcoxon), p-values corrected by "
+        f"Holm's step-down method over the pairs, significant at alpha = {stats.ALPHA:g}. Critical-difference "
+        "diagram drawn by scikit-posthocs from these ranks and Holm-corrected p-values."
+    )
+    for dataset in grid["datasets"]:
+        section = result["datasets"].setdefault(dataset, {"label": pub.dataset_label(dataset)})
+        skipped, notes = [], []
+        part = usable[usable["dataset"] == dataset] if not usable.empty and "dataset" in usable else usable
+        present = [m for m in methods if not part.empty and m in set(part["model"])]
+        absent = [labels[m] for m in methods if m not in present]
+        table = stats.class_means(part, present) if present else pd.DataFrame()
+        left_out = sorted(set(grid["normal_classes"]) - {int(c) for c in table.index})
+        ours = section.get("ours")
+        if ours is None:
+            skipped.append(
+                f"Ranks, Friedman and Wilcoxon tests not computed: they need at least 2 methods and 2 normal "
+                f"classes on which every method has a run; this grid has {len(present)} method(s) with runs "
+                f"and {len(table)} such class(es)."
+            )
+        else:
+            n, k = len(ours["classes"]), len(ours["methods"])
+            if not math.isfinite(ours["friedman"]["statistic"]):
+                skipped.append(f"Friedman test not run: it needs at least 3 methods (this comparison has {k}).")
+            smallest = smallest_wilcoxon_p(n)
+            if smallest > stats.ALPHA:
+                notes.append(
+                    f"With {n} normal classes the smallest possible two-sided Wilcoxon p-value is 2/2^{n} = "
+                    f"{smallest:.3g} > alpha = {stats.ALPHA:g}: no pairwise difference can be significant, whatever "
+                    "the AUCs (the paper's protocol has 10 classes)."
+                )
+        if ours is not None and len(grid["normal_classes"]) < pub.N_CLASSES:
+            notes.append(
+                f"This grid has {len(grid['normal_classes'])} of the 10 normal classes: the published averages "
+                "quoted in the claims are the paper's over all 10, ours over the classes here."
+            )
+        if absent:
+            notes.append("Methods of the grid without any complete run here (left out): " + ", ".join(absent) + ".")
+        if present and left_out:
+            notes.append(
+                "Normal classes left out because some method has no run for them: "
+                + ", ".join(pub.class_label(dataset, c) for c in left_out) + "."
+            )
+        if "published" not in section:  # no runs of this dataset: the paper's numbers still are
+            paper = stats.published_table(dataset)
+            if paper.shape[1] >= 2:
+                section["published"] = stats.compare(paper, name=f"{pub.dataset_label(dataset)} (paper's Table 1)").to_dict()
+            else:
+                skipped.append("The paper's Table 1 was not analysed (fewer than 2 complete columns).")
+        section["skipped"] = skipped
+        section["notes"] = notes
+    # the grid's order of datasets (the report's order), then any others
+    order = list(grid["datasets"]) + sorted(set(result["datasets"]) - set(grid["datasets"]))
+    result["datasets"] = {dataset: result["datasets"][dataset] for dataset in order}
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,9 +770,11 @@ def aggregate(
             "--datasets/--models/--normal-classes/--seeds"
         )
     runs, status, history = collect(results_dir, grid)
-    summary = summarise(runs, grid)
-    avgs = averages(summary, grid)
-    table = table1(summary, avgs, grid)
+    tables = table_grid(grid)
+    summary = summarise(runs, tables)
+    avgs = averages(summary, tables)
+    table = table1(summary, avgs, tables)
+    statistics = statistics_payload(runs, grid)
     compute = compute_table(runs, grid)
     params = parameters_table(runs, grid)
 
@@ -632,6 +788,7 @@ def aggregate(
     _write_csv(params, out_dir / "parameters.csv")
     with atomic_open(out_dir / "history.csv.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
         handle.write(history.to_csv(index=False).encode("utf-8"))
+    write_json(out_dir / "stats.json", _jsonable(statistics))
 
     counts = status["status"].value_counts().to_dict()
     payload = {
@@ -640,7 +797,7 @@ def aggregate(
         "counts": {k: int(counts.get(k, 0)) for k in ("complete", "failed", "missing")},
         "expected_runs": int(len(status)),
         "extra_runs_ignored": extra_runs(results_dir, grid),
-        "table1_layout": table1_layout(grid["models"]),
+        "table1_layout": table1_layout(tables["models"]),
         "mstd_claims": claims(avgs),
         "definitions": {
             "auc_pct": "100 x AUC-ROC of the model's main score, label 1 = anomaly (Table 1's units)",
@@ -652,7 +809,7 @@ def aggregate(
         },
         "citation": pub.citation(),
         "workflow_config": workflow_config,
-        "provenance": provenance(runs),
+        "provenance": provenance(real_runs(runs)),
     }
     write_json(out_dir / "aggregate.json", _jsonable(payload))
     return payload

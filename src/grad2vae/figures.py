@@ -9,6 +9,9 @@ RESULTS/runs/.../scores.csv.gz; writes into OUT (default RESULTS/figures):
   roc_class{C}.png       ROC curves of every model for normal class C (one seed), per dataset
   parameters.png         our parameter counts beside the paper's
   compute.png            seconds per epoch, and device-hours (GPU-hours on CUDA) per model
+  cd_{dataset}.png       critical-difference diagram of each dataset (grad2vae.stats: average ranks
+                         over the normal classes, bars = Wilcoxon-Holm not significant); where the
+                         grid is too small for the tests, a figure saying why
   figures.json           the list of figures with title and caption, read by `grad2vae report`
 A figure with no data to show is still written, saying so, so that a partial grid always gets a
 complete set of files.
@@ -36,7 +39,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from grad2vae import published as pub  # noqa: E402
-from grad2vae.aggregate import RUN_DIR, model_label, model_order  # noqa: E402
+from grad2vae.aggregate import RUN_DIR, model_label, model_order, statistics_payload  # noqa: E402
 from grad2vae.atomic import atomic_path, write_json  # noqa: E402
 from grad2vae.errors import UserError  # noqa: E402
 
@@ -318,6 +321,41 @@ def compute(compute_table: pd.DataFrame, grid: dict, colours: dict, path: Path, 
     }
 
 
+def critical_difference(runs: pd.DataFrame, grid: dict, out_dir: Path, dpi: int) -> list[dict]:
+    """cd_{dataset}.png for every dataset of the grid (the same analysis as stats.json)."""
+    analysis = statistics_payload(runs, grid, figure_dir=out_dir)
+    entries = []
+    for dataset in grid["datasets"]:
+        section = analysis["datasets"].get(dataset, {})
+        path = out_dir / f"cd_{dataset}.png"
+        if "cd_diagram" not in section:
+            reason = section.get("cd_diagram_error") or " ".join(section.get("skipped", [])) or "no comparison"
+            fig, ax = plt.subplots(figsize=(7.5, 1.6))
+            _no_data(ax, "No critical-difference diagram:\n" + "\n".join(_wrap(reason, 90)))
+            ax.set_title(pub.dataset_label(dataset), fontsize=9)
+            _save(fig, path, dpi)
+            caption = f"Not drawn: {reason}"
+        else:
+            ours = section["ours"]
+            caption = (
+                f"Average rank of each method over the {len(ours['classes'])} normal classes with a run of every "
+                "method (AUC averaged over seeds first; 1 = best). A bar joins methods whose pairwise two-sided "
+                f"Wilcoxon signed-rank test, Holm-corrected, is not significant at alpha = {ours['alpha']:g}. The CAE "
+                "OCSVM oracle is left out (it selects on the test labels)."
+            )
+        entries.append(
+            {"file": path.name, "section": "stats", "dataset": dataset,
+             "title": f"Critical-difference diagram — {pub.dataset_label(dataset)}", "caption": caption}
+        )
+    return entries
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -349,6 +387,7 @@ def draw_all(results_dir: Path, agg_dir: Path, out_dir: Path, roc_class: int | N
         parameters(params, grid, out_dir / "parameters.png", dpi),
         compute(compute_table, grid, colours, out_dir / "compute.png", dpi),
     ]
+    entries += critical_difference(runs, grid, out_dir, dpi)
     write_json(out_dir / "figures.json", {"figures": entries})
     return entries
 

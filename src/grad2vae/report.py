@@ -9,7 +9,8 @@ without a server and can be copied or zipped as a whole. The page is rendered by
 autoescaping from the templates in --template-dir (default: the repository's workflow/report/).
 
 Sections: summary (dataset averages, ours beside published; the paper's mstd claims and
-learning setup), Table 1, Fig. 6, per-class figures, parameters and compute, explainability (if any), the
+learning setup), Table 1, statistics (RESULTS/aggregate/stats.json: average ranks, Friedman,
+Wilcoxon-Holm, critical-difference diagrams, the paper's claims with our verdict), Fig. 6, per-class figures, parameters and compute, explainability (if any), the
 assumptions every model and module documents, run status (complete / failed / missing) and
 provenance (versions, commits, devices, configuration).
 
@@ -240,6 +241,83 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _p(value: Any) -> str:
+    """A p-value for display: 3 significant digits, '—' when not computed."""
+    if not _finite(value):
+        return "—"
+    value = float(value)
+    return f"{value:.3g}" if value >= 0.001 else f"{value:.2e}"
+
+
+def _comparison(comparison: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """Display rows of one stats.Comparison.to_dict(): ranks (best first) and every pair."""
+    methods = comparison["methods"]
+    ranks = comparison["average_ranks"]
+    means = comparison["mean_auc"]
+    alpha = comparison["alpha"]
+    rank_rows = [
+        {"method": labels.get(m, m), "rank": fmt_num(ranks[m]), "mean": fmt_num(means[m])}
+        for m in sorted(methods, key=lambda m: (ranks[m], m))
+    ]
+    pairs = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            holm_p = comparison["holm_p"][a][b]
+            difference = means[a] - means[b]
+            pairs.append(
+                {"a": labels.get(a, a), "b": labels.get(b, b), "diff": fmt_signed(difference), "diff_class": sign_class(difference),
+                 "p": _p(comparison["wilcoxon_p"][a][b]), "holm": _p(holm_p),
+                 "significant": _finite(holm_p) and float(holm_p) <= alpha}
+            )
+    friedman = comparison.get("friedman") or {}
+    return {
+        "name": comparison.get("name", ""),
+        "n_classes": len(comparison.get("classes", [])),
+        "classes": comparison.get("classes", []),
+        "k": len(methods),
+        "alpha": alpha,
+        "rank_rows": rank_rows,
+        "pairs": pairs,
+        "friedman_statistic": fmt_num(friedman.get("statistic"), 3),
+        "friedman_p": _p(friedman.get("p")),
+        "friedman_run": _finite(friedman.get("statistic")),
+        "friedman_significant": _finite(friedman.get("p")) and float(friedman["p"]) <= alpha,
+        "minimum_holm_p": _p(comparison.get("minimum_holm_p")),
+        "critical_difference": fmt_num(comparison.get("nemenyi_critical_difference"), 2),
+    }
+
+
+def gather_statistics(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
+    """The statistics section from stats.json (``grad2vae aggregate``) and the cd_* figures."""
+    path = agg_dir / "stats.json"
+    if not path.is_file():
+        return {"available": False, "reason": f"{path.name} not found; run `grad2vae aggregate` again", "datasets": []}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    labels = data.get("labels", {})
+    paper_labels = {key: column["label"] for key, column in pub.published_columns().items()}
+    diagrams = {f.get("dataset"): f for f in figures.get("stats", [])}
+    datasets = []
+    for dataset, section in data.get("datasets", {}).items():
+        entry = {
+            "dataset": dataset,
+            "label": section.get("label", dataset),
+            "ours": _comparison(section["ours"], labels) if section.get("ours") else None,
+            "published": _comparison(section["published"], paper_labels) if section.get("published") else None,
+            "claims": [section[key] for key in ("claim_ours", "claim_published") if section.get(key)],
+            "skipped": section.get("skipped", []),
+            "notes": section.get("notes", []),
+            "diagram": diagrams.get(dataset),
+        }
+        datasets.append(entry)
+    return {
+        "available": True,
+        "alpha": data.get("alpha"),
+        "method": data.get("method", ""),
+        "oracle_note": data.get("oracle_note", ""),
+        "datasets": datasets,
+    }
+
+
 def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary: Path, report_dir: Path) -> dict[str, Any]:
     payload_path = agg_dir / "aggregate.json"
     if not payload_path.is_file():
@@ -266,13 +344,15 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
             raise UserError(f"{source} is listed in {manifest_path} but missing; run `grad2vae figures` again")
         _copy(source, report_dir / "figures" / source.name)
         figures.setdefault(entry.get("section", "other"), []).append(
-            {"src": f"figures/{source.name}", "title": entry.get("title", ""), "caption": entry.get("caption", "")}
+            {"src": f"figures/{source.name}", "title": entry.get("title", ""), "caption": entry.get("caption", ""),
+             "dataset": entry.get("dataset", "")}
         )
 
     # the tables as downloadable CSVs
     _fresh_dir(report_dir / "data")
     downloads = []
-    for name in ("table1.csv", "runs.csv", "summary.csv", "averages.csv", "status.csv", "compute.csv", "parameters.csv"):
+    for name in ("table1.csv", "runs.csv", "summary.csv", "averages.csv", "status.csv", "compute.csv", "parameters.csv",
+                 "stats.json"):
         if (agg_dir / name).is_file():
             _copy(agg_dir / name, report_dir / "data" / name)
             downloads.append({"href": f"data/{name}", "name": name})
@@ -388,6 +468,10 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
         "extra_runs": payload.get("extra_runs_ignored", []),
         "definitions": payload.get("definitions", {}),
         "layout": layout,
+        "published_only": [g["label"] for g in layout if g["kind"] == "published_only"],
+        "ours_only": [g["label"] for g in layout if g["kind"] == "ours_only"],
+        "oracle_column": any(g["kind"] == "oracle" for g in layout),
+        "statistics": gather_statistics(agg_dir, figures),
         "table_rows": table_rows,
         "average_note": any(c.get("published_note") for r in table_rows for c in r["cells"]),
         "summary_rows": summary_rows,

@@ -1,5 +1,6 @@
-# Stage 3: the tidy table of all runs, per-class statistics, mstd and Table 1
-# (`grad2vae aggregate`), then the figures (`grad2vae figures`).
+# Stage 3: the tidy table of all runs, per-class statistics, mstd, Table 1 and the tests of
+# stats.json (`grad2vae aggregate`), then the figures (`grad2vae figures`), among them the
+# critical-difference diagram of each dataset.
 
 
 rule workflow_config:
@@ -40,7 +41,7 @@ rule figures:
         rules.aggregate.output,
         roc_scores,
     output:
-        [f"{FIGURES_DIR}/{name}" for name in FIGURE_FILES],
+        figure_files(),
         roc_figure(),
     log:
         f"{RESULTS}/logs/figures.log",

@@ -15,6 +15,9 @@ AGGREGATE_DIR = f"{RESULTS}/aggregate"
 FIGURES_DIR = f"{RESULTS}/figures"
 EXPLAIN_SUMMARY = f"{RESULTS}/explain/summary.json"
 TEMPLATE_DIR = os.path.join(workflow.basedir, "workflow", "report")
+# The trained models: the grid's `models` plus `extra_models` (presets/table1-complete.yaml adds
+# deep_svdd and cae_ocsvm, Table 1's other two columns).
+MODELS = list(dict.fromkeys(config["models"] + config["extra_models"]))
 
 # The official IDX file names of both datasets (tests/test_workflow.py checks them against
 # grad2vae.data.DATASETS; not imported here, so that parsing the workflow needs no torch).
@@ -36,6 +39,7 @@ AGGREGATE_FILES = (
     "compute.csv",
     "parameters.csv",
     "aggregate.json",
+    "stats.json",
 )
 FIGURE_FILES = (
     "fig6_auc_vs_epoch.png",
@@ -44,6 +48,12 @@ FIGURE_FILES = (
     "compute.png",
     "figures.json",
 )
+
+
+def figure_files():
+    """What `grad2vae figures` writes: FIGURE_FILES, a critical-difference diagram per dataset."""
+    names = list(FIGURE_FILES) + [f"cd_{dataset}.png" for dataset in config["datasets"]]
+    return [f"{FIGURES_DIR}/{name}" for name in names]
 
 
 def up(path, levels=1):
@@ -76,7 +86,7 @@ def train_data(wildcards):
 def run_keys():
     for dataset in config["datasets"]:
         for normal_class in config["normal_classes"]:
-            for model in config["models"]:
+            for model in MODELS:
                 for seed in config["seeds"]:
                     yield dict(
                         dataset=dataset,
@@ -122,9 +132,11 @@ def roc_figure():
     return f"{FIGURES_DIR}/roc_class{roc_class}.png"
 
 
-def train_options():
-    """`grad2vae train` options that define a run's results (its protocol): a change re-runs it."""
-    train = config["train"]
+def train_options(wildcards):
+    """`grad2vae train` options that define a run's results (its protocol): a change re-runs it.
+    config["model_train"][model] overrides config["train"] for that model (e.g. Deep SVDD's own
+    schedule in presets/table1-complete.yaml)."""
+    train = config["train"] | config["model_train"].get(wildcards.model, {})
     return " ".join(
         [
             f"--epochs {train['epochs']}",
@@ -141,7 +153,8 @@ def train_options():
 
 
 def execution_options(wildcards, threads):
-    """How a run executes, not what it computes: device, GPU slots, checkpoint interval.
+    """How a run executes, not what it computes: device, GPU slots, checkpoint interval and
+    Grad2VAE's second-derivative implementation.
     Taking `threads` makes this a param derived from the job's execution settings, which
     Snakemake does not use as a re-run trigger: switching `device: auto` to `cuda` (or adding
     GPU slots) must not re-run 800 finished runs. The protocol (train_options) does re-run.
@@ -154,6 +167,8 @@ def execution_options(wildcards, threads):
     ]
     if train["gpu_slots"] is not None:
         options.append(f"--gpu-slots {train['gpu_slots']}")
+    # equal results up to rounding (tests/test_second_derivatives.py), so not a re-run trigger
+    options.append(f"--derivatives {train['derivatives']}")
     return " ".join(options)
 
 

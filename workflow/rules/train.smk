@@ -1,5 +1,5 @@
 # Stage 2: one job per run = model x dataset x normal class x seed (`grad2vae train`).
-# 800 jobs with config.yaml. `--resources gpu=N` caps how many train at once.
+# 800 jobs with config.yaml, 1200 with presets/table1-complete.yaml (extra_models). `--resources gpu=N` caps how many train at once.
 
 
 rule train:
@@ -25,7 +25,7 @@ rule train:
         data_dir=DATA_DIR,
         run_dir=lambda wildcards, output: os.path.dirname(output.metrics),
         latent_dim=latent_dim,
-        protocol=train_options(),
+        protocol=train_options,
         execution=execution_options,
     shell:
         "grad2vae train --model {wildcards.model} --dataset {wildcards.dataset}"
