@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Snakemake's rules call the `grad2vae` command: the venv's bin must come first on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup quick test lint clean-results
 
@@ -20,10 +22,10 @@ quick: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/install-system-deps
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra
 
 lint: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
 clean-results:
