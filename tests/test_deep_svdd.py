@@ -127,10 +127,10 @@ def test_preprocessing_is_l1_gcn_then_min_max_of_the_training_images():
     )
 
 
-@pytest.mark.skipif(not (REPO / "data" / "mnist" / "MANIFEST.json").exists(), reason="real MNIST not fetched")
-def test_min_max_constants_match_the_source_on_real_mnist():
+@pytest.mark.network
+def test_min_max_constants_match_the_source_on_real_mnist(real_data_dir):
     # lukasruff/Deep-SVDD-PyTorch datasets/mnist.py hard-codes these for normal class 0
-    split = data.load_split(REPO / "data", "mnist", 0)
+    split = data.load_split(real_data_dir, "mnist", 0)
     model = DeepSVDD(dataset="mnist")
     model.fit_preprocessing(split.train_x)
     assert float(model.gcn_min) == pytest.approx(-0.8826567065619495, abs=1e-5)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import unavailable
 from grad2vae import explain
 from grad2vae.explain import (
     curve_area,
@@ -471,7 +472,7 @@ def test_rule_is_snakefmt_formatted():
 
     snakefmt = Path(sys.executable).parent / "snakefmt"
     if not snakefmt.exists():
-        pytest.skip("snakefmt not installed")
+        unavailable("snakefmt is not installed (pip install -e '.[test]')")
     done = subprocess.run([str(snakefmt), "--check", str(EXPLAIN_SMK)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -18,6 +18,7 @@ from grad2vae.aggregate import TRAIN_LOG
 from grad2vae.cli import main as cli_main
 from grad2vae.report import gather_assumptions
 
+from conftest import unavailable
 from test_aggregate import oracle_grid, write_fake_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,7 +263,7 @@ def check_report_in_browser(index_html: Path, rows: dict[str, int], screenshot: 
     """Open the report from file:// in headless Chromium; every image loaded, the tables have the
     expected body rows, no console errors."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+        unavailable("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

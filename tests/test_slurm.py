@@ -41,13 +41,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import write_synthetic_dataset
+from conftest import unavailable, write_synthetic_dataset
 from grad2vae.aggregate import RUN_DIR, TRAIN_LOG
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm-single-node"
 PROFILES = REPO / "profiles"
-IN_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 SLURM_TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "srun", "squeue", "scontrol", "scancel")
 LOCAL_RULES = ("data", "workflow_config", "aggregate", "figures", "report", "all")
 
@@ -56,12 +55,6 @@ LOCAL_RULES = ("data", "workflow_config", "aggregate", "figures", "report", "all
 EPOCHS = 12
 GRID = dict(datasets=["mnist"], normal_classes=[0], seeds=[0], models=["cae", "vae"])
 CANCELLED_RUN = dict(dataset="mnist", model="vae", normal_class=0, seed=0)
-
-
-def unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"{reason} -- under CI=true the Slurm tests must run")
-    pytest.skip(reason)
 
 
 def _which(tool: str) -> str | None:

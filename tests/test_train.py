@@ -356,11 +356,6 @@ def test_assumptions_are_documented():
 
 @pytest.mark.parametrize("model", ["vae", "grad2vae", "cae", "inception_caenn"])
 def test_real_models_one_epoch(tiny_data_dir, tmp_path, model):
-    if model not in models.MODELS:
-        try:
-            models._load_builtin_models()
-        except ImportError as error:
-            pytest.skip(f"model files not all there yet: {error}")
     cfg = train.RunConfig(
         model=model,
         dataset="fashion_mnist",
@@ -435,10 +430,6 @@ def _history_epochs(out_dir):
 
 
 def test_sigkill_and_restart_gives_identical_results(tiny_data_dir, tmp_path):
-    try:
-        models._load_builtin_models()
-    except ImportError as error:
-        pytest.skip(f"model files not all there yet: {error}")
     epochs = 8
     cfg = train.RunConfig(
         model="vae",
