@@ -137,7 +137,7 @@ def per_class(summary: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi:
     datasets = grid["datasets"]
     classes = grid["normal_classes"]
     models = grid["models"]
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(max(6.5, 0.9 * len(classes) + 3.5), 3.6 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(max(6.5, 0.9 * len(classes) + 3.5) + 2.5, 3.6 * len(datasets)), squeeze=False)
     width = 0.7
     columns = pub.published_columns()
     for ax, dataset in zip(axes[:, 0], datasets):
@@ -165,7 +165,8 @@ def per_class(summary: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi:
         ax.set_ylabel("AUC-ROC (%)")
         title = pub.dataset_label(dataset)
         ax.set_title(title if any_data else f"{title} — no complete runs yet")
-        ax.legend(fontsize=7, ncol=2, loc="lower left", framealpha=0.85)
+        # outside the axes: inside, it hid the low AUCs it is there to explain
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
     fig.tight_layout()
     _save(fig, path, dpi)
     return {
