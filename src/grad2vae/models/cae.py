@@ -50,11 +50,12 @@ SHARED_ASSUMPTIONS = (
     "monotone transform with identical AUC — natasasdj/anomalyDetection AnomalyDetection.py 'nnd'",
     "Features and scores computed in eval mode (BatchNorm running statistics) — Keras predict()",
     "Code size fixed at 128 by the source; latent_dim (16/32) is ignored — natasasdj/anomalyDetection",
-    "Trained with the grid's protocol (config.yaml: the paper's Adam 1e-3, batch 128, 100 epochs, "
-    "x0.01 after epoch 50), not the source's (Adam, batch 200, lr 1e-4 for 250 epochs then 1e-5 "
-    "for 100; FeaturesExtractor.py): Grad2VAE's Fig. 6 compares the models 'under the same "
-    "experimental setup' (Sect. 4). The published Inception-CAENN column of Table 1 comes from "
-    "the source's setup [25]; `model_train` in the config gives a model its own protocol",
+    "Trained with the grid's protocol (config.yaml: Adam 1e-3, batch 128, 100 epochs, x0.01 "
+    "after epoch 50), not the source's (Adam, batch 200, lr 1e-4 for 250 epochs then 1e-5 for "
+    "100), so Table 1's published Inception-CAENN column (from [25]'s setup) was trained "
+    "differently; `model_train` in the config gives a model its own protocol — Grad2VAE paper "
+    "Sect. 4 compares the models 'under the same experimental setup'; natasasdj/anomalyDetection "
+    "FeaturesExtractor.py",
 )
 
 
