@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 quick: $(STAMP)
+	bash scripts/ensure-apt-lists
 	$(BIN)/snakemake --cores 2 --configfile presets/quick.yaml
 	@echo "report: $(CURDIR)/report/index.html"
 
