@@ -162,44 +162,26 @@ def test_straightforward_dataset_gives_the_trainers_tensors():
     torch.testing.assert_close(got, expected)
 
 
+def train_argv(data_dir, out_dir, *options: str) -> list[str]:
+    """`grad2vae train` of a grad2vae run on MNIST class 1, seed 0, plus ``options``."""
+    return [
+        "train", "--model", "grad2vae", "--dataset", "mnist", "--normal-class", "1", "--seed", "0",
+        "--data-dir", str(data_dir), "--out-dir", str(out_dir), *options,
+    ]
+
+
 @pytest.mark.parametrize("method", ["loop", "explicit"])
 def test_train_flag_picks_the_derivative_method_and_records_it(method, tiny_data_dir, tmp_path, monkeypatch):
     from grad2vae.models.grad2vae import DERIVATIVES_ENV
 
     monkeypatch.setenv(DERIVATIVES_ENV, "auto")  # recorded, so the flag's setting is undone after
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--model",
-        "grad2vae",
-        "--dataset",
-        "mnist",
-        "--normal-class",
-        "1",
-        "--seed",
-        "0",
-        "--data-dir",
-        str(tiny_data_dir),
-        "--out-dir",
-        str(out),
-        "--latent-dim",
-        "2",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--train-limit",
-        "8",
-        "--test-limit",
-        "20",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--no-progress",
-        "--derivatives",
-        method,
-    ]
+    argv = train_argv(
+        tiny_data_dir, out,
+        "--latent-dim", "2", "--epochs", "1", "--batch-size", "4", "--train-limit", "8",
+        "--test-limit", "20", "--device", "cpu", "--threads", "1", "--no-progress",
+        "--derivatives", method,
+    )
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["derivatives"] == method
@@ -207,21 +189,5 @@ def test_train_flag_picks_the_derivative_method_and_records_it(method, tiny_data
 
 
 def test_train_flag_rejects_unknown_methods(tiny_data_dir, tmp_path):
-    argv = [
-        "train",
-        "--model",
-        "grad2vae",
-        "--dataset",
-        "mnist",
-        "--normal-class",
-        "1",
-        "--seed",
-        "0",
-        "--data-dir",
-        str(tiny_data_dir),
-        "--out-dir",
-        str(tmp_path / "r"),
-        "--derivatives",
-        "magic",
-    ]
+    argv = train_argv(tiny_data_dir, tmp_path / "r", "--derivatives", "magic")
     assert main(argv) == 2
