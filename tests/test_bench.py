@@ -50,6 +50,7 @@ def test_tiny_mode_writes_json_with_every_key(tiny_result):
         "device",
         "device_type",
         "threads",
+        "cpu_malloc",
         "torch",
         "settings",
         "matmul",

@@ -24,6 +24,9 @@ training images of the normal class, 10,000 test images; synthetic tensors of th
   evaluation every epoch), runs one after another on this device, Grad2VAE with the method that
   "auto" picks on this device.
 
+On the CPU the benchmark sets the C allocator as the trainer does
+(``devices.keep_freed_memory``) and records it; ``GRAD2VAE_MALLOC=default`` measures without it.
+
 Output: a table on stdout and, with --output, a JSON file (written atomically). Ratios within
 one run are meaningful; absolute times depend on the load of the machine. --tiny runs the same
 code at toy sizes in seconds (CI).
@@ -50,7 +53,7 @@ import numpy as np
 import torch
 
 from grad2vae.atomic import write_json
-from grad2vae.devices import device_name, resolve_device
+from grad2vae.devices import device_name, keep_freed_memory, resolve_device
 
 SCHEMA = "grad2vae-bench/1"
 #: the four models of the paper's grid (config.yaml ``models``)
@@ -317,6 +320,8 @@ def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str],
     from grad2vae.models.grad2vae import AUTO_DERIVATIVES, resolve_derivatives
 
     auto_method = resolve_derivatives(device)
+    # as the trainer does on the CPU (GRAD2VAE_MALLOC=default to measure without it)
+    malloc = keep_freed_memory() if device.type == "cpu" else None
     gen = torch.Generator().manual_seed(settings.seed)
     images = torch.randint(0, 256, (settings.train_images, 28, 28), generator=gen, dtype=torch.uint8)
     test_images = torch.randint(0, 256, (settings.test_images, 28, 28), generator=gen, dtype=torch.uint8)
@@ -449,6 +454,7 @@ def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str],
         "device": device_name(device),
         "device_type": device.type,
         "threads": torch.get_num_threads(),
+        "cpu_malloc": malloc,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -541,6 +547,7 @@ def format_report(result: dict) -> str:
     lines = [
         f"grad2vae bench {result['date']} on {result['device']} ({result['device_type']}, "
         f"{result['threads']} threads), torch {result['torch']}"
+        + (f", CPU malloc {result['cpu_malloc']}" if result.get("cpu_malloc") else "")
         + (" [TINY MODE: toy sizes, numbers meaningless]" if result["settings"]["tiny"] else ""),
         f"matmul {result['matmul']['size']}^2 float32: {result['matmul']['flops_per_second'] / gf:.1f} GFLOP/s "
         f"(median of the rounds)",

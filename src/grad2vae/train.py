@@ -620,6 +620,7 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
 
     if threads is not None:
         torch.set_num_threads(threads)
+    malloc = devices.keep_freed_memory() if device.type == "cpu" else None
     chash = config_hash(config)
 
     split = data.load_split(
@@ -845,6 +846,7 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
         "device": devices.device_name(device),
         "device_type": device.type,
         "threads": torch.get_num_threads(),
+        "cpu_malloc": malloc,  # devices.keep_freed_memory() on the CPU, else None
         "derivatives": getattr(model, "derivatives_used", None),  # Grad2VAE's method, else None
         "parameters": int(model.parameter_count()),
         "train_images": n_train,

@@ -110,6 +110,12 @@ def resolve_derivatives(device: torch.device | str, requested: str = "auto") -> 
     return requested
 
 
+def _channels_last_mask(activation: Tensor) -> Tensor:
+    """1 where a ReLU output is > 0 (where autograd's ReLU backward passes), as ``activation``'s
+    dtype in channels_last memory order."""
+    return (activation > 0).to(activation.dtype).contiguous(memory_format=torch.channels_last)
+
+
 def explicit_second_derivatives(
     encoder: Encoder, e1: Tensor, eps: Tensor, create_graph: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -127,12 +133,13 @@ def explicit_second_derivatives(
     mu, logvar = encoder.mu(ah), encoder.logvar(ah)
     n, d = logvar.shape
     with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
-        dtype = e1.dtype
-        t = (ah > 0).to(dtype).unsqueeze(1) * encoder.logvar.weight  # (N, d, hidden)
+        t = (ah > 0).to(ah.dtype).unsqueeze(1) * encoder.logvar.weight  # (N, d, hidden)
         t = (t @ encoder.hidden.weight).view(n, d, *a3.shape[1:])  # (N, d, c3, 14, 14)
         # channels_last: the transposed convolutions on N*d maps run ~2x faster in it on the CPU
-        # (oneDNN); values are the same up to rounding
-        t = (t * (a3 > 0).to(dtype).unsqueeze(1)).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        # (oneDNN); values are the same up to rounding. The ReLU masks are laid out the same
+        # way, so that the broadcast products stream through memory in order.
+        t = t.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(n, d, *a3.shape[1:])
+        t = (t * _channels_last_mask(a3).unsqueeze(1)).flatten(0, 1)
         conv3 = encoder.conv3
         output_padding = tuple(
             size - ((small - 1) * stride - 2 * pad + kernel)
@@ -143,8 +150,7 @@ def explicit_second_derivatives(
         t = F.conv_transpose2d(
             t, conv3.weight, stride=conv3.stride, padding=conv3.padding, output_padding=output_padding
         )
-        t = t.view(n, d, *a2.shape[1:]) * (a2 > 0).to(dtype).unsqueeze(1)  # stays channels_last
-        t = t.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        t = (t.view(n, d, *a2.shape[1:]) * _channels_last_mask(a2).unsqueeze(1)).flatten(0, 1)
         conv2 = encoder.conv2
         g = F.conv_transpose2d(t, conv2.weight, stride=conv2.stride, padding=conv2.padding)
         g = g.view(n, d, *e1.shape[1:])
@@ -190,7 +196,12 @@ class AttentionModule(nn.Module):
         keras_init_(self.image, relu=False)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        a = F.leaky_relu(h.flatten(1, 2), negative_slope=0.3)
+        n, d, c, height, width = h.shape
+        # Stack the d tensors along channels in channels_last memory order (N, H, W, d*C): the
+        # d*C -> width convolution, the largest of the step, runs ~2x faster in it on the CPU
+        # (oneDNN), and the explicit derivatives already arrive as (N, d, H, W, C) in memory.
+        stacked = h.permute(0, 3, 4, 1, 2).reshape(n, height, width, d * c).permute(0, 3, 1, 2)
+        a = F.leaky_relu(stacked, negative_slope=0.3)
         a = F.relu(self.aggregate(a))
         a = F.relu(self.fuse(a))
         return a, self.image(a)
