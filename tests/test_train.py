@@ -6,6 +6,7 @@ subprocess tests use the real `vae` (a subprocess cannot see a model registered 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -487,3 +488,246 @@ def test_sigkill_and_restart_gives_identical_results(tiny_data_dir, tmp_path):
     stamp = (cut / "metrics.json").stat().st_mtime_ns
     assert run(cfg, cut, tiny_data_dir, threads=1) == m_cut
     assert (cut / "metrics.json").stat().st_mtime_ns == stamp
+
+
+# --------------------------------------------------------------------------------------------
+# Several seeds in one process (train_runs): each run ends as it would alone
+
+
+def _seed_configs(model, seeds, epochs=2):
+    return [
+        train.RunConfig(
+            model=model,
+            dataset="mnist",
+            normal_class=3,
+            seed=seed,
+            epochs=epochs,
+            batch_size=8,
+            lr_decay_epoch=1,
+            lr_decay_factor=0.1,
+            train_limit=20,
+            test_limit=40,
+            eval_batch_size=16,
+        )
+        for seed in seeds
+    ]
+
+
+def _run_files(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    state = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
+    _, history = read_tsv(run_dir / "history.tsv")
+    return metrics, state, history
+
+
+def _separate_and_together(model, tiny_data_dir, tmp_path, seed_batching, seeds=(4, 7)):
+    configs = _seed_configs(model, seeds)
+    for config in configs:
+        run(config, tmp_path / "alone" / f"seed{config.seed}", tiny_data_dir)
+    together = train.train_runs(
+        configs,
+        [tmp_path / "together" / f"seed{config.seed}" for config in configs],
+        data_dir=tiny_data_dir,
+        device="cpu",
+        progress=False,
+        seed_batching=seed_batching,
+    )
+    return configs, together
+
+
+@pytest.mark.parametrize("model", ["vae", "grad2vae", "cae", "inception_caenn", "deep_svdd"])
+def test_seeds_stepped_in_turn_equal_separate_runs_exactly(tiny_data_dir, tmp_path, model):
+    configs, together = _separate_and_together(model, tiny_data_dir, tmp_path, "sequential")
+    for config, metrics in zip(configs, together):
+        alone = _run_files(tmp_path / "alone" / f"seed{config.seed}")
+        grouped = _run_files(tmp_path / "together" / f"seed{config.seed}")
+        assert metrics["seed_batching"] == "sequential" and metrics["seeds_in_process"] == 2
+        assert grouped[0]["auc"] == alone[0]["auc"]
+        assert grouped[0]["config_hash"] == alone[0]["config_hash"]
+        for name, value in alone[1].items():
+            assert torch.equal(grouped[1][name], value), name
+        for row_alone, row_grouped in zip(alone[2], grouped[2]):
+            for key in row_alone:
+                if key.startswith("loss_") or key.startswith("auc"):
+                    assert row_grouped[key] == row_alone[key], (key, row_alone["epoch"])
+    # the two seeds really are different runs
+    first, second = (_run_files(tmp_path / "together" / f"seed{c.seed}")[1] for c in configs)
+    assert any(not torch.equal(first[name], second[name]) for name in first)
+
+
+VMAP_MODELS = ["vae", "grad2vae", "cae", "inception_caenn"]
+
+
+def _biases_before_batchnorm(model_name):
+    model = models.create_model(model_name, 16, dataset="mnist")
+    names = set()
+    for prefix, module in model.named_modules():
+        children = list(module.named_children())
+        for (name, layer), (_, following) in zip(children, children[1:]):
+            if isinstance(layer, nn.Conv2d) and isinstance(following, nn.BatchNorm2d):
+                names.add(f"{prefix}.{name}.bias".lstrip("."))
+    return names
+
+
+def test_models_declaring_seed_vmap():
+    from grad2vae.models import create_model
+    from grad2vae.models.grad2vae import Grad2VAE
+
+    cpu = torch.device("cpu")
+    declared = [name for name in ("vae", "grad2vae", "cae", "inception_caenn", "deep_svdd", "cae_ocsvm")
+                if create_model(name, 16, dataset="mnist").supports_seed_vmap(cpu)]
+    assert sorted(declared) == sorted(VMAP_MODELS + ["cae_ocsvm"])
+    assert not Grad2VAE(16, derivatives="loop").supports_seed_vmap(cpu)
+
+
+@pytest.mark.parametrize("model", VMAP_MODELS)
+def test_seeds_vmapped_equal_separate_runs_within_rounding(tiny_data_dir, tmp_path, model):
+    configs, together = _separate_and_together(model, tiny_data_dir, tmp_path, "auto")
+    for config, metrics in zip(configs, together):
+        alone = _run_files(tmp_path / "alone" / f"seed{config.seed}")
+        grouped = _run_files(tmp_path / "together" / f"seed{config.seed}")
+        assert metrics["seed_batching"] == "vmap"
+        # what the runs compute: every test image's scores and every epoch's loss terms. With
+        # BatchNorm the bias noise below reaches the running means (eval mode): looser.
+        tolerance = 5e-2 if _biases_before_batchnorm(model) else 1e-3
+        scores = [train.read_scores(tmp_path / side / f"seed{config.seed}" / "scores.csv.gz")
+                  for side in ("alone", "together")]
+        for row_alone, row_grouped in zip(*scores):
+            for key in ("score_main", "score_reconstruction"):
+                assert float(row_grouped[key]) == pytest.approx(float(row_alone[key]), rel=tolerance, abs=1e-5)
+        for name, value in alone[1].items():
+            if _biases_before_batchnorm(model) and value.is_floating_point():
+                # A convolution bias before BatchNorm has a gradient of exactly 0 in exact
+                # arithmetic; Adam scales its rounding noise to steps of ~lr, different in any
+                # two implementations, and the weights drift apart from there. What the model
+                # computes stays close (the scores above); each step's gradients are checked
+                # strictly in test_vmapped_losses_give_each_model_its_own_loss_and_gradients.
+                continue
+            if value.is_floating_point():
+                # Tensor-wise: Adam's update of an element whose gradient is ~0 is ~lr * sign, so
+                # a rounding difference can move a handful of elements by up to lr.
+                difference = (grouped[1][name] - value).norm()
+                assert difference <= 1e-4 * value.norm() + 1e-6, (name, float(difference))
+            else:  # BatchNorm's num_batches_tracked
+                assert torch.equal(grouped[1][name], value), name
+        for row_alone, row_grouped in zip(alone[2], grouped[2]):
+            for key in row_alone:
+                if key.startswith("loss_"):
+                    assert float(row_grouped[key]) == pytest.approx(float(row_alone[key]), rel=1e-4, abs=1e-6)
+        assert grouped[0]["auc"] == pytest.approx(alone[0]["auc"], abs=0.03)
+
+
+def test_seed_vmap_rejects_random_ops_outside_sample_noise(tiny_data_dir, tmp_path, monkeypatch):
+    from grad2vae.models.vae import VAE
+
+    def loss_drawing_its_own_noise(self, x, noise=None):
+        mu, logvar = self.encoder(x)
+        return {"total": (mu + torch.randn_like(mu)).square().mean()}
+
+    monkeypatch.setattr(VAE, "loss", loss_drawing_its_own_noise)
+    configs = _seed_configs("vae", (0, 1), epochs=1)
+    with pytest.raises(RuntimeError, match="randomness"):
+        train.train_runs(
+            configs,
+            [tmp_path / f"seed{c.seed}" for c in configs],
+            data_dir=tiny_data_dir,
+            device="cpu",
+            progress=False,
+            seed_batching="vmap",
+        )
+
+
+def test_seed_group_resumes_each_run_from_its_checkpoint(tiny_data_dir, tmp_path):
+    # seed 4 is killed after epoch 2 of 3 (its checkpoint stays), seed 7 never started: the group
+    # trains them as two cohorts and both end exactly as uninterrupted runs alone.
+    configs = _seed_configs("vae", (4, 7), epochs=3)
+    reference = [tmp_path / "alone" / f"seed{c.seed}" for c in configs]
+    for config, out_dir in zip(configs, reference):
+        run(config, out_dir, tiny_data_dir)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(row):
+        if row["epoch"] == 2:
+            raise Killed
+
+    out_dirs = [tmp_path / "group" / f"seed{c.seed}" for c in configs]
+    with pytest.raises(Killed):
+        run(configs[0], out_dirs[0], tiny_data_dir, checkpoint_every=1, on_epoch=kill_after_epoch_2)
+    assert (out_dirs[0] / train.CHECKPOINT).exists()
+    results = train.train_runs(
+        configs, out_dirs, data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching="sequential"
+    )
+    assert [m["resumes"] for m in results] == [1, 0]
+    for alone, grouped in zip(reference, out_dirs):
+        a, g = _run_files(alone), _run_files(grouped)
+        assert g[0]["auc"] == a[0]["auc"]
+        assert all(torch.equal(g[1][name], a[1][name]) for name in a[1])
+
+
+def test_seed_group_input_errors(tiny_data_dir, tmp_path):
+    configs = _seed_configs("vae", (0, 1))
+    with pytest.raises(UserError, match="differ only in their seed"):
+        train.train_runs(
+            [configs[0], dataclasses.replace(configs[1], lr=0.5)],
+            [tmp_path / "a", tmp_path / "b"],
+            data_dir=tiny_data_dir,
+        )
+    with pytest.raises(UserError, match="placeholder"):
+        train.train_runs(configs, [tmp_path / "same", tmp_path / "same"], data_dir=tiny_data_dir)
+    with pytest.raises(UserError, match="seed-batching"):
+        train.train_runs(configs, [tmp_path / "a", tmp_path / "b"], data_dir=tiny_data_dir, seed_batching="fast")
+
+
+@pytest.mark.parametrize("model_name", VMAP_MODELS)
+def test_vmapped_losses_give_each_model_its_own_loss_and_gradients(model_name):
+    # The strict check of the vmap path, one step before any optimiser: losses, every
+    # parameter's gradient and BatchNorm's updated running statistics equal those of each
+    # model alone, up to float rounding.
+    def fresh(seed):
+        torch.manual_seed(seed)
+        return models.create_model(model_name, 16, dataset="mnist").train()
+
+    generator = torch.Generator().manual_seed(0)
+    xs = torch.rand(2, 6, 1, 28, 28, generator=generator)
+    noise = None
+    if fresh(0).sample_noise(6, xs[0]) is not None:
+        noise = torch.randn(2, 6, 16, generator=generator)
+    alone_models = [fresh(seed) for seed in (1, 2)]
+    alone = []
+    for j, model in enumerate(alone_models):
+        terms = model.loss(xs[j], None if noise is None else noise[j])
+        terms["total"].backward()
+        alone.append(terms)
+    together_models = [fresh(seed) for seed in (1, 2)]
+    terms = train.vmapped_losses(together_models, xs, noise)
+    terms["total"].sum().backward()
+    for j in range(2):
+        for key, value in alone[j].items():
+            torch.testing.assert_close(terms[key][j], value, rtol=1e-5, atol=1e-6, msg=key)
+        named_alone = dict(alone_models[j].named_parameters())
+        for name, parameter in together_models[j].named_parameters():
+            # relative to the tensor's scale: the batched kernels sum in another order
+            expected = named_alone[name].grad
+            difference = (parameter.grad - expected).abs().max()
+            assert difference <= 1e-5 * expected.abs().max() + 1e-6, (name, float(difference))
+        buffers_alone = dict(alone_models[j].named_buffers())
+        for name, buffer in together_models[j].named_buffers():
+            torch.testing.assert_close(buffer, buffers_alone[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_command_line_trains_several_seeds_in_one_process(tiny_data_dir, tmp_path, capsys):
+    common = ["train", "--model", "vae", "--dataset", "mnist", "--normal-class", "2", "--device", "cpu",
+              "--data-dir", str(tiny_data_dir), "--epochs", "1", "--batch-size", "8", "--train-limit", "16",
+              "--test-limit", "30", "--no-progress"]
+    assert main(common + ["--seed", "3", "5", "--out-dir", str(tmp_path / "one")]) == 2
+    assert "needs a {seed} placeholder" in capsys.readouterr().err
+    assert not (tmp_path / "one").exists()
+    assert main(common + ["--seed", "3", "5", "--out-dir", str(tmp_path / "seed{seed}")]) == 0
+    printed = capsys.readouterr().out
+    for seed in (3, 5):
+        metrics = json.loads((tmp_path / f"seed{seed}" / "metrics.json").read_text())
+        assert metrics["seed"] == seed and metrics["seeds_in_process"] == 2
+        assert metrics["seed_batching"] == "vmap"
+        assert f"seed {seed}: auc" in printed

@@ -15,14 +15,21 @@ Writes into --out-dir (see CONTRIBUTING.md):
 Started again, a finished run does nothing, and a killed run continues from its last checkpoint
 and ends with exactly the results of an uninterrupted run (same device and thread count).
 
-example:
+Several seeds of one (model, dataset, class) can train in one process (``train_runs``): the
+runs step in lock-step, batched with torch.func.vmap where the model supports it, each into its
+own folder with exactly the files, checkpoints and resume behaviour of a run alone.
+
+examples:
   grad2vae train --model grad2vae --dataset mnist --normal-class 0 --seed 0 \\
                  --data-dir data --out-dir results/runs/mnist/grad2vae/class0/seed0
+  grad2vae train --model grad2vae --dataset mnist --normal-class 0 --seed 0 1 2 3 4 \\
+                 --data-dir data --out-dir 'results/runs/mnist/grad2vae/class0/seed{seed}'
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import fcntl
@@ -41,10 +48,11 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from grad2vae import atomic, devices
 from grad2vae.errors import UserError
@@ -582,38 +590,459 @@ def train_run(
     unfinished one continues from its checkpoint. ``device`` is a torch.device or a --device
     string (auto | cpu | cuda | cuda:N, resolved with GPU slots). ``progress``: show the bar
     (default: when stderr is a terminal). ``on_epoch`` is called with each history row."""
-    validate_config(config)
+    return train_runs(
+        [config],
+        [out_dir],
+        data_dir=data_dir,
+        device=device,
+        checkpoint_every=checkpoint_every,
+        threads=threads,
+        gpu_slots=gpu_slots,
+        slot_dir=slot_dir,
+        slot_timeout=slot_timeout,
+        progress=progress,
+        on_epoch=on_epoch,
+    )[0]
+
+
+#: how ``train_runs`` steps several seeds in one process (see its docstring)
+SEED_BATCHING = ("auto", "vmap", "sequential")
+
+
+def train_runs(
+    configs: list[RunConfig],
+    out_dirs: list[str | os.PathLike],
+    *,
+    data_dir: str | os.PathLike = "data",
+    device: str | torch.device = "auto",
+    checkpoint_every: int = 5,
+    threads: int | None = None,
+    gpu_slots: int | None = None,
+    slot_dir: str | os.PathLike = devices.DEFAULT_SLOT_DIR,
+    slot_timeout: float | None = None,
+    progress: bool | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    seed_batching: str = "auto",
+) -> list[dict[str, Any]]:
+    """Train several runs that differ only in their seed in one process, in lock-step, each into
+    its own out dir exactly as ``train_run`` would (same files, checkpoints, resume); return
+    their metrics in order. Why: the grid's models are small, so one run leaves most of a GPU
+    idle; k seeds of one (model, dataset, class) share the data on the device and the process.
+
+    Every run keeps its own RNG streams (initialisation, batch order, training noise, evaluation),
+    so each ends with the results of a separate run: exactly with ``seed_batching="sequential"``
+    (each run's step in turn), up to float rounding with ``"vmap"``: one step for all seeds,
+    ``torch.func.vmap`` over their stacked parameters (``torch.func.stack_module_state``'s
+    layout), which turns k small kernels into one batched kernel. ``"auto"`` = vmap where the
+    model says its loss supports it on the device (``AnomalyModel.supports_seed_vmap``), else
+    sequential. A run whose loss turns non-finite leaves the group (checkpoint kept, as alone);
+    the others finish, then the first such error is raised. Runs of the group that are finished
+    are skipped; unfinished ones that resume from different epochs train in turn, each cohort
+    of equal epochs in lock-step."""
+    if not configs or len(configs) != len(out_dirs):
+        raise UserError(f"train_runs needs one out dir per configuration (got {len(configs)} and {len(out_dirs)})")
+    if seed_batching not in SEED_BATCHING:
+        raise UserError(f"--seed-batching {seed_batching!r}: use one of {', '.join(SEED_BATCHING)}")
+    for config in configs:
+        validate_config(config)
+    if len({dataclasses.replace(config, seed=0) for config in configs}) > 1:
+        raise UserError("runs trained in one process must differ only in their seed")
+    if len({config.seed for config in configs}) < len(configs):
+        raise UserError(f"seeds given twice: {[config.seed for config in configs]}")
     if checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0 (0: never) (got {checkpoint_every})")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1 (got {threads})")
-    check_data_present(data_dir, config.dataset)
-    out_dir = Path(out_dir)
-    done = finished_metrics(out_dir, config)
-    if done is not None:
-        (out_dir / CHECKPOINT).unlink(missing_ok=True)
-        log.info("%s: run already finished (auc %.4f); nothing to do", out_dir, done.get("auc", float("nan")))
-        return done
-    with _RunLock(out_dir):
-        # Re-check under the lock: another process may have finished meanwhile.
-        done = finished_metrics(out_dir, config)
+    check_data_present(data_dir, configs[0].dataset)
+    out_dirs = [Path(out_dir) for out_dir in out_dirs]
+    if len({out_dir.resolve() for out_dir in out_dirs}) < len(out_dirs):
+        raise UserError("two runs share an out dir: give --out-dir a {seed} placeholder")
+    results: list[dict[str, Any] | None] = [
+        finished_metrics(out_dir, config) for config, out_dir in zip(configs, out_dirs)
+    ]
+    for out_dir, done in zip(out_dirs, results):
         if done is not None:
-            return done
-        for stray in out_dir.glob(".tmp-*"):  # left by a process killed mid-write
-            stray.unlink(missing_ok=True)
-        if not isinstance(device, torch.device):
-            device = devices.resolve_device(
-                str(device), gpu_slots=gpu_slots, slot_dir=slot_dir, slot_timeout=slot_timeout
-            )
-        with devices.deterministic():
-            return _train(
-                config, out_dir, Path(data_dir), device, checkpoint_every, threads, progress, on_epoch
-            )
+            (out_dir / CHECKPOINT).unlink(missing_ok=True)
+            log.info("%s: run already finished (auc %.4f); nothing to do", out_dir, done.get("auc", float("nan")))
+    with contextlib.ExitStack() as locks:
+        pending = [i for i, done in enumerate(results) if done is None]
+        for i in pending:
+            locks.enter_context(_RunLock(out_dirs[i]))
+        for i in pending:
+            # Re-check under the lock: another process may have finished it meanwhile.
+            results[i] = finished_metrics(out_dirs[i], configs[i])
+        pending = [i for i in pending if results[i] is None]
+        if pending:
+            for i in pending:
+                for stray in out_dirs[i].glob(".tmp-*"):  # left by a process killed mid-write
+                    stray.unlink(missing_ok=True)
+            if not isinstance(device, torch.device):
+                device = devices.resolve_device(
+                    str(device), gpu_slots=gpu_slots, slot_dir=slot_dir, slot_timeout=slot_timeout
+                )
+            with devices.deterministic():
+                trained = _train(
+                    [configs[i] for i in pending],
+                    [out_dirs[i] for i in pending],
+                    Path(data_dir),
+                    device,
+                    checkpoint_every=checkpoint_every,
+                    threads=threads,
+                    progress=progress,
+                    on_epoch=on_epoch,
+                    seed_batching=seed_batching,
+                    group_size=len(configs),
+                )
+            for i, metrics in zip(pending, trained):
+                results[i] = metrics
+    return results
 
 
-def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progress, on_epoch):
+class _Run:
+    """One run between setup and finish; ``_train`` steps one or several of them in lock-step.
+
+    Setup (``__init__``): the model from the run's seed, optimizer, schedule, batch-order
+    generator, resume from the checkpoint, the model's pretraining. Then per epoch:
+    ``begin_epoch`` -> ``batch_index`` / ``record`` per batch -> ``end_epoch`` (non-finite check,
+    evaluation, history, checkpoint); finally ``finish`` writes scores, model and metrics."""
+
+    def __init__(self, config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process):
+        from grad2vae.models import create_model
+
+        self.config, self.out_dir, self.device = config, out_dir, device
+        self.shared, self.checkpoint_every, self.on_epoch = shared, checkpoint_every, on_epoch
+        self.chash = config_hash(config)
+        seed_everything(config.seed)
+        self.model = create_model(config.model, config.latent_dim, dataset=config.dataset).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        milestones = [config.lr_decay_epoch] if config.lr_decay_epoch > 0 else []
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=milestones, gamma=config.lr_decay_factor
+        )
+        self.batch_generator = torch.Generator().manual_seed(derive_seed(config.seed, "batches"))
+        self.eval_seed = derive_seed(config.seed, "eval")
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch, self.resumes, self.checkpoint_epoch, self.pretrain_info = 1, 0, 0, None
+        checkpoint_path = out_dir / CHECKPOINT
+        if checkpoint_path.exists():
+            # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+            checkpoint = _load(checkpoint_path, "cpu")
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            _set_rng_state(checkpoint["rng"], device, self.batch_generator)
+            self.history = list(checkpoint["history"])
+            self.start_epoch = int(checkpoint["epoch"]) + 1
+            self.checkpoint_epoch = self.start_epoch - 1
+            self.resumes = int(checkpoint.get("resumes", 0)) + 1
+            self.pretrain_info = checkpoint.get("pretrain")
+            log.info("%s: resuming after epoch %d from %s", out_dir, self.start_epoch - 1, checkpoint_path)
+        # Drop rows of epochs after the checkpoint (a killed run's history.tsv may be ahead of it).
+        write_history(out_dir / HISTORY, self.history)
+        if self.start_epoch == 1:
+            # The model's optional pretraining (Deep SVDD's autoencoder), once per run with the
+            # run's protocol; a resumed run has its result in the checkpoint's model state.
+            self.pretrain_info = self.model.pretrain(
+                shared.train_x,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                lr_decay_epoch=config.lr_decay_epoch,
+                lr_decay_factor=config.lr_decay_factor,
+                generator=torch.Generator().manual_seed(derive_seed(config.seed, "pretrain")),
+            )
+        # Several runs in one process: each keeps torch's global RNG state (training noise) of
+        # its own between its turns, as if it were alone.
+        self.rng = self._global_rng() if shares_process else None
+        self.last_scores: dict[str, np.ndarray] | None = None
+        self.epoch_times: list[float] = []
+        self.failure: NonFiniteLossError | None = None
+
+    def _global_rng(self) -> dict[str, Tensor]:
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    @contextlib.contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """torch's global RNG as this run left it (a no-op for a run alone in its process)."""
+        if self.rng is None:
+            yield
+            return
+        torch.set_rng_state(self.rng["torch"])
+        if "cuda" in self.rng:
+            torch.cuda.set_rng_state(self.rng["cuda"], self.device)
+        try:
+            yield
+        finally:
+            self.rng = self._global_rng()
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.lr = float(self.optimizer.param_groups[0]["lr"])
+        self.model.train()
+        self.permutation = torch.randperm(len(self.shared.train_x), generator=self.batch_generator).to(
+            self.device
+        )
+        # Per loss term, on the device (no sync per batch): the size-weighted sum, and the first
+        # batch (1-based) where the term was not finite (inf: never).
+        self.names: list[str] = []
+        self.sums = self.first_bad = None
+
+    def batch_index(self, batch: int) -> Tensor:
+        size = self.config.batch_size
+        return self.permutation[batch * size : (batch + 1) * size]
+
+    def record(self, terms: dict[str, Tensor], size: int, batch: int) -> None:
+        values = torch.stack([value.detach().reshape(()) for value in terms.values()])
+        bad_at = torch.where(torch.isfinite(values), math.inf, float(batch + 1))
+        if self.sums is None:
+            self.names, self.sums, self.first_bad = list(terms), values * size, bad_at
+        else:
+            self.sums, self.first_bad = self.sums + values * size, torch.minimum(self.first_bad, bad_at)
+
+    def end_epoch(self, train_seconds: float, batches: int) -> None:
+        """Everything after an epoch's batches; raises NonFiniteLossError (nothing written)."""
+        config, epoch = self.config, self.epoch
+        n_train = len(self.shared.train_x)
+        self.scheduler.step()
+        means = dict(zip(self.names, (self.sums / n_train).tolist()))  # the epoch's one sync
+        first_bad_at = dict(zip(self.names, self.first_bad.tolist()))
+        bad = [name for name, value in means.items() if not math.isfinite(value)]
+        if bad:
+            first = {name: first_bad_at[name] for name in bad}
+            at = min(first.values())
+            culprits = [name for name in bad if first[name] == at]
+            if len(culprits) > 1 and "total" in culprits:
+                culprits.remove("total")  # the sum follows its terms
+            kept = (
+                f"its last checkpoint (after epoch {self.checkpoint_epoch}) is kept"
+                if self.checkpoint_epoch
+                else "no checkpoint was written yet"
+            )
+            raise NonFiniteLossError(
+                f"epoch {epoch}: loss term {', '.join(repr(b) for b in culprits)} is not finite "
+                f"(first in batch {int(at)} of {batches}; non-finite epoch means: {', '.join(bad)}); "
+                f"training stopped, {kept} in {self.out_dir} and no metrics were written. "
+                "Try another seed or a lower --lr."
+            )
+        eval_start = time.perf_counter()
+        evaluated = epoch == config.epochs or (config.eval_every > 0 and epoch % config.eval_every == 0)
+        aucs: dict[str, float | None] = {"auc": None, "auc_reconstruction": None}
+        eval_seconds = 0.0
+        if evaluated:
+            self.last_scores = evaluate(
+                self.model,
+                self.shared.eval_split,
+                self.eval_seed,
+                batch_size=config.eval_batch_size,
+                extra=epoch == config.epochs,
+            )
+            aucs = auc_of(self.last_scores, self.shared.labels, epoch)
+            eval_seconds = time.perf_counter() - eval_start
+        seconds = train_seconds + (time.perf_counter() - eval_start)
+        row = {
+            "epoch": epoch,
+            "lr": self.lr,
+            "seconds": seconds,
+            **{f"loss_{name}": value for name, value in means.items()},
+            **aucs,
+            "train_seconds": train_seconds,  # kept in the checkpoint, not in history.tsv
+            "eval_seconds": eval_seconds,
+        }
+        self.history.append(row)
+        write_history(self.out_dir / HISTORY, self.history)
+        self.epoch_times.append(seconds)
+        remaining = (config.epochs - epoch) * (sum(self.epoch_times) / len(self.epoch_times))
+        losses = " ".join(f"{name}={value:.4g}" for name, value in means.items())
+        auc_text = f" auc={aucs['auc']:.4f} auc_rec={aucs['auc_reconstruction']:.4f}" if evaluated else ""
+        log.info(
+            "%sepoch %d/%d %s lr=%.3g%s %.1fs ETA %s",
+            f"seed {config.seed}: " if self.rng is not None else "",
+            epoch,
+            config.epochs,
+            losses,
+            self.lr,
+            auc_text,
+            seconds,
+            _fmt_duration(remaining),
+        )
+        if self.on_epoch is not None:
+            self.on_epoch(row)
+        if self.checkpoint_every and epoch % self.checkpoint_every == 0 and epoch < config.epochs:
+            _save_checkpoint(
+                self.out_dir / CHECKPOINT,
+                config,
+                self.chash,
+                epoch,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.history,
+                self.device,
+                self.batch_generator,
+                self.resumes,
+                pretrain=self.pretrain_info,
+            )
+            self.checkpoint_epoch = epoch
+
+    def finish(self, setup_seconds: float, execution: dict[str, Any]) -> dict[str, Any]:
+        config, model, out_dir, labels = self.config, self.model, self.out_dir, self.shared.labels
+        finish_start = time.perf_counter()
+        if self.last_scores is None:  # resumed from a checkpoint at the last epoch: evaluate again
+            self.last_scores = evaluate(
+                model, self.shared.eval_split, self.eval_seed, batch_size=config.eval_batch_size, extra=True
+            )
+        final = auc_of(self.last_scores, labels, config.epochs)
+        auc_extra = extra_aucs(self.last_scores, labels)
+        write_scores(out_dir / SCORES, self.shared.split, self.last_scores)
+        model_payload = {
+            "model": config.model,
+            "latent_dim": config.latent_dim,
+            "dataset": config.dataset,
+            "normal_class": config.normal_class,
+            "seed": config.seed,
+            "config_hash": self.chash,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        }
+        with atomic.atomic_path(out_dir / MODEL) as tmp:
+            torch.save(model_payload, tmp)
+
+        commit, dirty = _git_commit()
+        history = self.history
+        train_total = sum(row["train_seconds"] for row in history)
+        eval_total = sum(row["eval_seconds"] for row in history)
+        metrics = {
+            "model": config.model,
+            "dataset": config.dataset,
+            "normal_class": config.normal_class,
+            "seed": config.seed,
+            "main_score": getattr(model, "main_score", "main"),
+            "auc": final["auc"],
+            "auc_reconstruction": final["auc_reconstruction"],
+            "epochs": config.epochs,
+            "wall_seconds": sum(row["seconds"] for row in history)
+            + setup_seconds
+            + (time.perf_counter() - finish_start),
+            "seconds_per_epoch": train_total / len(history),
+            "train_seconds": train_total,
+            "eval_seconds": eval_total,
+            "device": devices.device_name(self.device),
+            "device_type": self.device.type,
+            "threads": torch.get_num_threads(),
+            **execution,
+            "derivatives": getattr(model, "derivatives_used", None),  # Grad2VAE's method, else None
+            "parameters": int(model.parameter_count()),
+            "train_images": len(self.shared.train_x),
+            "test_images": int(len(labels)),
+            "test_anomalies": int(labels.sum()),
+            "resumes": self.resumes,
+            "preprocessing": model.preprocessing_info(),
+            "pretrain": self.pretrain_info,
+            "auc_extra": auc_extra,
+            "versions": environment_versions(),
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "config": config.to_dict(),
+            "config_hash": self.chash,
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic.write_json(out_dir / METRICS, metrics)  # last: its presence means "finished"
+        (out_dir / CHECKPOINT).unlink(missing_ok=True)
+        log.info(
+            "%s: finished, auc %.4f (reconstruction %.4f), %.1f s per epoch",
+            out_dir,
+            metrics["auc"],
+            metrics["auc_reconstruction"],
+            metrics["seconds_per_epoch"],
+        )
+        return metrics
+
+
+def _step_sequential(runs: list[_Run], indexes: list[Tensor]) -> list[dict[str, Tensor]]:
+    """One training step of each run in turn: exactly what each would do alone."""
+    terms_per_run = []
+    for run, index in zip(runs, indexes):
+        with run.own_rng():
+            terms = run.model.loss(run.shared.train_x[index])
+            run.optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            run.optimizer.step()
+        terms_per_run.append(terms)
+    return terms_per_run
+
+
+class _LossOf(torch.nn.Module):
+    """``model.loss(x, noise)`` as a module call, for ``torch.func.functional_call``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, noise: Tensor | None) -> dict[str, Tensor]:
+        return self.model.loss(x, noise)
+
+
+def vmapped_losses(models: list[torch.nn.Module], xs: Tensor, noise: Tensor | None) -> dict[str, Tensor]:
+    """``models[j].loss(xs[j], noise[j])`` for every j in one call: the models' parameters stacked
+    along a new first dimension (``torch.stack`` keeps the graph, so a backward fills each
+    model's own ``.grad``) and the loss vmapped over (parameters, buffers, batch, noise). Every
+    term comes back with shape (k,). ``randomness="error"``: any random op inside the loss
+    raises (draws belong in ``sample_noise``). Buffers (BatchNorm's running statistics) are
+    updated in the stacked copy and written back to each model."""
+    template = _LossOf(models[0])
+    per_model = [dict(_LossOf(model).named_parameters()) for model in models]
+    params = {name: torch.stack([parameters[name] for parameters in per_model]) for name in per_model[0]}
+    per_model_buffers = [dict(_LossOf(model).named_buffers()) for model in models]
+    with torch.no_grad():
+        buffers = {name: torch.stack([b[name] for b in per_model_buffers]) for name in per_model_buffers[0]}
+
+    def one_model(params, buffers, x, noise):
+        return torch.func.functional_call(template, (params, buffers), (x, noise))
+
+    in_noise = None if noise is None else 0
+    terms = torch.func.vmap(one_model, in_dims=(0, 0, 0, in_noise), randomness="error")(
+        params, buffers, xs, noise
+    )
+    with torch.no_grad():
+        for name, stacked in buffers.items():
+            for j, model_buffers in enumerate(per_model_buffers):
+                model_buffers[name].copy_(stacked[j])
+    return terms
+
+
+def _step_vmap(runs: list[_Run], indexes: list[Tensor]) -> list[dict[str, Tensor]]:
+    """One training step of all runs at once (``vmapped_losses``), then each run's own Adam
+    step. Each run draws its noise in its own RNG turn: the draws it would make alone."""
+    xs = torch.stack([run.shared.train_x[index] for run, index in zip(runs, indexes)])
+    noises = []
+    for run, x in zip(runs, xs):
+        with run.own_rng():
+            noises.append(run.model.sample_noise(len(x), like=x))
+    noise = None if noises[0] is None else torch.stack(noises)
+    terms = vmapped_losses([run.model for run in runs], xs, noise)
+    for run in runs:
+        run.optimizer.zero_grad(set_to_none=True)
+    terms["total"].sum().backward()  # each run's parameters get only its own loss's gradient
+    for run in runs:
+        run.optimizer.step()
+    return [{name: value[j] for name, value in terms.items()} for j in range(len(runs))]
+
+
+def _seed_step(runs: list[_Run], seed_batching: str) -> tuple[str | None, Callable]:
+    """(the mode recorded in metrics.json, the step function) for these runs."""
+    if len(runs) == 1 and runs[0].rng is None:
+        return None, _step_sequential
+    if seed_batching == "auto":
+        seed_batching = "vmap" if runs[0].model.supports_seed_vmap(runs[0].device) else "sequential"
+    return seed_batching, _step_vmap if seed_batching == "vmap" else _step_sequential
+
+
+def _train(
+    configs, out_dirs, data_dir, device, *, checkpoint_every, threads, progress, on_epoch, seed_batching, group_size
+) -> list[dict[str, Any]]:
     from grad2vae import data
-    from grad2vae.models import create_model
 
     process_start = time.perf_counter()
     import sklearn.metrics  # noqa: F401  (imported now, so epoch 1's timing does not include it)
@@ -621,8 +1050,7 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
     if threads is not None:
         torch.set_num_threads(threads)
     malloc = devices.keep_freed_memory() if device.type == "cpu" else None
-    chash = config_hash(config)
-
+    config = configs[0]  # the runs differ only in their seed
     split = data.load_split(
         data_dir,
         config.dataset,
@@ -640,61 +1068,25 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
             "AUC needs both: raise --test-limit (0 = full test set)"
         )
     train_x = split.train_x.to(device)
-    eval_split = types.SimpleNamespace(train_x=train_x, test_x=split.test_x.to(device))
-
-    seed_everything(config.seed)
-    model = create_model(config.model, config.latent_dim, dataset=config.dataset).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    milestones = [config.lr_decay_epoch] if config.lr_decay_epoch > 0 else []
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=milestones, gamma=config.lr_decay_factor
+    shared = types.SimpleNamespace(
+        split=split,
+        labels=labels,
+        train_x=train_x,
+        eval_split=types.SimpleNamespace(train_x=train_x, test_x=split.test_x.to(device)),
     )
-    batch_generator = torch.Generator().manual_seed(derive_seed(config.seed, "batches"))
-    eval_seed = derive_seed(config.seed, "eval")
-
-    history: list[dict[str, Any]] = []
-    start_epoch = 1
-    resumes = 0
-    checkpoint_epoch = 0
-    pretrain_info = None
-    checkpoint_path = out_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
-        checkpoint = _load(checkpoint_path, "cpu")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        _set_rng_state(checkpoint["rng"], device, batch_generator)
-        history = list(checkpoint["history"])
-        start_epoch = int(checkpoint["epoch"]) + 1
-        checkpoint_epoch = start_epoch - 1
-        resumes = int(checkpoint.get("resumes", 0)) + 1
-        pretrain_info = checkpoint.get("pretrain")
-        log.info("%s: resuming after epoch %d from %s", out_dir, start_epoch - 1, checkpoint_path)
-    # Drop rows of epochs after the checkpoint (a killed run's history.tsv may be ahead of it).
-    write_history(out_dir / HISTORY, history)
-    if start_epoch == 1:
-        # The model's optional pretraining (Deep SVDD's autoencoder), once per run with the run's
-        # protocol; a resumed run has its result in the checkpoint's model state.
-        pretrain_info = model.pretrain(
-            train_x,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            lr_decay_epoch=config.lr_decay_epoch,
-            lr_decay_factor=config.lr_decay_factor,
-            generator=torch.Generator().manual_seed(derive_seed(config.seed, "pretrain")),
-        )
-
+    shares_process = len(configs) > 1
+    runs = [
+        _Run(config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process)
+        for config, out_dir in zip(configs, out_dirs)
+    ]
     n_train = len(train_x)
     batches = math.ceil(n_train / config.batch_size)
-    bar = _Progress(progress)
     log.info(
-        "%s %s class %d seed %d on %s: %d training images (%d batches of %d), %d test images, %d epochs",
+        "%s %s class %d seed %s on %s: %d training images (%d batches of %d), %d test images, %d epochs",
         config.model,
         config.dataset,
         config.normal_class,
-        config.seed,
+        ",".join(str(run.config.seed) for run in runs),
         device,
         n_train,
         batches,
@@ -702,176 +1094,47 @@ def _train(config, out_dir, data_dir, device, checkpoint_every, threads, progres
         len(labels),
         config.epochs,
     )
-    setup_seconds = time.perf_counter() - process_start
-    last_scores: dict[str, np.ndarray] | None = None
-    epoch_times: list[float] = []
-
-    for epoch in range(start_epoch, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        lr = float(optimizer.param_groups[0]["lr"])
-        model.train()
-        permutation = torch.randperm(n_train, generator=batch_generator).to(device)
-        # Per loss term, on the device (no sync per batch): the size-weighted sum, and the first
-        # batch (1-based) where the term was not finite (inf: never).
-        names: list[str] = []
-        sums = first_bad = None
-        for batch in range(batches):
-            index = permutation[batch * config.batch_size : (batch + 1) * config.batch_size]
-            terms = model.loss(train_x[index])
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            values = torch.stack([value.detach().reshape(()) for value in terms.values()])
-            bad_at = torch.where(torch.isfinite(values), math.inf, float(batch + 1))
-            if sums is None:
-                names, sums, first_bad = list(terms), values * len(index), bad_at
-            else:
-                sums, first_bad = sums + values * len(index), torch.minimum(first_bad, bad_at)
-            bar.update(epoch, config.epochs, batch + 1, batches)
-        scheduler.step()
-        means = dict(zip(names, (sums / n_train).tolist()))  # the epoch's one sync
-        first_bad_at = dict(zip(names, first_bad.tolist()))
-        bar.clear()
-        bad = [name for name, value in means.items() if not math.isfinite(value)]
-        if bad:
-            first = {name: first_bad_at[name] for name in bad}
-            at = min(first.values())
-            culprits = [name for name in bad if first[name] == at]
-            if len(culprits) > 1 and "total" in culprits:
-                culprits.remove("total")  # the sum follows its terms
-            kept = (
-                f"its last checkpoint (after epoch {checkpoint_epoch}) is kept"
-                if checkpoint_epoch
-                else "no checkpoint was written yet"
-            )
-            raise NonFiniteLossError(
-                f"epoch {epoch}: loss term {', '.join(repr(b) for b in culprits)} is not finite "
-                f"(first in batch {int(at)} of {batches}; non-finite epoch means: {', '.join(bad)}); "
-                f"training stopped, {kept} in {out_dir} and no metrics were written. "
-                "Try another seed or a lower --lr."
-            )
-        train_seconds = time.perf_counter() - epoch_start
-
-        evaluated = epoch == config.epochs or (config.eval_every > 0 and epoch % config.eval_every == 0)
-        aucs: dict[str, float | None] = {"auc": None, "auc_reconstruction": None}
-        eval_seconds = 0.0
-        if evaluated:
-            eval_start = time.perf_counter()
-            last_scores = evaluate(
-                model, eval_split, eval_seed, batch_size=config.eval_batch_size, extra=epoch == config.epochs
-            )
-            aucs = auc_of(last_scores, labels, epoch)
-            eval_seconds = time.perf_counter() - eval_start
-        seconds = time.perf_counter() - epoch_start
-        row = {
-            "epoch": epoch,
-            "lr": lr,
-            "seconds": seconds,
-            **{f"loss_{name}": value for name, value in means.items()},
-            **aucs,
-            "train_seconds": train_seconds,  # kept in the checkpoint, not in history.tsv
-            "eval_seconds": eval_seconds,
-        }
-        history.append(row)
-        write_history(out_dir / HISTORY, history)
-        epoch_times.append(seconds)
-        remaining = (config.epochs - epoch) * (sum(epoch_times) / len(epoch_times))
-        losses = " ".join(f"{name}={value:.4g}" for name, value in means.items())
-        auc_text = f" auc={aucs['auc']:.4f} auc_rec={aucs['auc_reconstruction']:.4f}" if evaluated else ""
-        log.info(
-            "epoch %d/%d %s lr=%.3g%s %.1fs ETA %s",
-            epoch,
-            config.epochs,
-            losses,
-            lr,
-            auc_text,
-            seconds,
-            _fmt_duration(remaining),
-        )
-        if on_epoch is not None:
-            on_epoch(row)
-        if checkpoint_every and epoch % checkpoint_every == 0 and epoch < config.epochs:
-            _save_checkpoint(
-                checkpoint_path,
-                config,
-                chash,
-                epoch,
-                model,
-                optimizer,
-                scheduler,
-                history,
-                device,
-                batch_generator,
-                resumes,
-                pretrain=pretrain_info,
-            )
-            checkpoint_epoch = epoch
-
-    finish_start = time.perf_counter()
-    if last_scores is None:  # resumed from a checkpoint at the last epoch: evaluate again
-        last_scores = evaluate(model, eval_split, eval_seed, batch_size=config.eval_batch_size, extra=True)
-    final = auc_of(last_scores, labels, config.epochs)
-    auc_extra = extra_aucs(last_scores, labels)
-    write_scores(out_dir / SCORES, split, last_scores)
-    model_payload = {
-        "model": config.model,
-        "latent_dim": config.latent_dim,
-        "dataset": config.dataset,
-        "normal_class": config.normal_class,
-        "seed": config.seed,
-        "config_hash": chash,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    with atomic.atomic_path(out_dir / MODEL) as tmp:
-        torch.save(model_payload, tmp)
-
-    commit, dirty = _git_commit()
-    train_total = sum(row["train_seconds"] for row in history)
-    eval_total = sum(row["eval_seconds"] for row in history)
-    metrics = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "normal_class": config.normal_class,
-        "seed": config.seed,
-        "main_score": getattr(model, "main_score", "main"),
-        "auc": final["auc"],
-        "auc_reconstruction": final["auc_reconstruction"],
-        "epochs": config.epochs,
-        "wall_seconds": sum(row["seconds"] for row in history)
-        + setup_seconds
-        + (time.perf_counter() - finish_start),
-        "seconds_per_epoch": train_total / len(history),
-        "train_seconds": train_total,
-        "eval_seconds": eval_total,
-        "device": devices.device_name(device),
-        "device_type": device.type,
-        "threads": torch.get_num_threads(),
-        "cpu_malloc": malloc,  # devices.keep_freed_memory() on the CPU, else None
-        "derivatives": getattr(model, "derivatives_used", None),  # Grad2VAE's method, else None
-        "parameters": int(model.parameter_count()),
-        "train_images": n_train,
-        "test_images": int(len(labels)),
-        "test_anomalies": int(labels.sum()),
-        "resumes": resumes,
-        "preprocessing": model.preprocessing_info(),
-        "pretrain": pretrain_info,
-        "auc_extra": auc_extra,
-        "versions": environment_versions(),
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "config": config.to_dict(),
-        "config_hash": chash,
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    atomic.write_json(out_dir / METRICS, metrics)  # last: its presence means "finished"
-    checkpoint_path.unlink(missing_ok=True)
-    log.info(
-        "%s: finished, auc %.4f (reconstruction %.4f), %.1f s per epoch",
-        out_dir,
-        metrics["auc"],
-        metrics["auc_reconstruction"],
-        metrics["seconds_per_epoch"],
-    )
+    setup_seconds = (time.perf_counter() - process_start) / len(runs)
+    bar = _Progress(progress)
+    modes: dict[int, str | None] = {}
+    # Runs resumed from different epochs train in turn, each cohort of equal epochs together.
+    for start_epoch in sorted({run.start_epoch for run in runs}):
+        cohort = [run for run in runs if run.start_epoch == start_epoch]
+        for epoch in range(start_epoch, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            for run in cohort:
+                run.begin_epoch(epoch)
+            mode, step = _seed_step(cohort, seed_batching)
+            for batch in range(batches):
+                indexes = [run.batch_index(batch) for run in cohort]
+                for run, index, terms in zip(cohort, indexes, step(cohort, indexes)):
+                    run.record(terms, len(index), batch)
+                bar.update(epoch, config.epochs, batch + 1, batches)
+            bar.clear()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the epoch's kernels belong to its training time
+            train_seconds = time.perf_counter() - epoch_start
+            for run in cohort:
+                modes[id(run)] = mode
+                try:
+                    with run.own_rng():  # the checkpoint records the run's own RNG state
+                        run.end_epoch(train_seconds, batches)
+                except NonFiniteLossError as error:
+                    if not shares_process:
+                        raise
+                    log.error("%s", error)
+                    run.failure = error
+            cohort = [run for run in cohort if run.failure is None]
+            if not cohort:
+                break
+    metrics = []
+    for run in runs:
+        if run.failure is None:
+            execution = {"cpu_malloc": malloc, "seeds_in_process": group_size, "seed_batching": modes.get(id(run))}
+            metrics.append(run.finish(setup_seconds, execution))
+    failures = [run.failure for run in runs if run.failure is not None]
+    if failures:
+        raise failures[0]
     return metrics
 
 
@@ -919,12 +1182,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group.add_argument("--dataset", required=True, help="mnist or fashion_mnist")
     run_group.add_argument("--normal-class", type=int, required=True, help="the normal class, 0-9")
     run_group.add_argument(
-        "--seed", type=int, required=True, help="seed of initialisation, batch order, sampling"
+        "--seed",
+        type=int,
+        nargs="+",
+        required=True,
+        help="seed of initialisation, batch order, sampling; several: those runs train in one "
+        "process (see --seed-batching), --out-dir then needs a {seed} placeholder",
     )
     run_group.add_argument(
         "--data-dir", required=True, help="folder of `grad2vae fetch` (holds mnist/, fashion_mnist/)"
     )
-    run_group.add_argument("--out-dir", required=True, help="the run's folder (created)")
+    run_group.add_argument(
+        "--out-dir", required=True, help="the run's folder (created); {seed} is replaced by the seed"
+    )
 
     protocol = parser.add_argument_group(
         "protocol (defaults: the paper's, Sect. 4; for the five schedule options, a model whose source "
@@ -994,6 +1264,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Grad2VAE's second-derivative implementation: auto (per device, see `grad2vae bench`), "
         "loop, vectorized, closed_form or explicit; equal results up to rounding (default: auto)",
     )
+    execution.add_argument(
+        "--seed-batching",
+        choices=SEED_BATCHING,
+        default="auto",
+        help="with several --seed: vmap = one batched step for all seeds (results equal to "
+        "separate runs up to rounding), sequential = each seed's step in turn (exactly equal); "
+        "auto = vmap where the model supports it (default: auto)",
+    )
 
 
 #: the options a model's ``protocol_defaults`` may set (RunConfig fields)
@@ -1013,12 +1291,12 @@ def schedule_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return schedule
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace, seed: int) -> RunConfig:
     return RunConfig(
         model=args.model,
         dataset=args.dataset,
         normal_class=args.normal_class,
-        seed=args.seed,
+        seed=seed,
         latent_dim=args.latent_dim,
         **schedule_from_args(args),
         eval_every=args.eval_every,
@@ -1037,10 +1315,17 @@ def run(args: argparse.Namespace) -> int:
         if derivatives not in DERIVATIVE_METHODS:
             raise UserError(f"--derivatives {derivatives!r}: use auto or one of {', '.join(DERIVATIVE_METHODS)}")
         os.environ[DERIVATIVES_ENV] = derivatives
-    config = config_from_args(args)
-    metrics = train_run(
-        config,
-        args.out_dir,
+    seeds = list(args.seed)
+    if len(seeds) > 1 and "{seed}" not in args.out_dir:
+        raise UserError(
+            f"--out-dir {args.out_dir!r}: with several seeds it needs a {{seed}} placeholder, "
+            "e.g. results/runs/mnist/vae/class0/seed{seed}"
+        )
+    configs = [config_from_args(args, seed) for seed in seeds]
+    out_dirs = [args.out_dir.replace("{seed}", str(seed)) for seed in seeds]
+    results = train_runs(
+        configs,
+        out_dirs,
         data_dir=args.data_dir,
         device=args.device,
         checkpoint_every=args.checkpoint_every,
@@ -1049,10 +1334,12 @@ def run(args: argparse.Namespace) -> int:
         slot_dir=args.slot_dir,
         slot_timeout=args.slot_timeout,
         progress=False if args.no_progress else None,
+        seed_batching=args.seed_batching,
     )
-    print(
-        f"{config.model} {config.dataset} class {config.normal_class} seed {config.seed}: "
-        f"auc {metrics['auc']:.4f}, auc_reconstruction {metrics['auc_reconstruction']:.4f} "
-        f"-> {args.out_dir}"
-    )
+    for config, out_dir, metrics in zip(configs, out_dirs, results):
+        print(
+            f"{config.model} {config.dataset} class {config.normal_class} seed {config.seed}: "
+            f"auc {metrics['auc']:.4f}, auc_reconstruction {metrics['auc_reconstruction']:.4f} "
+            f"-> {out_dir}"
+        )
     return 0

@@ -18,8 +18,11 @@ class AnomalyModel(nn.Module):
 
     Subclasses set the class attributes and implement ``loss`` and ``scores``:
 
-    - ``loss(x)`` returns the named loss terms of one training batch, each a scalar averaged
-      over the batch, plus ``"total"``, the sum that the trainer back-propagates.
+    - ``loss(x, noise=None)`` returns the named loss terms of one training batch, each a scalar
+      averaged over the batch, plus ``"total"``, the sum that the trainer back-propagates.
+      ``noise``: what ``sample_noise`` drew for this batch; None draws it (the trainer of a
+      single run passes None). A model whose loss is random overrides ``sample_noise`` and makes
+      every random draw of its loss there, so that several seeds can share one process.
     - ``fit_scorer(train_x)`` is called (under ``torch.no_grad`` and ``eval()``) before every
       evaluation with the normal class's training images; models whose score needs the training
       set (1-NN feature distance) keep what they need here. Default: nothing.
@@ -30,6 +33,14 @@ class AnomalyModel(nn.Module):
       test time, so that scores are reproducible; deterministic models ignore it.
 
     Optional hooks (defaults do nothing, so the four paper models need none of them):
+
+    - ``sample_noise(batch_size, like)``: the random draws of ``loss`` for one batch, from torch's
+      global RNG on ``like``'s device and dtype; None for a deterministic loss (default).
+    - ``supports_seed_vmap(device)``: True if ``loss`` may run under ``torch.func.vmap`` over
+      stacked copies of the model (``train.train_runs``, several seeds in one process): no
+      random op outside ``sample_noise``, no ``torch.autograd.grad``, no control flow on tensor
+      values. Default False (the seeds then step in turn); tests/test_train.py checks every model
+      that says True against separate runs.
 
     - ``pretrain(train_x, *, epochs, batch_size, lr, lr_decay_epoch, lr_decay_factor, generator)``
       is called by the trainer once, before the first epoch (not again on resume: its result is
@@ -59,8 +70,14 @@ class AnomalyModel(nn.Module):
     #: protocol values of the model's own source (RunConfig field -> value); empty: the paper's
     protocol_defaults: ClassVar[dict[str, Any]] = {}
 
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def sample_noise(self, batch_size: int, like: Tensor) -> Tensor | None:
+        return None
+
+    def supports_seed_vmap(self, device: torch.device) -> bool:
+        return False
 
     @torch.no_grad()
     def fit_scorer(self, train_x: Tensor) -> None:

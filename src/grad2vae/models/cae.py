@@ -100,7 +100,10 @@ class FeatureDistanceModel(AnomalyModel):
 
     main_score = "Euclidean distance to the nearest normal training feature vector (1-NN)"
 
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
+    def supports_seed_vmap(self, device: torch.device) -> bool:
+        return True  # BatchNorm's running statistics are stacked and written back by the trainer
+
+    def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
         x32 = pad32(x)
         _, reconstruction = self(x32)
         mse = F.mse_loss(reconstruction, x32)

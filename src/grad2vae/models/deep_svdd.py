@@ -314,7 +314,7 @@ class DeepSVDD(AnomalyModel):
     # ---------------------------------------------------------------------------------------
     # the interface
 
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
         distance = (self.net(self.preprocess(x)) - self.c).square().sum(1).mean()
         decay = 0.5 * WEIGHT_DECAY * sum(p.square().sum() for p in self.net.parameters())
         return {"svdd": distance, "weight_decay": decay, "total": distance + decay}

@@ -110,10 +110,17 @@ def resolve_derivatives(device: torch.device | str, requested: str = "auto") -> 
     return requested
 
 
+def _channels_last(maps: Tensor) -> Tensor:
+    """``maps`` (N, C, H, W) laid out in channels_last memory order: the strides of
+    ``contiguous(memory_format=torch.channels_last)``, written with permutes because vmap (several
+    seeds in one process, ``train.train_runs``) does not support memory-format queries."""
+    return maps.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+
 def _channels_last_mask(activation: Tensor) -> Tensor:
     """1 where a ReLU output is > 0 (where autograd's ReLU backward passes), as ``activation``'s
     dtype in channels_last memory order."""
-    return (activation > 0).to(activation.dtype).contiguous(memory_format=torch.channels_last)
+    return _channels_last((activation > 0).to(activation.dtype))
 
 
 def explicit_second_derivatives(
@@ -138,7 +145,7 @@ def explicit_second_derivatives(
         # channels_last: the transposed convolutions on N*d maps run ~2x faster in it on the CPU
         # (oneDNN); values are the same up to rounding. The ReLU masks are laid out the same
         # way, so that the broadcast products stream through memory in order.
-        t = t.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(n, d, *a3.shape[1:])
+        t = _channels_last(t.flatten(0, 1)).view(n, d, *a3.shape[1:])
         t = (t * _channels_last_mask(a3).unsqueeze(1)).flatten(0, 1)
         conv3 = encoder.conv3
         output_padding = tuple(
@@ -274,8 +281,16 @@ class Grad2VAE(AnomalyModel):
             "logits": logits,
         }
 
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
-        eps = torch.randn(len(x), self.latent_dim, device=x.device, dtype=x.dtype)
+    def sample_noise(self, batch_size: int, like: Tensor) -> Tensor:
+        """eps of the reparameterisation, (batch_size, latent_dim), from the global RNG."""
+        return torch.randn(batch_size, self.latent_dim, device=like.device, dtype=like.dtype)
+
+    def supports_seed_vmap(self, device: torch.device) -> bool:
+        # the other methods call torch.autograd.grad, which vmap cannot batch
+        return resolve_derivatives(device, self.derivatives) == "explicit"
+
+    def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
+        eps = self.sample_noise(len(x), x) if noise is None else noise
         out = self(x, eps)
         reconstruction = bce_per_sample(out["logits"], x).mean()
         kl = kl_per_sample(out["mu"], out["logvar"]).mean()

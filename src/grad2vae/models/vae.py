@@ -173,9 +173,17 @@ class VAE(AnomalyModel):
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(x)
 
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
+    def sample_noise(self, batch_size: int, like: Tensor) -> Tensor:
+        """eps of the reparameterisation, (batch_size, latent_dim), from the global RNG."""
+        return torch.randn(batch_size, self.latent_dim, device=like.device, dtype=like.dtype)
+
+    def supports_seed_vmap(self, device: torch.device) -> bool:
+        return True
+
+    def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
+        eps = self.sample_noise(len(x), x) if noise is None else noise
         mu, logvar = self.encoder(x)
-        z = reparameterize(mu, logvar, torch.randn_like(mu))
+        z = reparameterize(mu, logvar, eps)
         reconstruction = bce_per_sample(self.decoder(z), x).mean()
         kl = kl_per_sample(mu, logvar).mean()
         return {"reconstruction": reconstruction, "kl": kl, "total": reconstruction + kl}
