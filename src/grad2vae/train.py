@@ -570,39 +570,16 @@ def _fmt_duration(seconds: float) -> str:
 # Training
 
 
-def train_run(
-    config: RunConfig,
-    out_dir: str | os.PathLike,
-    *,
-    data_dir: str | os.PathLike = "data",
-    device: str | torch.device = "auto",
-    checkpoint_every: int = 5,
-    threads: int | None = None,
-    gpu_slots: int | None = None,
-    slot_dir: str | os.PathLike = devices.DEFAULT_SLOT_DIR,
-    slot_timeout: float | None = None,
-    progress: bool | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+def train_run(config: RunConfig, out_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """Train and evaluate one run into ``out_dir``; return its metrics (see CONTRIBUTING.md).
 
     A finished run of the same configuration returns its metrics without doing anything; an
-    unfinished one continues from its checkpoint. ``device`` is a torch.device or a --device
-    string (auto | cpu | cuda | cuda:N, resolved with GPU slots). ``progress``: show the bar
-    (default: when stderr is a terminal). ``on_epoch`` is called with each history row."""
-    return train_runs(
-        [config],
-        [out_dir],
-        data_dir=data_dir,
-        device=device,
-        checkpoint_every=checkpoint_every,
-        threads=threads,
-        gpu_slots=gpu_slots,
-        slot_dir=slot_dir,
-        slot_timeout=slot_timeout,
-        progress=progress,
-        on_epoch=on_epoch,
-    )[0]
+    unfinished one continues from its checkpoint. ``options`` are ``train_runs``' keywords:
+    ``data_dir``, ``device`` (a torch.device or a --device string: auto | cpu | cuda | cuda:N,
+    resolved with GPU slots), ``checkpoint_every``, ``threads``, ``gpu_slots``, ``slot_dir``,
+    ``slot_timeout``, ``progress`` (show the bar; default: when stderr is a terminal) and
+    ``on_epoch`` (called with each history row)."""
+    return train_runs([config], [out_dir], **options)[0]
 
 
 #: how ``train_runs`` steps several seeds in one process (see its docstring)
