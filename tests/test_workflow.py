@@ -187,13 +187,36 @@ def test_lint_and_format():
 
 def test_every_rule_has_a_log_and_train_declares_resources():
     text = "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
-    rules = re.split(r"^rule ", text, flags=re.M)[1:]
-    assert {r.split(":")[0] for r in rules} == {"data", "train", "workflow_config", "aggregate", "figures", "report"}
+    rules = [r.lstrip() for r in re.split(r"^ *rule(?=[ :])", text, flags=re.M)[1:]]
+    # the train rule and the seed-group rules of train.seeds_per_job > 1 (anonymous, named in a loop)
+    assert {r.split(":")[0] for r in rules} == {
+        "data", "train", "workflow_config", "aggregate", "figures", "explain", "report", ""}
     for body in rules:
-        assert "\n    log:\n" in body, body.split(":")[0]
-    train = next(r for r in rules if r.startswith("train:"))
-    for word in ("benchmark:", "threads:", "gpu=", "mem_mb=", "runtime="):
-        assert word in train
+        assert re.search(r"\n +log:\n", body), body.split(":")[0]
+    training = [r for r in rules if r.startswith("train:") or r.startswith(":")]
+    assert len(training) == 2
+    for body in training:
+        for word in ("benchmark:", "threads:", "gpu=", "mem_mb=", "runtime=", "TRAIN_SHELL"):
+            assert word in body
+
+
+def test_seeds_per_job_groups_seeds_into_one_process_per_job(tmp_path):
+    overlay = write_config(tmp_path / "overlay.yaml", {
+        "results_dir": str(tmp_path / "r"), "report_dir": str(tmp_path / "p"),
+        "train": {"seeds_per_job": 4}, "resources": {"train": {"mem_mb": 3000, "runtime": 60}},
+    })
+    result = snakemake("-n", "-p", "--configfile", "config.yaml", str(overlay))
+    assert result.returncode == 0, result.stderr + result.stdout
+    output = result.stdout + result.stderr
+    counts = job_counts(output)
+    # 10 seeds in groups of 4: [0-3], [4-7], [8, 9]; 80 (dataset, model, class) each
+    assert counts["train_seeds_0_1_2_3"] == counts["train_seeds_4_5_6_7"] == counts["train_seeds_8_9"] == 80
+    assert "train" not in counts
+    commands = [line for line in output.splitlines() if "grad2vae train" in line]
+    assert len(commands) == 240
+    assert all("--seed-batching auto" in c and "/seed{seed}'" in c for c in commands)
+    assert sum("--seed 0 1 2 3 " in c for c in commands) == 80 and sum("--seed 8 9 " in c for c in commands) == 80
+    assert "mem_mb=12000" in output and "runtime=240" in output  # 4 seeds x the per-run resources
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,3 +289,36 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
     page = parse(index.read_text(encoding="utf-8"))
     assert page.rows.get("status-table") == 1 and "partial-notice" in page.ids
     check_report_in_browser(index, {**rows, "status-table": 1})
+
+
+@pytest.mark.slow
+def test_seed_group_job_trains_each_run_and_switching_back_reruns_nothing(tmp_path):
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, "mnist", train_per_class=12, test_per_class=4, seed=0)
+    results = tmp_path / "results"
+    tiny = {
+        "results_dir": str(results), "report_dir": str(tmp_path / "report"), "data": {"dir": str(data)},
+        "datasets": ["mnist"], "normal_classes": [1], "seeds": [0, 1, 2], "models": ["vae", "grad2vae"],
+        "train": {"epochs": 1, "batch_size": 8, "train_limit": 8, "test_limit": 24, "checkpoint_every": 0,
+                  "device": "cpu", "seeds_per_job": 2},
+        "resources": {"train": {"threads": 1, "gpu": 0, "mem_mb": 2000, "runtime": 10}},
+    }
+    config = write_config(tmp_path / "grouped.yaml", tiny)
+    keys = [dict(dataset="mnist", model=model, normal_class=1, seed=seed)
+            for model in ("vae", "grad2vae") for seed in (0, 1, 2)]
+    targets = [str(results / RUN_DIR.format(**key) / "metrics.json") for key in keys]
+    result = snakemake("--cores", "2", *targets, "--configfile", str(config), timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts == {"train_seeds_0_1": 2, "train_seeds_2": 2}
+    for key in keys:
+        metrics = json.loads((results / RUN_DIR.format(**key) / "metrics.json").read_text())
+        assert metrics["seed"] == key["seed"] and metrics["seeds_in_process"] == (2 if key["seed"] < 2 else 1)
+        assert metrics["seed_batching"] == ("vmap" if key["seed"] < 2 else None)
+        log = (results / TRAIN_LOG.format(**key)).read_text()
+        assert f"seed {key['seed']}: auc" in log  # the job's log, copied to every run of it
+    # seeds_per_job is an execution setting: one job per run again trains nothing
+    ungrouped = write_config(tmp_path / "ungrouped.yaml", {"train": {"seeds_per_job": 1}})
+    dry = snakemake("-n", *targets, "--configfile", str(config), str(ungrouped))
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert not job_counts(dry.stdout + dry.stderr), dry.stdout + dry.stderr

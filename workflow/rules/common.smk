@@ -169,7 +169,64 @@ def execution_options(wildcards, threads):
         options.append(f"--gpu-slots {train['gpu_slots']}")
     # equal results up to rounding (tests/test_second_derivatives.py), so not a re-run trigger
     options.append(f"--derivatives {train['derivatives']}")
+    options.append(f"--seed-batching {train['seed_batching']}")
     return " ".join(options)
+
+
+# A training job trains one seed (`rule train`) or, with train.seeds_per_job > 1, a group of
+# seeds in one process (one `train_seeds_*` rule per group). Both run TRAIN_SHELL with the seeds
+# and run folder derived from their outputs, so switching seeds_per_job re-runs nothing.
+RUN_FOLDER = "seed{seed}"  # the last part of RUN_DIR (train_run_dir relies on it)
+if os.path.basename(RUN_DIR) != RUN_FOLDER:
+    raise WorkflowError(f"RUN_DIR {RUN_DIR!r} must end in {RUN_FOLDER}")
+
+
+def seed_groups():
+    """config["seeds"] in chunks of train.seeds_per_job, in order."""
+    seeds, size = config["seeds"], config["train"]["seeds_per_job"]
+    return [seeds[start : start + size] for start in range(0, len(seeds), size)]
+
+
+def seed_group_paths(template, seeds):
+    """`{RESULTS}/template` for each seed, other wildcards left in place."""
+    return [f"{RESULTS}/{template}".replace("{seed}", str(seed)) for seed in seeds]
+
+
+def _metrics_paths(output):
+    return [output.metrics] if isinstance(output.metrics, str) else list(output.metrics)
+
+
+def train_seeds(wildcards, output):
+    """--seed of a training job: the seed of each metrics.json it makes."""
+    return " ".join(
+        os.path.basename(os.path.dirname(path)).removeprefix("seed")
+        for path in _metrics_paths(output)
+    )
+
+
+def train_run_dir(wildcards, output):
+    """--out-dir of a training job: its run folder with a {seed} placeholder."""
+    return os.path.join(
+        os.path.dirname(os.path.dirname(_metrics_paths(output)[0])), RUN_FOLDER
+    )
+
+
+def train_resource(name, seeds=1):
+    """resources.train[name] of a job training ``seeds`` seeds (mem_mb, runtime scale with it)."""
+    value = config["resources"]["train"][name]
+    return value * seeds if name in ("mem_mb", "runtime") else value
+
+
+# One process writes one log; every run of the job gets a copy (aggregate reads it per run).
+TRAIN_SHELL = (
+    "status=0; grad2vae train --model {wildcards.model} --dataset {wildcards.dataset}"
+    " --normal-class {wildcards.normal_class} --seed {params.seeds}"
+    " --data-dir {params.data_dir} --out-dir '{params.run_dir}'"
+    " --latent-dim {params.latent_dim} {params.protocol} {params.execution}"
+    " --no-progress > {log[0]} 2>&1 || status=$?;"
+    " for run_log in {log}; do [ $run_log = {log[0]} ] || cp {log[0]} $run_log; done;"
+    " exit $status"
+)
 
 
 def latent_dim(wildcards):
