@@ -56,6 +56,7 @@ def test_tiny_mode_writes_json_with_every_key(tiny_result):
         "matmul",
         "rows",
         "derivative_checks",
+        "seed_groups",
         "loaders",
         "auto_method",
         "verdict",
@@ -86,11 +87,18 @@ def test_tiny_mode_writes_json_with_every_key(tiny_result):
     assert grid["runs"] == 4 * 10 * 10 * 1  # the tiny mode measures one dataset
     assert grid["hours"] > 0 and set(grid["hours_per_model"]) == {"grad2vae", "vae", "cae", "inception_caenn"}
     assert result["verdict"]["per_dataset"]["mnist"] in checks
+    groups = result["seed_groups"]["mnist"]
+    # every grid model supports vmapped seeds on the CPU (Grad2VAE with auto = explicit)
+    assert set(groups) == {"grad2vae[explicit]", "vae", "cae", "inception_caenn"}
+    for group in groups.values():
+        assert group["seeds"] == 2 and group["seconds_per_step_vmap"] > 0 and group["seconds_per_step_in_turn"] > 0
+        assert group["speedup"] == pytest.approx(group["seconds_per_step_in_turn"] / group["seconds_per_step_vmap"])
 
 
 def test_report_formats_the_tiny_result(tiny_result):
     text = bench.format_report(tiny_result)
     assert "grad2vae[explicit]" in text and "TINY MODE" in text and "grid estimate" in text
+    assert "several seeds in one process" in text
 
 
 def _args(**overrides):
@@ -107,6 +115,7 @@ def _args(**overrides):
         repeats=None,
         steps=None,
         warmup=None,
+        seeds_per_process=None,
     )
     values.update(overrides)
     return argparse.Namespace(**values)
@@ -124,6 +133,9 @@ def test_settings_keep_the_loop_and_reject_unknown_names():
         bench.settings_from_args(_args(datasets="imagenet"))
     with pytest.raises(UserError, match=">= 1"):
         bench.settings_from_args(_args(repeats=0))
+    with pytest.raises(UserError, match="seeds-per-process"):
+        bench.settings_from_args(_args(seeds_per_process=1))
+    assert bench.settings_from_args(_args(seeds_per_process=0)).seeds_per_process == 0
 
 
 def test_grid_estimate_arithmetic():

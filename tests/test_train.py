@@ -582,7 +582,7 @@ def test_models_declaring_seed_vmap():
 
 @pytest.mark.parametrize("model", VMAP_MODELS)
 def test_seeds_vmapped_equal_separate_runs_within_rounding(tiny_data_dir, tmp_path, model):
-    configs, together = _separate_and_together(model, tiny_data_dir, tmp_path, "auto")
+    configs, together = _separate_and_together(model, tiny_data_dir, tmp_path, "vmap")
     for config, metrics in zip(configs, together):
         alone = _run_files(tmp_path / "alone" / f"seed{config.seed}")
         grouped = _run_files(tmp_path / "together" / f"seed{config.seed}")
@@ -666,6 +666,18 @@ def test_seed_group_resumes_each_run_from_its_checkpoint(tiny_data_dir, tmp_path
         assert all(torch.equal(g[1][name], a[1][name]) for name in a[1])
 
 
+def test_auto_seed_batching_follows_the_device_table(tiny_data_dir, tmp_path, monkeypatch):
+    configs = _seed_configs("vae", (0, 1), epochs=1)
+
+    def train_with_auto(folder):
+        return train.train_runs(configs, [tmp_path / folder / f"seed{c.seed}" for c in configs],
+                                data_dir=tiny_data_dir, device="cpu", progress=False)
+
+    assert {m["seed_batching"] for m in train_with_auto("measured")} == {train.AUTO_SEED_BATCHING["cpu"]}
+    monkeypatch.setitem(train.AUTO_SEED_BATCHING, "cpu", "vmap")
+    assert {m["seed_batching"] for m in train_with_auto("vmap")} == {"vmap"}
+
+
 def test_seed_group_input_errors(tiny_data_dir, tmp_path):
     configs = _seed_configs("vae", (0, 1))
     with pytest.raises(UserError, match="differ only in their seed"):
@@ -724,7 +736,7 @@ def test_command_line_trains_several_seeds_in_one_process(tiny_data_dir, tmp_pat
     assert main(common + ["--seed", "3", "5", "--out-dir", str(tmp_path / "one")]) == 2
     assert "needs a {seed} placeholder" in capsys.readouterr().err
     assert not (tmp_path / "one").exists()
-    assert main(common + ["--seed", "3", "5", "--out-dir", str(tmp_path / "seed{seed}")]) == 0
+    assert main(common + ["--seed", "3", "5", "--out-dir", str(tmp_path / "seed{seed}"), "--seed-batching", "vmap"]) == 0
     printed = capsys.readouterr().out
     for seed in (3, 5):
         metrics = json.loads((tmp_path / f"seed{seed}" / "metrics.json").read_text())

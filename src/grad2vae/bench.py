@@ -20,6 +20,9 @@ training images of the normal class, 10,000 test images; synthetic tensors of th
   straightforward one (a map-style dataset that converts each uint8 image on access, as
   torchvision's MNIST + ToTensor does, and a shuffling DataLoader per batch, moved to the
   device), per model as the ratio of whole-epoch times;
+- several seeds in one process: one vmapped step of --seeds-per-process models against the
+  same models stepped in turn (the two ways ``grad2vae train --seed 0 1 ...`` can step them),
+  per model that supports vmap on the device, as the speed-up of the vmapped step;
 - the estimated hours of the grid (4 models x 10 classes x 10 seeds x 2 datasets, 100 epochs,
   evaluation every epoch), runs one after another on this device, Grad2VAE with the method that
   "auto" picks on this device.
@@ -53,7 +56,7 @@ import numpy as np
 import torch
 
 from grad2vae.atomic import write_json
-from grad2vae.devices import device_name, keep_freed_memory, resolve_device
+from grad2vae.devices import deterministic, device_name, keep_freed_memory, resolve_device
 
 SCHEMA = "grad2vae-bench/1"
 #: the four models of the paper's grid (config.yaml ``models``)
@@ -81,6 +84,7 @@ class Settings:
     loader_repeats: int = 3
     check_images: int = 4
     matmul_size: int = 2048
+    seeds_per_process: int = 4  # 0: skip the several-seeds-per-process comparison
     seed: int = 0
     tiny: bool = False
 
@@ -99,6 +103,7 @@ class Settings:
             loader_repeats=1,
             check_images=2,
             matmul_size=128,
+            seeds_per_process=2,
             tiny=True,
         )
 
@@ -157,6 +162,77 @@ def time_steps(model, optimizer, batch: torch.Tensor, steps: int) -> float:
         training_step(model, optimizer, batch)
     _synchronize(batch.device)
     return (time.perf_counter() - start) / steps
+
+
+def time_seed_groups(
+    device: torch.device, settings: Settings, dataset: str, latent_dim: int, train_x: torch.Tensor,
+    log: Callable[[str], None],
+) -> dict[str, dict]:
+    """Several seeds in one process: one vmapped step of k models (``train.vmapped_losses``, what
+    ``train_runs`` does with seed_batching vmap) against the same k models stepped one after
+    another, per model that supports it on this device, in interleaved rounds. Returns per model
+    the seconds per step of all k seeds both ways and the speed-up (in turn / vmapped)."""
+    from grad2vae.models import create_model
+    from grad2vae.train import vmapped_losses
+
+    seeds = settings.seeds_per_process
+    generator = torch.Generator().manual_seed(settings.seed)
+    index = torch.randint(0, len(train_x), (seeds, settings.batch_size), generator=generator)
+    xs = train_x[index.to(train_x.device)]  # (seeds, batch, 1, 28, 28): each seed its own batch
+    results = {}
+    for name in settings.models:
+        models = []
+        for seed in range(seeds):
+            torch.manual_seed(settings.seed + seed)
+            models.append(create_model(name, latent_dim, dataset=dataset).to(device).train())
+        if not models[0].supports_seed_vmap(device):
+            log(f"  {name}: no vmapped seeds on {device.type} (its loss does not support vmap)")
+            continue
+        optimizers = [torch.optim.Adam(model.parameters(), lr=1e-3) for model in models]
+        label = name if getattr(models[0], "derivatives", None) is None else f"{name}[{resolve(models[0], device)}]"
+
+        def in_turn():
+            for model, optimizer, x in zip(models, optimizers, xs):
+                training_step(model, optimizer, x)
+
+        def together():
+            noises = [model.sample_noise(len(x), like=x) for model, x in zip(models, xs)]
+            noise = None if noises[0] is None else torch.stack(noises)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            vmapped_losses(models, xs, noise)["total"].sum().backward()
+            for optimizer in optimizers:
+                optimizer.step()
+
+        times: dict[str, list[float]] = {"in_turn": [], "vmap": []}
+        for round_index in range(settings.repeats + 1):  # round 0 is the warm-up
+            for key, step in (("in_turn", in_turn), ("vmap", together)):
+                _synchronize(device)
+                start = time.perf_counter()
+                for _ in range(settings.steps):
+                    step()
+                _synchronize(device)
+                if round_index:
+                    times[key].append((time.perf_counter() - start) / settings.steps)
+        in_turn_s, vmap_s = statistics.median(times["in_turn"]), statistics.median(times["vmap"])
+        results[label] = {
+            "seeds": seeds,
+            "seconds_per_step_in_turn": in_turn_s,
+            "seconds_per_step_vmap": vmap_s,
+            "speedup": in_turn_s / vmap_s,
+            "speedup_paired": statistics.median(a / b for a, b in zip(times["in_turn"], times["vmap"])),
+            "rounds": times,
+        }
+        log(f"  {label}: {seeds} seeds, in turn {1000 * in_turn_s:.0f} ms, vmapped {1000 * vmap_s:.0f} ms per step")
+        del models, optimizers
+    return results
+
+
+def resolve(model, device: torch.device) -> str:
+    """Grad2VAE's derivative method on ``device`` (what "auto" picks unless set)."""
+    from grad2vae.models.grad2vae import resolve_derivatives
+
+    return resolve_derivatives(device, model.derivatives)
 
 
 def count_step_flops(model, optimizer, batch: torch.Tensor) -> int:
@@ -334,6 +410,7 @@ def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str],
     matmul_a = torch.randn(settings.matmul_size, settings.matmul_size, device=device)
 
     rows: list[dict[str, Any]] = []
+    seed_groups: dict[str, dict] = {}
     derivative_checks: dict[str, dict] = {}
     loaders: dict[str, dict] = {}
     matmul_rates: list[float] = []
@@ -377,6 +454,9 @@ def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str],
                 f"  {variant.label}: evaluation fit {t['fit_seconds']:.2f} s, scores of {len(eval_x)} "
                 f"images {t['scores_seconds']:.2f} s"
             )
+        if settings.seeds_per_process > 1:
+            log(f"[{dataset}] {settings.seeds_per_process} seeds in one process: vmapped against in turn")
+            seed_groups[dataset] = time_seed_groups(device, settings, dataset, latent_dim, train_x, log)
         if any(v.method for v, *_ in prepared):
             methods = tuple(v.method for v, *_ in prepared if v.method)
             derivative_checks[dataset] = check_derivatives(
@@ -465,6 +545,7 @@ def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str],
             "flops_per_second_all": matmul_rates,
         },
         "rows": rows,
+        "seed_groups": seed_groups,
         "derivative_checks": derivative_checks,
         "loaders": loaders,
         "auto_method": auto_method,
@@ -572,6 +653,15 @@ def format_report(result: dict) -> str:
         "paired = median of the per-round ratios; "
         "flop/ = loop FLOPs / its FLOPs)"
     )
+    for dataset, groups in result.get("seed_groups", {}).items():
+        lines.append("")
+        lines.append(f"{dataset}: several seeds in one process, seconds per step of all seeds (vmap vs in turn)")
+        for label, g in groups.items():
+            lines.append(
+                f"  {label:<22} {g['seeds']} seeds: in turn {g['seconds_per_step_in_turn']:.3f} s, "
+                f"vmapped {g['seconds_per_step_vmap']:.3f} s, speed-up {g['speedup']:.2f}x "
+                f"(paired {g['speedup_paired']:.2f}x)"
+            )
     for dataset, checks in result["derivative_checks"].items():
         lines.append("")
         lines.append(f"{dataset}: derivative methods against the loop (max relative difference)")
@@ -631,6 +721,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="training steps per round and variant (default 1)")
     parser.add_argument("--warmup", type=int, help="warm-up steps per variant (default 1, FLOP-counted)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--seeds-per-process",
+        type=int,
+        help="seeds stepped together (vmap) against in turn, as `grad2vae train --seed 0 1 ...` does; "
+        "0: skip (default 4; on a GPU try 10, the grid's seeds per class)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -654,6 +750,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             if value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
             setattr(settings, name, value)
+    seeds_per_process = getattr(args, "seeds_per_process", None)
+    if seeds_per_process is not None:
+        if seeds_per_process < 0 or seeds_per_process == 1:
+            raise UserError(f"--seeds-per-process must be 0 (skip) or >= 2 (got {seeds_per_process})")
+        settings.seeds_per_process = seeds_per_process
     if args.eval_images is None and args.test_images is not None:
         settings.eval_images = settings.test_images
     settings.eval_images = min(settings.eval_images, settings.test_images)
@@ -686,7 +787,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
     device = resolve_device(args.device)
-    result = run_benchmark(device, settings)
+    with deterministic():  # the numerical settings of `grad2vae train` (no TF32, deterministic)
+        result = run_benchmark(device, settings)
     print()
     print(format_report(result))
     if args.output:

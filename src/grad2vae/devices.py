@@ -207,27 +207,37 @@ def device_name(device: torch.device | str) -> str:
 @contextlib.contextmanager
 def deterministic() -> Iterator[None]:
     """Deterministic algorithms wherever the device offers them (a warning where it does not)
-    inside the block; torch's previous settings are restored afterwards."""
+    and full float32 (no TF32) inside the block; torch's previous settings are restored
+    afterwards. TF32: PyTorch runs cuDNN convolutions in TF32 by default on Ampere and later
+    GPUs; issue 8 allows it only once its effect on the AUCs is measured, so it is off."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     before = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.conv.fp32_precision,
+        torch.backends.cuda.matmul.fp32_precision,
     )
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before[4:]
 
 
 ASSUMPTIONS: tuple[str, ...] = (
     "device: CUDA when torch sees one, else the CPU; a CUDA_VISIBLE_DEVICES set by a scheduler "
     "is never changed — issue 4",
+    "float32 everywhere, TF32 off on GPUs (PyTorch's default runs cuDNN convolutions in TF32 "
+    "on Ampere and later) — issue 8: TF32 only once its effect on the AUCs is measured, which "
+    "needs a GPU and has not been done",
     "several visible GPUs: each job takes the first free of N flock'ed slot files (N = --gpu-slots, "
     "default the device count), slot i -> cuda:(i mod count); a job finding all slots busy waits "
     "for one — issue 4 (waiting rather than failing is our choice: the kernel frees a dead job's "
