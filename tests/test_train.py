@@ -743,3 +743,21 @@ def test_command_line_trains_several_seeds_in_one_process(tiny_data_dir, tmp_pat
         assert metrics["seed"] == seed and metrics["seeds_in_process"] == 2
         assert metrics["seed_batching"] == "vmap"
         assert f"seed {seed}: auc" in printed
+
+
+def test_seed_group_records_each_runs_share_of_the_time(tiny_data_dir, tmp_path, monkeypatch):
+    # Each lock-step step of the group takes 0.5 s more: 3 batches = 1.5 s of training time for
+    # the whole group (plus well under a second of compute), so the three runs' shares sum to
+    # about that, not to three times that.
+    step = train._step_sequential
+
+    def slow_step(runs, indexes):
+        time.sleep(0.5)
+        return step(runs, indexes)
+
+    monkeypatch.setattr(train, "_step_sequential", slow_step)
+    configs = _seed_configs("vae", (0, 1, 2), epochs=1)  # 20 images, batch 8: 3 steps
+    results = train.train_runs(configs, [tmp_path / f"seed{c.seed}" for c in configs],
+                               data_dir=tiny_data_dir, device="cpu", progress=False)
+    assert all(m["seeds_in_process"] == 3 and m["seed_batching"] == "sequential" for m in results)
+    assert 1.5 <= sum(m["train_seconds"] for m in results) < 3.5

@@ -617,7 +617,9 @@ def train_runs(
     ``torch.func.vmap`` over their stacked parameters (``torch.func.stack_module_state``'s
     layout), which turns k small kernels into one batched kernel. ``"auto"`` = vmap where the
     model says its loss supports it on the device (``AnomalyModel.supports_seed_vmap``), else
-    sequential, per device type as ``AUTO_SEED_BATCHING`` says. A run whose loss turns non-finite leaves the group (checkpoint kept, as alone);
+    sequential, per device type as ``AUTO_SEED_BATCHING`` says. Time in each run's metrics and
+    history is its share (the group's training time / its number of seeds, plus its own
+    evaluations), so that times summed over runs are device time. A run whose loss turns non-finite leaves the group (checkpoint kept, as alone);
     the others finish, then the first such error is raised. Runs of the group that are finished
     are skipped; unfinished ones that resume from different epochs train in turn, each cohort
     of equal epochs in lock-step."""
@@ -1097,7 +1099,9 @@ def _train(
             bar.clear()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # the epoch's kernels belong to its training time
-            train_seconds = time.perf_counter() - epoch_start
+            # Each run's share of the cohort's training time, so that time summed over runs is
+            # device time (aggregate's compute table); its evaluation is its own.
+            train_seconds = (time.perf_counter() - epoch_start) / len(cohort)
             for run in cohort:
                 modes[id(run)] = mode
                 try:
