@@ -118,6 +118,11 @@ ASSUMPTIONS: tuple[str, ...] = (
     "batch-order generator (sha256(seed, 'pretrain')); a resumed run takes its result from the "
     "checkpoint's model state; extra_scores() run only at the final evaluation, after the main "
     "scores, and their AUCs go to metrics.json auc_extra — issue 9",
+    "several seeds of one (model, dataset, class) may train in one process (train.seeds_per_job "
+    "> 1): each run keeps its own RNG streams and files; stepped in turn the runs are bit-identical "
+    "to runs alone, vmapped (the default on GPUs) equal up to float rounding, which Adam can "
+    "amplify for parameters whose gradient is exactly zero (convolution biases before BatchNorm); "
+    "metrics.json records seeds_in_process and seed_batching — issue 8 (speed) and our choice",
 )
 
 
