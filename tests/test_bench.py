@@ -165,6 +165,20 @@ def test_grid_estimate_arithmetic():
     grid = bench.grid_estimate(rows[:2] + rows[3:], bench.Settings(), auto_method="explicit")
     assert grid["grad2vae_method"] == {"mnist": "vectorized"}
     assert grid["hours_per_model"]["grad2vae"] == pytest.approx(100 * 100 * 22.0 / 3600)
+    assert grid["hours_seeds_per_job"] is None  # no seed groups measured
+
+
+def test_grid_estimate_with_seeds_vmapped():
+    settings = bench.Settings(train_images=1000, batch_size=100)  # 10 steps per epoch
+    rows = [{"dataset": "mnist", "model": "vae", "variant": "vae", "derivatives": None,
+             "seconds_per_epoch": 2.5, "ms_per_step": 200.0, "seconds_per_eval": 1.0}]
+    groups = {"mnist": {"vae": {"speedup": 4.0}}}
+    vmapped = bench.grid_estimate(rows, settings, "explicit", groups, seed_batching="vmap")
+    # the 2.0 s of steps per epoch take 0.5 s; data feeding (0.5 s) and evaluation stay
+    assert vmapped["hours_seeds_per_job"] == pytest.approx(100 * (100 * 1.0 + 100 * 1.0) / 3600)
+    assert vmapped["hours"] == pytest.approx(100 * (100 * 2.5 + 100 * 1.0) / 3600)
+    in_turn = bench.grid_estimate(rows, settings, "explicit", groups, seed_batching="sequential")
+    assert in_turn["hours_seeds_per_job"] == pytest.approx(in_turn["hours"])
 
 
 def test_straightforward_dataset_gives_the_trainers_tensors():

@@ -394,6 +394,7 @@ def check_derivatives(
 
 def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str], None] = print) -> dict:
     from grad2vae.models.grad2vae import AUTO_DERIVATIVES, resolve_derivatives
+    from grad2vae.train import AUTO_SEED_BATCHING
 
     auto_method = resolve_derivatives(device)
     # as the trainer does on the CPU (GRAD2VAE_MALLOC=default to measure without it)
@@ -551,7 +552,9 @@ def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str],
         "auto_method": auto_method,
         "auto_table": dict(AUTO_DERIVATIVES),
         "verdict": verdict,
-        "grid": grid_estimate(rows, settings, auto_method),
+        "grid": grid_estimate(
+            rows, settings, auto_method, seed_groups, AUTO_SEED_BATCHING.get(device.type, "vmap")
+        ),
     }
 
 
@@ -570,19 +573,40 @@ def _verdict(rows: list[dict], checks: dict) -> dict:
     return {"per_dataset": per_dataset, "method": choices.pop() if len(choices) == 1 else None}
 
 
-def grid_estimate(rows: list[dict], settings: Settings, auto_method: str) -> dict:
+def grid_estimate(
+    rows: list[dict],
+    settings: Settings,
+    auto_method: str,
+    seed_groups: dict[str, dict] | None = None,
+    seed_batching: str = "sequential",
+) -> dict:
     """Hours of the 800-run grid on this device, runs one after another: per dataset and model,
     classes x seeds runs of epochs x (seconds per epoch + seconds per evaluation). Grad2VAE with
     the auto method (the fastest measured one if auto's was not measured) and, for comparison,
-    with the loop. Only the datasets and models that were measured."""
+    with the loop. Only the datasets and models that were measured.
+
+    ``hours_seeds_per_job``: the same grid with ``train.seeds_per_job`` = the measured seeds per
+    process and ``seed_batching`` (what "auto" picks on this device): where that is vmap, each
+    model's training steps take 1 / its measured speed-up (``seed_groups``); evaluation and data
+    feeding are unchanged (they run per seed). None when no seed groups were measured."""
     runs_per_cell = GRID["classes"] * GRID["seeds"]
     evals = GRID["epochs"] // GRID["eval_every"]
+    steps_per_epoch = math.ceil(settings.train_images / settings.batch_size)
 
-    def hours(row: dict) -> float:
-        seconds = GRID["epochs"] * row["seconds_per_epoch"] + evals * row["seconds_per_eval"]
+    def hours(row: dict, speedup: float = 1.0) -> float:
+        step_seconds = steps_per_epoch * row["ms_per_step"] / 1000
+        epoch = row["seconds_per_epoch"] - step_seconds + step_seconds / speedup
+        seconds = GRID["epochs"] * epoch + evals * row["seconds_per_eval"]
         return runs_per_cell * seconds / 3600
 
+    def seed_group_speedup(row: dict) -> float:
+        if seed_batching != "vmap":
+            return 1.0
+        group = (seed_groups or {}).get(row["dataset"], {}).get(row.get("variant", row["model"]))
+        return group["speedup"] if group else 1.0
+
     per_model: dict[str, float] = {}
+    grouped_hours = 0.0
     loop_hours = 0.0
     used: dict[str, str] = {}
     covered = set()
@@ -599,6 +623,7 @@ def grid_estimate(rows: list[dict], settings: Settings, auto_method: str) -> dic
             if row["derivatives"] and row["derivatives"] != used.get(dataset):
                 continue
             per_model[row["model"]] = per_model.get(row["model"], 0.0) + hours(row)
+            grouped_hours += hours(row, seed_group_speedup(row))
             covered.add((row["dataset"], row["model"]))
     total = sum(per_model.values())
     datasets = sorted({d for d, _ in covered})
@@ -614,6 +639,9 @@ def grid_estimate(rows: list[dict], settings: Settings, auto_method: str) -> dic
         "hours_per_model": per_model,
         "hours": total,
         "hours_with_grad2vae_loop": with_loop if with_loop is None or math.isfinite(with_loop) else None,
+        "hours_seeds_per_job": grouped_hours if seed_groups else None,
+        "seeds_per_job": settings.seeds_per_process if seed_groups else None,
+        "seed_batching": seed_batching,
         "note": "one run at a time on this device; synthetic data of the paper's sizes; the "
         "full grid is 4 models x 10 classes x 10 seeds x 2 datasets = 800 runs",
     }
@@ -695,6 +723,11 @@ def format_report(result: dict) -> str:
         + "; per model: "
         + ", ".join(f"{m} {h:.1f} h" for m, h in grid["hours_per_model"].items())
     )
+    if grid.get("hours_seeds_per_job") is not None:
+        lines.append(
+            f"  with seeds_per_job {grid['seeds_per_job']} (seed_batching auto = {grid['seed_batching']} "
+            f"on {result['device_type']}): {grid['hours_seeds_per_job']:.1f} h"
+        )
     return "\n".join(lines)
 
 
