@@ -198,10 +198,7 @@ def train_argv(data_dir, out_dir, *options: str) -> list[str]:
 
 
 @pytest.mark.parametrize("method", ["loop", "explicit"])
-def test_train_flag_picks_the_derivative_method_and_records_it(method, tiny_data_dir, tmp_path, monkeypatch):
-    from grad2vae.models.grad2vae import DERIVATIVES_ENV
-
-    monkeypatch.setenv(DERIVATIVES_ENV, "auto")  # recorded, so the flag's setting is undone after
+def test_train_flag_picks_the_derivative_method_and_records_it(method, tiny_data_dir, tmp_path):
     out = tmp_path / "run"
     argv = train_argv(
         tiny_data_dir, out,

@@ -148,7 +148,6 @@ def test_unknown_method_is_rejected():
 from grad2vae.models.grad2vae import (  # noqa: E402
     AUTO_DERIVATIVES,
     DERIVATIVE_METHODS,
-    DERIVATIVES_ENV,
     explicit_second_derivatives,
     resolve_derivatives,
 )
@@ -213,22 +212,23 @@ def test_fast_paths_equal_the_loop_at_the_papers_size_in_float32(method):
         assert (results[method][1][key] - reference).abs().max().item() <= 1e-4 * scale + 1e-6, key
 
 
-def test_auto_resolves_per_device_and_the_environment_overrides(monkeypatch):
-    monkeypatch.delenv(DERIVATIVES_ENV, raising=False)
+def test_auto_resolves_per_device_and_create_model_passes_the_choice(monkeypatch):
+    from grad2vae.models import create_model
+
     assert resolve_derivatives("cpu") == AUTO_DERIVATIVES["cpu"]
     assert resolve_derivatives("cpu", "loop") == "loop"
     assert set(AUTO_DERIVATIVES.values()) <= set(DERIVATIVE_METHODS)
-    monkeypatch.setenv(DERIVATIVES_ENV, "vectorized")
-    assert resolve_derivatives("cpu") == "vectorized"
-    assert resolve_derivatives("cpu", "loop") == "loop"  # an explicit argument wins
     model = tiny_model()
     assert model.derivatives == "auto"
     x, eps = tiny_inputs(model)
+    monkeypatch.setitem(AUTO_DERIVATIVES, "cpu", "vectorized")
     model(x, eps, create_graph=False)
     assert model.derivatives_used == "vectorized"
-    monkeypatch.setenv(DERIVATIVES_ENV, "magic")
+    assert create_model("grad2vae", 4, derivatives="loop").derivatives == "loop"
+    assert create_model("grad2vae", 4).derivatives == "auto"
+    assert create_model("vae", 4, derivatives="loop").latent_dim == 4  # models without it ignore it
     with pytest.raises(ValueError, match="magic"):
-        resolve_derivatives("cpu")
+        resolve_derivatives("cpu", "magic")
 
 
 @pytest.mark.parametrize("method", CLOSED_FORM_METHODS)

@@ -610,6 +610,7 @@ def train_runs(
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     seed_batching: str = "auto",
+    derivatives: str = "auto",
 ) -> list[dict[str, Any]]:
     """Train several runs that differ only in their seed in one process, in lock-step, each into
     its own out dir exactly as ``train_run`` would (same files, checkpoints, resume); return
@@ -627,7 +628,8 @@ def train_runs(
     evaluations), so that times summed over runs are device time. A run whose loss turns non-finite leaves the group (checkpoint kept, as alone);
     the others finish, then the first such error is raised. Runs of the group that are finished
     are skipped; unfinished ones that resume from different epochs train in turn, each cohort
-    of equal epochs in lock-step."""
+    of equal epochs in lock-step. ``derivatives``: Grad2VAE's second-derivative implementation
+    (``create_model``; other models ignore it), like ``device`` not part of the config hash."""
     if not configs or len(configs) != len(out_dirs):
         raise UserError(f"train_runs needs one out dir per configuration (got {len(configs)} and {len(out_dirs)})")
     if seed_batching not in SEED_BATCHING:
@@ -681,6 +683,7 @@ def train_runs(
                     on_epoch=on_epoch,
                     seed_batching=seed_batching,
                     group_size=len(configs),
+                    derivatives=derivatives,
                 )
             for i, metrics in zip(pending, trained):
                 results[i] = metrics
@@ -695,14 +698,16 @@ class _Run:
     ``begin_epoch`` -> ``batch_index`` / ``record`` per batch -> ``end_epoch`` (non-finite check,
     evaluation, history, checkpoint); finally ``finish`` writes scores, model and metrics."""
 
-    def __init__(self, config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process):
+    def __init__(self, config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process, derivatives):
         from grad2vae.models import create_model
 
         self.config, self.out_dir, self.device = config, out_dir, device
         self.shared, self.checkpoint_every, self.on_epoch = shared, checkpoint_every, on_epoch
         self.chash = config_hash(config)
         seed_everything(config.seed)
-        self.model = create_model(config.model, config.latent_dim, dataset=config.dataset).to(device)
+        self.model = create_model(
+            config.model, config.latent_dim, dataset=config.dataset, derivatives=derivatives
+        ).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         milestones = [config.lr_decay_epoch] if config.lr_decay_epoch > 0 else []
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -1031,7 +1036,8 @@ def _seed_step(runs: list[_Run], seed_batching: str) -> tuple[str | None, Callab
 
 
 def _train(
-    configs, out_dirs, data_dir, device, *, checkpoint_every, threads, progress, on_epoch, seed_batching, group_size
+    configs, out_dirs, data_dir, device, *, checkpoint_every, threads, progress, on_epoch, seed_batching, group_size,
+    derivatives,
 ) -> list[dict[str, Any]]:
     from grad2vae import data
 
@@ -1067,7 +1073,7 @@ def _train(
     )
     shares_process = len(configs) > 1
     runs = [
-        _Run(config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process)
+        _Run(config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process, derivatives)
         for config, out_dir in zip(configs, out_dirs)
     ]
     n_train = len(train_x)
@@ -1302,13 +1308,11 @@ def config_from_args(args: argparse.Namespace, seed: int) -> RunConfig:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", devices.CUBLAS_WORKSPACE)  # before any CUDA
-    derivatives = getattr(args, "derivatives", "auto") or "auto"
-    if derivatives != "auto":  # read by Grad2VAE(derivatives="auto"); not part of the config hash
-        from grad2vae.models.grad2vae import DERIVATIVE_METHODS, DERIVATIVES_ENV
+    from grad2vae.models.grad2vae import DERIVATIVE_METHODS
 
-        if derivatives not in DERIVATIVE_METHODS:
-            raise UserError(f"--derivatives {derivatives!r}: use auto or one of {', '.join(DERIVATIVE_METHODS)}")
-        os.environ[DERIVATIVES_ENV] = derivatives
+    derivatives = args.derivatives  # an execution choice: not part of the config hash
+    if derivatives != "auto" and derivatives not in DERIVATIVE_METHODS:
+        raise UserError(f"--derivatives {derivatives!r}: use auto or one of {', '.join(DERIVATIVE_METHODS)}")
     seeds = list(args.seed)
     if len(seeds) > 1 and "{seed}" not in args.out_dir:
         raise UserError(
@@ -1329,6 +1333,7 @@ def run(args: argparse.Namespace) -> int:
         slot_timeout=args.slot_timeout,
         progress=False if args.no_progress else None,
         seed_batching=args.seed_batching,
+        derivatives=derivatives,
     )
     for config, out_dir, metrics in zip(configs, out_dirs, results):
         print(

@@ -16,21 +16,28 @@ def register(cls: type[AnomalyModel]) -> type[AnomalyModel]:
     return cls
 
 
-def create_model(name: str, latent_dim: int, dataset: str | None = None) -> AnomalyModel:
+def create_model(
+    name: str, latent_dim: int, dataset: str | None = None, derivatives: str | None = None
+) -> AnomalyModel:
     """Build the model registered as ``name``; ``latent_dim`` is the dataset's bottleneck size
     (16 for MNIST, 32 for Fashion-MNIST in the paper). Models whose source fixes its own code
-    size say so in their docstring and ignore it. ``dataset`` is passed on only to models whose
-    constructor takes a ``dataset`` argument (Deep SVDD picks its network by it); the others
-    never see it."""
+    size say so in their docstring and ignore it. Each further option is passed on only to
+    models whose constructor takes an argument of its name, so the caller never branches on the
+    model: ``dataset`` (Deep SVDD picks its network by it), ``derivatives`` (Grad2VAE's
+    second-derivative implementation, ``grad2vae train --derivatives``)."""
     _load_builtin_models()
     try:
         cls = MODELS[name]
     except KeyError:
         known = ", ".join(sorted(MODELS))
         raise UserError(f"unknown model {name!r}; known models: {known}") from None
-    if dataset is not None and "dataset" in inspect.signature(cls).parameters:
-        return cls(latent_dim=latent_dim, dataset=dataset)
-    return cls(latent_dim=latent_dim)
+    accepted = inspect.signature(cls).parameters
+    options = {
+        key: value
+        for key, value in (("dataset", dataset), ("derivatives", derivatives))
+        if value is not None and key in accepted
+    }
+    return cls(latent_dim=latent_dim, **options)
 
 
 def model_names() -> list[str]:

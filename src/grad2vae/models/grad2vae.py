@@ -37,9 +37,9 @@ benchmark (``grad2vae bench``) times them side by side:
 - ``"explicit"``: the same closed form with g written out as the transposed encoder (masked
   Linear/ConvTranspose on N*d maps, ``explicit_second_derivatives``), sharing the forward pass;
   the fewest FLOPs and the fastest on the CPU;
-- ``"auto"`` (default): ``resolve_derivatives(device)``: the environment variable
-  ``GRAD2VAE_DERIVATIVES`` if set (``grad2vae train --derivatives`` sets it), else
-  ``AUTO_DERIVATIVES[device type]``, the benchmark's verdict per device type.
+- ``"auto"`` (default): ``resolve_derivatives(device)`` = ``AUTO_DERIVATIVES[device type]``,
+  the benchmark's verdict per device type. ``grad2vae train --derivatives`` passes its choice
+  through ``create_model(..., derivatives=...)``.
 
 The two closed forms are exact only because every layer between L_e1 and (mu, logvar) is ReLU or
 linear (``models.vae.Encoder``); the constructor refuses them for any other encoder class. ``encode(x) -> (mu,
@@ -89,24 +89,13 @@ DERIVATIVE_METHODS = METHODS + CLOSED_FORM_METHODS
 #: CPU: measured (explicit fastest). CUDA: not measured yet (no GPU was lent); "explicit" does the
 #: fewest FLOPs with plain dense kernels, so it is the default until a GPU benchmark says otherwise.
 AUTO_DERIVATIVES = {"cpu": "explicit", "cuda": "explicit"}
-#: environment variable that overrides "auto" (set by `grad2vae train --derivatives`)
-DERIVATIVES_ENV = "GRAD2VAE_DERIVATIVES"
-
-
 def resolve_derivatives(device: torch.device | str, requested: str = "auto") -> str:
-    """The implementation to use on ``device``: ``requested`` unless it is "auto", then the
-    ``GRAD2VAE_DERIVATIVES`` environment variable if set (and not "auto"), else the table."""
-    import os
-
-    if requested == "auto":
-        requested = os.environ.get(DERIVATIVES_ENV, "auto").strip() or "auto"
+    """The implementation to use on ``device``: ``requested`` unless it is "auto", then
+    ``AUTO_DERIVATIVES`` for the device's type."""
     if requested == "auto":
         requested = AUTO_DERIVATIVES.get(torch.device(device).type, "explicit")
     if requested not in DERIVATIVE_METHODS:
-        raise ValueError(
-            f"second-derivative method {requested!r} (from {DERIVATIVES_ENV} or the argument) is not "
-            f"one of {('auto',) + DERIVATIVE_METHODS}"
-        )
+        raise ValueError(f"second-derivative method {requested!r} is not one of {('auto',) + DERIVATIVE_METHODS}")
     return requested
 
 
