@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from grad2vae import devices
 from grad2vae.atomic import atomic_open, atomic_path, write_json
 from grad2vae.errors import UserError
 
@@ -771,9 +772,7 @@ def explain(settings: Settings) -> dict:
     """Compute every target, write figures, tables and summary.json; return the summary."""
     import pandas as pd
 
-    from grad2vae.devices import resolve_device
-
-    device = resolve_device(settings.device)
+    device = devices.resolve_device(settings.device)
     out = Path(settings.out_dir)
     names = output_files(settings.datasets, settings.normal_classes)
     figures, all_rows, curve_rows = [], [], []
@@ -1030,7 +1029,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    summary = explain(settings)
+    with devices.deterministic():  # the trainer's numerical settings (no TF32 on GPUs)
+        summary = explain(settings)
     log.info("wrote %d figures and %d table(s) to %s in %.0f s", len(summary["figures"]),
              len(summary["tables"]), settings.out_dir, time.perf_counter() - started)
     return 0
