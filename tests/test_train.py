@@ -570,13 +570,10 @@ def _biases_before_batchnorm(model_name):
 
 
 def test_models_declaring_seed_vmap():
-    from grad2vae.models import create_model
     from grad2vae.models.grad2vae import Grad2VAE
 
     cpu = torch.device("cpu")
-    declared = [name for name in ("vae", "grad2vae", "cae", "inception_caenn", "deep_svdd", "cae_ocsvm")
-                if create_model(name, 16, dataset="mnist").supports_seed_vmap(cpu)]
-    assert sorted(declared) == sorted(VMAP_MODELS + ["cae_ocsvm"])
+    assert sorted(_models_declaring_seed_vmap()) == sorted(VMAP_MODELS + ["cae_ocsvm"])
     assert not Grad2VAE(16, derivatives="loop").supports_seed_vmap(cpu)
 
 
@@ -678,6 +675,14 @@ def test_auto_seed_batching_follows_the_device_table(tiny_data_dir, tmp_path, mo
     assert {m["seed_batching"] for m in train_with_auto("vmap")} == {"vmap"}
 
 
+def test_vmap_asked_for_a_model_that_cannot_falls_back_to_steps_in_turn(tiny_data_dir, tmp_path, caplog):
+    configs = _seed_configs("grad2vae", (0, 1), epochs=1)
+    results = train.train_runs(configs, [tmp_path / f"seed{c.seed}" for c in configs], data_dir=tiny_data_dir,
+                               device="cpu", progress=False, seed_batching="vmap", derivatives="loop")
+    assert [(m["seed_batching"], m["derivatives"]) for m in results] == [("sequential", "loop")] * 2
+    assert "cannot vmap its loss" in caplog.text
+
+
 def test_seed_group_input_errors(tiny_data_dir, tmp_path):
     configs = _seed_configs("vae", (0, 1))
     with pytest.raises(UserError, match="differ only in their seed"):
@@ -692,7 +697,12 @@ def test_seed_group_input_errors(tiny_data_dir, tmp_path):
         train.train_runs(configs, [tmp_path / "a", tmp_path / "b"], data_dir=tiny_data_dir, seed_batching="fast")
 
 
-@pytest.mark.parametrize("model_name", VMAP_MODELS)
+def _models_declaring_seed_vmap():
+    return [name for name in models.model_names()
+            if models.create_model(name, 16, dataset="mnist").supports_seed_vmap(torch.device("cpu"))]
+
+
+@pytest.mark.parametrize("model_name", _models_declaring_seed_vmap())
 def test_vmapped_losses_give_each_model_its_own_loss_and_gradients(model_name):
     # The strict check of the vmap path, one step before any optimiser: losses, every
     # parameter's gradient and BatchNorm's updated running statistics equal those of each
@@ -761,3 +771,70 @@ def test_seed_group_records_each_runs_share_of_the_time(tiny_data_dir, tmp_path,
                                data_dir=tiny_data_dir, device="cpu", progress=False)
     assert all(m["seeds_in_process"] == 3 and m["seed_batching"] == "sequential" for m in results)
     assert 1.5 <= sum(m["train_seconds"] for m in results) < 3.5
+
+
+def test_group_killed_mid_run_resumes_from_its_own_checkpoints(tiny_data_dir, tmp_path):
+    configs = _seed_configs("vae", (4, 7), epochs=3)
+    alone = [tmp_path / "alone" / f"seed{c.seed}" for c in configs]
+    for config, out_dir in zip(configs, alone):
+        run(config, out_dir, tiny_data_dir)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_epoch_2(row):
+        if row["epoch"] == 2:
+            raise Killed
+
+    group = [tmp_path / "group" / f"seed{c.seed}" for c in configs]
+    options = dict(data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching="sequential")
+    with pytest.raises(Killed):  # in seed 4's epoch 2, after its epoch-1 checkpoint
+        train.train_runs(configs, group, checkpoint_every=1, on_epoch=kill_at_epoch_2, **options)
+    assert (group[0] / train.CHECKPOINT).exists()
+    results = train.train_runs(configs, group, **options)
+    assert results[0]["resumes"] == 1
+    for a, g in zip(alone, group):
+        expected, got = _run_files(a), _run_files(g)
+        assert got[0]["auc"] == expected[0]["auc"]
+        assert all(torch.equal(got[1][name], expected[1][name]) for name in expected[1])
+        assert not (g / train.CHECKPOINT).exists()  # the group finished: no checkpoint left
+
+
+@pytest.mark.parametrize("seed_batching", ["sequential", "vmap"])
+def test_one_diverging_seed_fails_the_group_after_the_others_finish(
+    tiny_data_dir, tmp_path, monkeypatch, seed_batching
+):
+    configs = _seed_configs("vae", (4, 7))
+    alone = tmp_path / "alone"
+    run(configs[0], alone, tiny_data_dir)
+    setup = train._Run.__init__
+
+    def poison_seed_7(self, config, *args, **kwargs):
+        setup(self, config, *args, **kwargs)
+        if config.seed == 7:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(train._Run, "__init__", poison_seed_7)
+    group = [tmp_path / "group" / f"seed{c.seed}" for c in configs]
+    options = dict(data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching=seed_batching)
+    with pytest.raises(train.NonFiniteLossError, match="seed7"):
+        train.train_runs(configs, group, **options)
+    assert not (group[1] / "metrics.json").exists()
+    expected, got = _run_files(alone), _run_files(group[0])
+    assert got[0]["auc"] == pytest.approx(expected[0]["auc"], abs=0.02)
+    # Snakemake removes the outputs of the failed job; its final checkpoint stays, so the
+    # finished seed comes back by re-evaluating, without training again.
+    assert (group[0] / train.CHECKPOINT).exists()
+    for name in ("metrics.json", "history.tsv", "scores.csv.gz", "model.pt"):
+        (group[0] / name).unlink()
+    monkeypatch.undo()
+
+    def no_training(*args):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(train, "_step_sequential", no_training)
+    monkeypatch.setattr(train, "_step_vmap", no_training)
+    (again,) = train.train_runs(configs[:1], group[:1], **options)
+    assert again["auc"] == got[0]["auc"] and again["resumes"] == got[0]["resumes"] + 1
+    assert all(torch.equal(_run_files(group[0])[1][name], got[1][name]) for name in got[1])

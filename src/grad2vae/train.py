@@ -682,7 +682,7 @@ def train_runs(
                     progress=progress,
                     on_epoch=on_epoch,
                     seed_batching=seed_batching,
-                    group_size=len(configs),
+                    group_size=len(pending),  # those trained in this process
                     derivatives=derivatives,
                 )
             for i, metrics in zip(pending, trained):
@@ -752,19 +752,23 @@ class _Run:
         self.epoch_times: list[float] = []
         self.failure: NonFiniteLossError | None = None
 
-    def _global_rng(self) -> dict[str, Tensor]:
-        state = {"torch": torch.get_rng_state()}
+    def _global_rng(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
     @contextlib.contextmanager
     def own_rng(self) -> Iterator[None]:
-        """torch's global RNG as this run left it (a no-op for a run alone in its process)."""
+        """The global RNGs (torch, CUDA, Python, NumPy) as this run left them, so that what runs
+        inside (its steps, its checkpoints) sees the streams of the run alone. A no-op for a run
+        alone in its process."""
         if self.rng is None:
             yield
             return
         torch.set_rng_state(self.rng["torch"])
+        random.setstate(self.rng["python"])
+        np.random.set_state(self.rng["numpy"])
         if "cuda" in self.rng:
             torch.cuda.set_rng_state(self.rng["cuda"], self.device)
         try:
@@ -942,8 +946,27 @@ class _Run:
             "config_hash": self.chash,
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if self.rng is not None:
+            # Trained in a group: Snakemake removes the outputs of every run of a failed group
+            # job (or of a job it reruns because one run is missing), so a final checkpoint stays
+            # until the whole group has finished (``_train``): a rerun then only re-evaluates.
+            _save_checkpoint(
+                out_dir / CHECKPOINT,
+                config,
+                self.chash,
+                config.epochs,
+                model,
+                self.optimizer,
+                self.scheduler,
+                history,
+                self.device,
+                self.batch_generator,
+                self.resumes,
+                pretrain=self.pretrain_info,
+            )
         atomic.write_json(out_dir / METRICS, metrics)  # last: its presence means "finished"
-        (out_dir / CHECKPOINT).unlink(missing_ok=True)
+        if self.rng is None:
+            (out_dir / CHECKPOINT).unlink(missing_ok=True)
         log.info(
             "%s: finished, auc %.4f (reconstruction %.4f), %.1f s per epoch",
             out_dir,
@@ -1028,10 +1051,14 @@ def _seed_step(runs: list[_Run], seed_batching: str) -> tuple[str | None, Callab
     """(the mode recorded in metrics.json, the step function) for these runs."""
     if len(runs) == 1 and runs[0].rng is None:
         return None, _step_sequential
+    device = runs[0].device
+    supported = runs[0].model.supports_seed_vmap(device)
     if seed_batching == "auto":
-        device = runs[0].device
-        supported = runs[0].model.supports_seed_vmap(device)
         seed_batching = AUTO_SEED_BATCHING.get(device.type, "vmap") if supported else "sequential"
+    elif seed_batching == "vmap" and not supported:
+        # the workflow's seed_batching applies to every model; those without vmap step in turn
+        log.warning("%s cannot vmap its loss on %s: its seeds step in turn", runs[0].config.model, device.type)
+        seed_batching = "sequential"
     return seed_batching, _step_vmap if seed_batching == "vmap" else _step_sequential
 
 
@@ -1130,10 +1157,13 @@ def _train(
     for run in runs:
         if run.failure is None:
             execution = {"cpu_malloc": malloc, "seeds_in_process": group_size, "seed_batching": modes.get(id(run))}
-            metrics.append(run.finish(setup_seconds, execution))
+            with run.own_rng():
+                metrics.append(run.finish(setup_seconds, execution))
     failures = [run.failure for run in runs if run.failure is not None]
     if failures:
         raise failures[0]
+    for run in runs:  # the whole group finished: the final checkpoints have done their job
+        (run.out_dir / CHECKPOINT).unlink(missing_ok=True)
     return metrics
 
 

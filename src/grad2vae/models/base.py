@@ -39,8 +39,8 @@ class AnomalyModel(nn.Module):
     - ``supports_seed_vmap(device)``: True if ``loss`` may run under ``torch.func.vmap`` over
       stacked copies of the model (``train.train_runs``, several seeds in one process): no
       random op outside ``sample_noise``, no ``torch.autograd.grad``, no control flow on tensor
-      values. Default False (the seeds then step in turn); tests/test_train.py checks every model
-      that says True against separate runs.
+      values. Default False (the seeds then step in turn); tests/test_train.py checks the
+      per-step losses and gradients of every model that says True against the model alone.
 
     - ``pretrain(train_x, *, epochs, batch_size, lr, lr_decay_epoch, lr_decay_factor, generator)``
       is called by the trainer once, before the first epoch (not again on resume: its result is
