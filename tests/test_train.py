@@ -142,6 +142,18 @@ def read_tsv(path):
     return header, [dict(zip(header, line.split("\t"))) for line in lines[1:]]
 
 
+class Killed(Exception):
+    """Stops a run from its on_epoch callback (``_kill_at``)."""
+
+
+def _kill_at(epoch):
+    def on_epoch(row):
+        if row["epoch"] == epoch:
+            raise Killed
+
+    return on_epoch
+
+
 def test_outputs_follow_the_contract(tiny_models, tiny_data_dir, tmp_path):
     cfg = config()
     metrics = run(cfg, tmp_path / "run", tiny_data_dir, checkpoint_every=1)
@@ -223,15 +235,8 @@ def test_interrupted_run_resumes_exactly(tiny_models, tiny_data_dir, tmp_path):
     cfg = config(epochs=5)
     full = run(cfg, tmp_path / "full", tiny_data_dir)
 
-    class Killed(Exception):
-        pass
-
-    def die_at_epoch_4(row):
-        if row["epoch"] == 4:
-            raise Killed
-
     with pytest.raises(Killed):
-        run(cfg, tmp_path / "cut", tiny_data_dir, checkpoint_every=2, on_epoch=die_at_epoch_4)
+        run(cfg, tmp_path / "cut", tiny_data_dir, checkpoint_every=2, on_epoch=_kill_at(4))
     assert not (tmp_path / "cut" / "metrics.json").exists()
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
     resumed = run(cfg, tmp_path / "cut", tiny_data_dir, checkpoint_every=2)
@@ -634,24 +639,21 @@ def test_seed_vmap_rejects_random_ops_outside_sample_noise(tiny_data_dir, tmp_pa
         )
 
 
+def _train_alone(configs, folder, data_dir):
+    out_dirs = [folder / f"seed{c.seed}" for c in configs]
+    for config, out_dir in zip(configs, out_dirs):
+        run(config, out_dir, data_dir)
+    return out_dirs
+
+
 def test_seed_group_resumes_each_run_from_its_checkpoint(tiny_data_dir, tmp_path):
     # seed 4 is killed after epoch 2 of 3 (its checkpoint stays), seed 7 never started: the group
     # trains them as two cohorts and both end exactly as uninterrupted runs alone.
     configs = _seed_configs("vae", (4, 7), epochs=3)
-    reference = [tmp_path / "alone" / f"seed{c.seed}" for c in configs]
-    for config, out_dir in zip(configs, reference):
-        run(config, out_dir, tiny_data_dir)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_epoch_2(row):
-        if row["epoch"] == 2:
-            raise Killed
-
+    reference = _train_alone(configs, tmp_path / "alone", tiny_data_dir)
     out_dirs = [tmp_path / "group" / f"seed{c.seed}" for c in configs]
     with pytest.raises(Killed):
-        run(configs[0], out_dirs[0], tiny_data_dir, checkpoint_every=1, on_epoch=kill_after_epoch_2)
+        run(configs[0], out_dirs[0], tiny_data_dir, checkpoint_every=1, on_epoch=_kill_at(2))
     assert (out_dirs[0] / train.CHECKPOINT).exists()
     results = train.train_runs(
         configs, out_dirs, data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching="sequential"
@@ -775,21 +777,11 @@ def test_seed_group_records_each_runs_share_of_the_time(tiny_data_dir, tmp_path,
 
 def test_group_killed_mid_run_resumes_from_its_own_checkpoints(tiny_data_dir, tmp_path):
     configs = _seed_configs("vae", (4, 7), epochs=3)
-    alone = [tmp_path / "alone" / f"seed{c.seed}" for c in configs]
-    for config, out_dir in zip(configs, alone):
-        run(config, out_dir, tiny_data_dir)
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_epoch_2(row):
-        if row["epoch"] == 2:
-            raise Killed
-
+    alone = _train_alone(configs, tmp_path / "alone", tiny_data_dir)
     group = [tmp_path / "group" / f"seed{c.seed}" for c in configs]
     options = dict(data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching="sequential")
     with pytest.raises(Killed):  # in seed 4's epoch 2, after its epoch-1 checkpoint
-        train.train_runs(configs, group, checkpoint_every=1, on_epoch=kill_at_epoch_2, **options)
+        train.train_runs(configs, group, checkpoint_every=1, on_epoch=_kill_at(2), **options)
     assert (group[0] / train.CHECKPOINT).exists()
     results = train.train_runs(configs, group, **options)
     assert results[0]["resumes"] == 1
