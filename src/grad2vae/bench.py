@@ -168,12 +168,12 @@ def time_seed_groups(
     device: torch.device, settings: Settings, dataset: str, latent_dim: int, train_x: torch.Tensor,
     log: Callable[[str], None],
 ) -> dict[str, dict]:
-    """Several seeds in one process: one vmapped step of k models (``train.vmapped_losses``, what
+    """Several seeds in one process: one vmapped step of k models (``train.vmapped_step``, what
     ``train_runs`` does with seed_batching vmap) against the same k models stepped one after
     another, per model that supports it on this device, in interleaved rounds. Returns per model
     the seconds per step of all k seeds both ways and the speed-up (in turn / vmapped)."""
     from grad2vae.models import create_model
-    from grad2vae.train import vmapped_losses
+    from grad2vae.train import vmapped_step
 
     seeds = settings.seeds_per_process
     generator = torch.Generator().manual_seed(settings.seed)
@@ -197,12 +197,7 @@ def time_seed_groups(
 
         def together():
             noises = [model.sample_noise(len(x), like=x) for model, x in zip(models, xs)]
-            noise = None if noises[0] is None else torch.stack(noises)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            vmapped_losses(models, xs, noise)["total"].sum().backward()
-            for optimizer in optimizers:
-                optimizer.step()
+            vmapped_step(models, optimizers, xs, noises)
 
         times: dict[str, list[float]] = {"in_turn": [], "vmap": []}
         for round_index in range(settings.repeats + 1):  # round 0 is the warm-up

@@ -1029,21 +1029,29 @@ def vmapped_losses(models: list[torch.nn.Module], xs: Tensor, noise: Tensor | No
     return terms
 
 
+def vmapped_step(models, optimizers, xs: Tensor, noises: list[Tensor | None]) -> dict[str, Tensor]:
+    """One training step of k models at once (``vmapped_losses`` on batches ``xs`` (k, N, ...)
+    with each model's ``sample_noise`` draw), then each model's own optimizer step; the loss
+    terms come back with shape (k,). ``train_runs`` and ``grad2vae bench`` both step this way."""
+    noise = None if noises[0] is None else torch.stack(noises)
+    terms = vmapped_losses(models, xs, noise)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    terms["total"].sum().backward()  # each model's parameters get only its own loss's gradient
+    for optimizer in optimizers:
+        optimizer.step()
+    return terms
+
+
 def _step_vmap(runs: list[_Run], indexes: list[Tensor]) -> list[dict[str, Tensor]]:
-    """One training step of all runs at once (``vmapped_losses``), then each run's own Adam
-    step. Each run draws its noise in its own RNG turn: the draws it would make alone."""
+    """``vmapped_step`` for the runs. Each run draws its noise in its own RNG turn: the draws
+    it would make alone."""
     xs = torch.stack([run.shared.train_x[index] for run, index in zip(runs, indexes)])
     noises = []
     for run, x in zip(runs, xs):
         with run.own_rng():
             noises.append(run.model.sample_noise(len(x), like=x))
-    noise = None if noises[0] is None else torch.stack(noises)
-    terms = vmapped_losses([run.model for run in runs], xs, noise)
-    for run in runs:
-        run.optimizer.zero_grad(set_to_none=True)
-    terms["total"].sum().backward()  # each run's parameters get only its own loss's gradient
-    for run in runs:
-        run.optimizer.step()
+    terms = vmapped_step([run.model for run in runs], [run.optimizer for run in runs], xs, noises)
     return [{name: value[j] for name, value in terms.items()} for j in range(len(runs))]
 
 
