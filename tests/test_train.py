@@ -180,11 +180,16 @@ def test_outputs_follow_the_contract(tiny_models, tiny_data_dir, tmp_path):
         "epoch",
         "lr",
         "seconds",
+        "train_seconds",
         "loss_reconstruction",
         "loss_kl",
         "loss_total",
         "auc",
         "auc_reconstruction",
+        "mean_main_normal",
+        "mean_main_anomalous",
+        "mean_reconstruction_normal",
+        "mean_reconstruction_anomalous",
     ]
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
     assert [float(r["lr"]) for r in rows] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])  # decay after epoch 2
@@ -202,8 +207,14 @@ def test_outputs_follow_the_contract(tiny_models, tiny_data_dir, tmp_path):
 
     # The saved weights give the saved scores again.
     model = train.load_trained_model(out)
-    again = train.evaluate(model, split, train.derive_seed(0, "eval"), batch_size=32)
+    again, extra = train.evaluate(model, split, train.derive_seed(0, "eval"), batch_size=32)
     assert np.array_equal(again["main"], np.array([float(r["score_main"]) for r in scores], dtype=np.float32))
+    assert extra == {}  # extra scores only where asked for (the final evaluation)
+    # the score means of the last epoch are those of the saved scores
+    normal = [float(r["score_main"]) for r in scores if r["label"] == "0"]
+    assert float(rows[-1]["mean_main_normal"]) == pytest.approx(np.mean(normal))
+    assert on_disk["score_means"]["mean_main_normal"] == pytest.approx(np.mean(normal))
+    assert on_disk["train_flops_per_step"] > 0 and on_disk["train_flops_batch"] == cfg.batch_size
 
 
 def test_learns_the_easy_synthetic_task(tiny_models, tiny_data_dir, tmp_path):

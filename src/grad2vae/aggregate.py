@@ -63,7 +63,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from grad2vae import __version__
+from grad2vae import __version__, entropy_only
+from grad2vae import claims as paper_claims
 from grad2vae import published as pub
 from grad2vae import stats
 from grad2vae.atomic import atomic_open, write_json
@@ -268,6 +269,15 @@ def read_run(results_dir: Path, key: dict[str, Any]) -> tuple[dict[str, Any], di
             versions=json.dumps(metrics.get("versions") or {}, sort_keys=True),
             run_dir=str(run_dir),
         )
+        for score, value in (metrics.get("auc_scores") or {}).items():
+            row[f"auc_{score}"] = _float(value)
+        for name, value in (metrics.get("score_means") or {}).items():
+            row[name] = _float(value)
+        row.update(
+            train_seconds=_float(metrics.get("train_seconds")),
+            train_flops_per_step=_float(metrics.get("train_flops_per_step")),
+            train_flops_per_epoch=_float(metrics.get("train_flops_per_epoch")),
+        )
         row.update(_benchmark(results_dir / TRAIN_BENCHMARK.format(**key)))
         row.update(_oracle(metrics.get("auc_extra")))
         oracle = stats.oracle_run(metrics)
@@ -364,24 +374,32 @@ def extra_runs(results_dir: Path, grid: dict[str, list]) -> list[str]:
 # statistics
 
 
+def score_columns(runs: pd.DataFrame) -> list[str]:
+    """``auc``, ``auc_reconstruction`` and the AUC column of every further score in ``runs``
+    (``auc_mse``, ``auc_bce_excess``, ...; not the oracle's, which has its own column)."""
+    extra = [c for c in runs.columns if c.startswith("auc_") and c not in SCORES and c != "auc_oracle"]
+    return list(SCORES) + extra
+
+
 def summarise(runs: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
     """Per (dataset, normal class, model): n seeds, mean and std (ddof=1) of each AUC, percent."""
     index = pd.MultiIndex.from_product(
         [grid["datasets"], grid["normal_classes"], grid["models"]], names=["dataset", "normal_class", "model"]
     )
+    scores = score_columns(runs)
     if runs.empty:
         table = pd.DataFrame(index=index).reset_index()
         table["n_seeds"] = 0
-        for score in SCORES:
+        for score in scores:
             table[f"{score}_pct_mean"] = np.nan
             table[f"{score}_pct_std"] = np.nan
     else:
         pct = runs[["dataset", "normal_class", "model"]].copy()
-        for score in SCORES:
+        for score in scores:
             pct[score] = 100.0 * pd.to_numeric(runs[score], errors="coerce")
         grouped = pct.groupby(["dataset", "normal_class", "model"])
         table = pd.DataFrame({"n_seeds": grouped.size()})
-        for score in SCORES:
+        for score in scores:
             table[f"{score}_pct_mean"] = grouped[score].mean()
             table[f"{score}_pct_std"] = grouped[score].std(ddof=1)
         if "auc_oracle" in runs:
@@ -437,6 +455,32 @@ def averages(summary: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def scores_table(summary: pd.DataFrame, grid: dict[str, list], entropy: pd.DataFrame | None) -> pd.DataFrame:
+    """Per (dataset, model, score): the average AUC (percent; mean over the normal classes of the
+    per-class means over seeds) and the classes it covers; plus the model-free ``entropy_only``
+    scorer (score ``entropy``) where its table is given. Scores a model does not report are
+    left out."""
+    rows = []
+    scores = [c.removesuffix("_pct_mean") for c in summary.columns if c.startswith("auc") and c.endswith("_pct_mean")]
+    scores = [s for s in scores if s != "auc_oracle"]
+    for dataset in grid["datasets"]:
+        for model in grid["models"]:
+            part = summary[(summary["dataset"] == dataset) & (summary["model"] == model)]
+            for column in scores:
+                values = part[f"{column}_pct_mean"].dropna() if len(part) else pd.Series(dtype=float)
+                if values.empty:
+                    continue
+                score = "main" if column == "auc" else column.removeprefix("auc_")
+                rows.append({"dataset": dataset, "model": model, "score": score, "n_classes": int(len(values)),
+                             "auc_pct_mean": float(values.mean())})  # fmt: skip
+        if entropy is not None and not entropy.empty:
+            part = entropy[(entropy["dataset"] == dataset) & entropy["normal_class"].isin(grid["normal_classes"])]
+            if len(part):
+                rows.append({"dataset": dataset, "model": entropy_only.NAME, "score": "entropy",
+                             "n_classes": int(len(part)), "auc_pct_mean": 100.0 * float(part["auc"].mean())})  # fmt: skip
+    return pd.DataFrame(rows, columns=["dataset", "model", "score", "n_classes", "auc_pct_mean"])
 
 
 def published_column_average(dataset: str, column: str, classes: list[int]) -> tuple[float | None, str]:
@@ -581,7 +625,7 @@ def parameters_table(runs: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def claims(avgs: pd.DataFrame) -> list[dict[str, Any]]:
+def mstd_table(avgs: pd.DataFrame) -> list[dict[str, Any]]:
     """The paper's mstd statements beside ours (mstd and largest per-class std)."""
     paper = pub.mstd_claims()
     out = []
@@ -757,10 +801,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", help="expected models")
     parser.add_argument("--normal-classes", nargs="+", type=int, help="expected normal classes")
     parser.add_argument("--seeds", nargs="+", type=int, help="expected seeds")
+    parser.add_argument(
+        "--data-dir",
+        help="verified datasets (`grad2vae fetch`): the model-free entropy-only AUC is computed from "
+        "their test images; without it, entropy_only.csv is written empty and the report says why",
+    )
+
+
+def entropy_for_grid(data_dir: Path | None, grid: dict[str, list], runs: pd.DataFrame, workflow_config: dict) -> tuple[pd.DataFrame, str]:
+    """(entropy_only table, note): H(x)'s AUC per (dataset, class) of the grid on the test images
+    the runs were scored on (their test_limit, else the workflow's, else all)."""
+    if data_dir is None:
+        return pd.DataFrame(columns=entropy_only.COLUMNS), "not computed: `grad2vae aggregate` ran without --data-dir"
+    limits = sorted({int(v) for v in pd.to_numeric(runs.get("test_limit", pd.Series(dtype=float)), errors="coerce").dropna()})
+    if len(limits) > 1:
+        log.warning("runs with different test limits %s: entropy-only AUC on test_limit %d", limits, limits[0])
+    limit = limits[0] if limits else int((workflow_config.get("train") or {}).get("test_limit") or 0)
+    table = entropy_only.entropy_table(data_dir, grid["datasets"], grid["normal_classes"], limit)
+    return table, f"H(x) of the {'full test set' if not limit else f'{limit} test images (test_limit)'} of each normal class"
 
 
 def aggregate(
-    results_dir: Path, out_dir: Path, workflow_config: dict[str, Any], overrides: dict[str, list | None] | None = None
+    results_dir: Path,
+    out_dir: Path,
+    workflow_config: dict[str, Any],
+    overrides: dict[str, list | None] | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Do everything ``run`` does; return the aggregate.json payload."""
     grid = expected_grid(results_dir, workflow_config, overrides or {})
@@ -777,6 +843,9 @@ def aggregate(
     statistics = statistics_payload(runs, grid)
     compute = compute_table(runs, grid)
     params = parameters_table(runs, grid)
+    entropy, entropy_note = entropy_for_grid(data_dir, grid, real_runs(runs), workflow_config)
+    per_score = scores_table(summary, tables, entropy)
+    claims = paper_claims.all_claims(real_runs(runs), history, avgs, params, grid)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(runs, out_dir / "runs.csv")
@@ -786,6 +855,9 @@ def aggregate(
     _write_csv(table, out_dir / "table1.csv")
     _write_csv(compute, out_dir / "compute.csv")
     _write_csv(params, out_dir / "parameters.csv")
+    _write_csv(entropy, out_dir / "entropy_only.csv")
+    _write_csv(per_score, out_dir / "scores.csv")
+    write_json(out_dir / "claims.json", _jsonable(claims))
     with atomic_open(out_dir / "history.csv.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
         handle.write(history.to_csv(index=False).encode("utf-8"))
     write_json(out_dir / "stats.json", _jsonable(statistics))
@@ -798,7 +870,9 @@ def aggregate(
         "expected_runs": int(len(status)),
         "extra_runs_ignored": extra_runs(results_dir, grid),
         "table1_layout": table1_layout(tables["models"]),
-        "mstd_claims": claims(avgs),
+        "mstd_claims": mstd_table(avgs),
+        "claim_verdicts": paper_claims.verdict_counts(claims),
+        "entropy_only": entropy_note,
         "definitions": {
             "auc_pct": "100 x AUC-ROC of the model's main score, label 1 = anomaly (Table 1's units)",
             "std": "sample standard deviation over seeds (ddof=1), percentage points",
@@ -832,7 +906,8 @@ def run(args: argparse.Namespace) -> int:
     results_dir = Path(args.results_dir)
     out_dir = Path(args.out_dir) if args.out_dir else results_dir / "aggregate"
     overrides = {"datasets": args.datasets, "models": args.models, "normal_classes": args.normal_classes, "seeds": args.seeds}
-    payload = aggregate(results_dir, out_dir, read_workflow_config(args.workflow_config), overrides)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    payload = aggregate(results_dir, out_dir, read_workflow_config(args.workflow_config), overrides, data_dir)
     counts = payload["counts"]
     log.info(
         "%d expected runs: %d complete, %d failed, %d missing -> %s",

@@ -98,3 +98,8 @@ def learning_setup() -> dict[str, Any]:
 
 def mstd_claims() -> dict[str, float]:
     return {k: float(v) for k, v in load_published()["mstd"].items()}
+
+
+def claims() -> dict[str, dict[str, Any]]:
+    """The paper's claims judged by ``grad2vae.claims``: id -> {section, words, ...}."""
+    return dict(load_published()["claims"])

@@ -4,11 +4,14 @@ For each latent unit z_i and each sample, the tensor (of the layer's shape)
 
     h_i = d/dL ( sum_j dz_i/dL_j ),
 
-the Hessian of z_i with respect to the layer L times the all-ones vector. This is what the
-TensorFlow original computes with ``g = tf.gradients(z_i, L); h = tf.gradients(g, L)``:
-``tf.gradients`` sums over its outputs, so the inner sum runs over every element of L (and over
-the batch, which is harmless when nothing between L and z mixes samples: each sample's z then
-depends only on that sample's L, so the batch sum separates into per-sample derivatives).
+the Hessian of z_i with respect to the layer L times the all-ones vector: one tensor per unit, as
+the paper describes them (Sect. 3, Sect. 4.1, Fig. 3). ``g = tf.gradients(z_i, L); h =
+tf.gradients(g, L)`` computes it for one unit: ``tf.gradients`` sums over its outputs, so the
+inner sum runs over every element of L (and over the batch, which is harmless when nothing between
+L and z mixes samples: each sample's z then depends only on that sample's L, so the batch sum
+separates into per-sample derivatives). The companion notebook abukmeil/mgrad2vae calls
+``tf.gradients(z, conv)`` on the whole latent vector, which also sums over the units: its one
+tensor equals sum_i h_i, not the paper's d tensors.
 
 Two implementations, equal up to floating-point rounding (tests/test_second_derivatives.py):
 

@@ -240,19 +240,22 @@ class NonFiniteLossError(UserError):
 
 def evaluate(
     model, split, generator_seed: int, batch_size: int = 1000, extra: bool = False
-) -> dict[str, np.ndarray]:
-    """Scores of every test image: ``{"main": ..., "reconstruction": ..., ...}`` as float arrays.
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(scores, extra scores) of every test image as float arrays: ``scores`` holds every score
+    of ``model.scores`` (``"main"``, ``"reconstruction"``, the diagnostics), ``extra`` those of
+    ``model.extra_scores`` when ``extra`` is True (the final evaluation only), else nothing.
 
     Calls ``model.fit_scorer(train_x)`` (eval mode, no_grad) first; scores run with autograd
     enabled (Grad2VAE needs second derivatives) and a fresh generator seeded with
     ``generator_seed``. Runs inside ``fork_rng``, so the caller's RNG streams are untouched.
-    ``extra``: also the model's ``extra_scores`` (the final evaluation only), after all of
-    ``scores`` and with their own generator, so the main scores are the same either way."""
+    The extra scores come after all of ``scores``, with their own generator, so the scores are
+    the same either way."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     collected: dict[str, list[torch.Tensor]] = {}
+    collected_extra: dict[str, list[torch.Tensor]] = {}
     try:
         with torch.random.fork_rng(devices=rng_devices):
             with torch.no_grad():
@@ -276,22 +279,32 @@ def evaluate(
                     if clash:
                         raise RuntimeError(f"{type(model).__name__}.extra_scores() repeats {sorted(clash)}")
                     for key, value in scores.items():
-                        collected.setdefault(key, []).append(value.detach().reshape(-1).float().cpu())
+                        collected_extra.setdefault(key, []).append(value.detach().reshape(-1).float().cpu())
     finally:
         model.train(was_training)
     missing = {"main", "reconstruction"} - set(collected)
     if missing:
         raise RuntimeError(f"model {type(model).__name__}.scores() lacks {sorted(missing)}")
-    return {key: torch.cat(parts).numpy() for key, parts in collected.items()}
+    return (
+        {key: torch.cat(parts).numpy() for key, parts in collected.items()},
+        {key: torch.cat(parts).numpy() for key, parts in collected_extra.items()},
+    )
+
+
+def auc_column(score: str) -> str:
+    """The column of a score's AUC in history.tsv, metrics.json and runs.csv: ``auc`` for the
+    main score, ``auc_{score}`` for every other."""
+    return "auc" if score == "main" else f"auc_{score}"
 
 
 def auc_of(scores: dict[str, np.ndarray], labels: np.ndarray, epoch: int | None = None) -> dict[str, float]:
-    """AUC-ROC (anomaly = positive) of the main and the reconstruction score."""
+    """AUC-ROC (anomaly = positive) of every score, keyed by ``auc_column``; a non-finite score
+    means the model diverged (NonFiniteLossError)."""
     from sklearn.metrics import roc_auc_score
 
     result = {}
-    for key, column in (("main", "auc"), ("reconstruction", "auc_reconstruction")):
-        values = scores[key]
+    for key, values in scores.items():
+        column = auc_column(key)
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
             where = f"epoch {epoch}: " if epoch is not None else ""
@@ -303,15 +316,51 @@ def auc_of(scores: dict[str, np.ndarray], labels: np.ndarray, epoch: int | None 
     return result
 
 
-def extra_aucs(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float | None]:
-    """AUC-ROC of every score besides main and reconstruction (a model's ``extra_scores``);
-    None for a score that is not finite everywhere."""
+def extra_aucs(extra: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float | None]:
+    """AUC-ROC of each of a model's ``extra_scores``; None for one not finite everywhere."""
     from sklearn.metrics import roc_auc_score
 
     return {
         key: float(roc_auc_score(labels, values)) if np.isfinite(values).all() else None
-        for key, values in scores.items()
-        if key not in ("main", "reconstruction")
+        for key, values in extra.items()
+    }
+
+
+def score_means(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Mean main and reconstruction score of the normal and of the anomalous test images: how
+    well a model reconstructs anomalies relative to normal images (issue 13)."""
+    means = {}
+    for key in ("main", "reconstruction"):
+        values = np.asarray(scores[key], dtype=np.float64)
+        means[f"mean_{key}_normal"] = float(values[labels == 0].mean())
+        means[f"mean_{key}_anomalous"] = float(values[labels == 1].mean())
+    return means
+
+
+def training_flops(model, batch: Tensor, n_train: int) -> dict[str, Any]:
+    """FLOPs of one training step (forward + backward of ``model.loss`` on ``batch``), counted
+    once by ``torch.utils.flop_counter.FlopCounterMode`` on a copy of the model inside
+    ``fork_rng``, so the run's weights, BatchNorm statistics and RNG streams are untouched; and
+    per epoch, scaled by images (``n_train / len(batch)`` steps). The optimizer step, the
+    evaluation and a model's pretraining are not counted. None where counting fails."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = batch.device
+    try:
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            clone = copy.deepcopy(model).train()
+            with FlopCounterMode(display=False) as counter:
+                clone.loss(batch)["total"].backward()
+        per_step = int(counter.get_total_flops())
+    except Exception as error:  # noqa: BLE001 - a diagnostic must never fail a finished run
+        log.warning("training FLOPs not counted: %s", error)
+        return {"train_flops_per_step": None, "train_flops_batch": len(batch), "train_flops_per_epoch": None}
+    return {
+        "train_flops_per_step": per_step,
+        "train_flops_batch": len(batch),
+        "train_flops_per_epoch": per_step * n_train / len(batch),
     }
 
 
@@ -328,12 +377,18 @@ def _fmt(value: Any) -> str:
 
 
 def history_columns(history: list[dict[str, Any]]) -> list[str]:
-    loss_terms: list[str] = []
+    """epoch, lr, seconds (training and evaluation), train_seconds (the run's share of the
+    training), the loss terms, the AUC of every score (main first), the score means."""
+    found: dict[str, list[str]] = {"loss_": [], "auc_": [], "mean_": []}
     for row in history:
         for key in row:
-            if key.startswith("loss_") and key not in loss_terms:
-                loss_terms.append(key)
-    return ["epoch", "lr", "seconds", *loss_terms, "auc", "auc_reconstruction"]
+            for prefix, columns in found.items():
+                if key.startswith(prefix) and key not in columns and key != "auc_reconstruction":
+                    columns.append(key)
+    return [
+        "epoch", "lr", "seconds", "train_seconds", *found["loss_"], "auc", "auc_reconstruction", *found["auc_"],
+        *found["mean_"],
+    ]  # fmt: skip
 
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -344,20 +399,20 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def write_scores(path: Path, split, scores: dict[str, np.ndarray]) -> None:
-    """index, test_class, label, score_main, score_reconstruction; gzip with a fixed header
-    (mtime 0, no name) so equal scores give equal bytes. ``index`` is the image's position in
-    the official test file (``split.test_indices``; differs from the row number under a limit)."""
+    """index, test_class, label, score_main, score_reconstruction, then ``score_{key}`` for the
+    model's other scores; gzip with a fixed header (mtime 0, no name) so equal scores give equal
+    bytes. ``index`` is the image's position in the official test file (``split.test_indices``;
+    differs from the row number under a limit)."""
     labels = _as_numpy(split.test_labels).astype(np.int64)
     classes = _as_numpy(split.test_classes).astype(np.int64)
+    keys = ["main", "reconstruction"] + [key for key in scores if key not in ("main", "reconstruction")]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["index", "test_class", "label", "score_main", "score_reconstruction"])
+    writer.writerow(["index", "test_class", "label", *(f"score_{key}" for key in keys)])
     indices = getattr(split, "test_indices", None)
     indices = _as_numpy(indices).astype(np.int64) if indices is not None else np.arange(len(labels))
-    for index, cls, label, main, rec in zip(
-        indices, classes, labels, scores["main"], scores["reconstruction"]
-    ):
-        writer.writerow([int(index), int(cls), int(label), repr(float(main)), repr(float(rec))])
+    for row, (index, cls, label) in enumerate(zip(indices, classes, labels)):
+        writer.writerow([int(index), int(cls), int(label), *(repr(float(scores[key][row])) for key in keys)])
     with atomic.atomic_open(path, "wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as handle:
             handle.write(text.getvalue().encode("ascii"))
@@ -749,6 +804,7 @@ class _Run:
         # its own between its turns, as if it were alone.
         self.rng = self._global_rng() if shares_process else None
         self.last_scores: dict[str, np.ndarray] | None = None
+        self.last_extra: dict[str, np.ndarray] = {}
         self.epoch_times: list[float] = []
         self.failure: NonFiniteLossError | None = None
 
@@ -830,7 +886,7 @@ class _Run:
         aucs: dict[str, float | None] = {"auc": None, "auc_reconstruction": None}
         eval_seconds = 0.0
         if evaluated:
-            self.last_scores = evaluate(
+            self.last_scores, self.last_extra = evaluate(
                 self.model,
                 self.shared.eval_split,
                 self.eval_seed,
@@ -838,6 +894,7 @@ class _Run:
                 extra=epoch == config.epochs,
             )
             aucs = auc_of(self.last_scores, self.shared.labels, epoch)
+            aucs.update(score_means(self.last_scores, self.shared.labels))
             eval_seconds = time.perf_counter() - eval_start
         seconds = train_seconds + (time.perf_counter() - eval_start)
         row = {
@@ -846,7 +903,7 @@ class _Run:
             "seconds": seconds,
             **{f"loss_{name}": value for name, value in means.items()},
             **aucs,
-            "train_seconds": train_seconds,  # kept in the checkpoint, not in history.tsv
+            "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
         }
         self.history.append(row)
@@ -889,11 +946,11 @@ class _Run:
         config, model, out_dir, labels = self.config, self.model, self.out_dir, self.shared.labels
         finish_start = time.perf_counter()
         if self.last_scores is None:  # resumed from a checkpoint at the last epoch: evaluate again
-            self.last_scores = evaluate(
+            self.last_scores, self.last_extra = evaluate(
                 model, self.shared.eval_split, self.eval_seed, batch_size=config.eval_batch_size, extra=True
             )
         final = auc_of(self.last_scores, labels, config.epochs)
-        auc_extra = extra_aucs(self.last_scores, labels)
+        auc_extra = extra_aucs(self.last_extra, labels)
         write_scores(out_dir / SCORES, self.shared.split, self.last_scores)
         model_payload = {
             "model": config.model,
@@ -919,6 +976,9 @@ class _Run:
             "main_score": getattr(model, "main_score", "main"),
             "auc": final["auc"],
             "auc_reconstruction": final["auc_reconstruction"],
+            # every other score of model.scores() (diagnostics beside the main score, issue 13)
+            "auc_scores": {key: final[auc_column(key)] for key in self.last_scores if key not in ("main", "reconstruction")},
+            "score_means": score_means(self.last_scores, labels),
             "epochs": config.epochs,
             "wall_seconds": sum(row["seconds"] for row in history)
             + setup_seconds
@@ -932,6 +992,7 @@ class _Run:
             **execution,
             "derivatives": getattr(model, "derivatives_used", None),  # Grad2VAE's method, else None
             "parameters": int(model.parameter_count()),
+            **training_flops(model, self.shared.train_x[: config.batch_size], n_train=len(self.shared.train_x)),
             "train_images": len(self.shared.train_x),
             "test_images": int(len(labels)),
             "test_anomalies": int(labels.sum()),

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grad2vae.models import register
+from grad2vae.models import register, scoring
 from grad2vae.models.base import AnomalyModel
 
 #: Keras kernel_regularizer=l2(1e-6): 1e-6 * sum(w**2), added to the loss
@@ -115,17 +115,30 @@ class FeatureDistanceModel(AnomalyModel):
         self.train_features = torch.cat([self(pad32(xs))[0] for xs in train_x.split(CHUNK)])
 
     @torch.no_grad()
-    def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        if getattr(self, "train_features", None) is None:
-            raise RuntimeError(f"{self.name}: call fit_scorer(train_x) before scores()")
-        features, errors = [], []
+    def features_and_reconstruction_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """(features (N, 128), reconstruction scores): ``reconstruction`` = MSE over the padded
+        32x32 image (the training loss), ``mse`` and ``bce_excess`` over the 28x28 image
+        (``models.scoring``; the padding is ours, not the image's)."""
+        features, chunks = [], []
         for xs in x.split(CHUNK):
             x32 = pad32(xs)
             f, reconstruction = self(x32)
             features.append(f)
-            errors.append((reconstruction - x32).square().flatten(1).mean(1))
-        distance = nearest_neighbour_distance(torch.cat(features), self.train_features)
-        return {"main": distance, "reconstruction": torch.cat(errors)}
+            chunks.append(
+                {
+                    "reconstruction": (reconstruction - x32).square().flatten(1).mean(1),
+                    **scoring.from_probabilities(reconstruction[..., 2:-2, 2:-2], xs),
+                }
+            )
+        return torch.cat(features), {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
+
+    @torch.no_grad()
+    def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        if getattr(self, "train_features", None) is None:
+            raise RuntimeError(f"{self.name}: call fit_scorer(train_x) before scores()")
+        features, reconstruction_scores = self.features_and_reconstruction_scores(x)
+        distance = nearest_neighbour_distance(features, self.train_features)
+        return {"main": distance, **reconstruction_scores}
 
 
 @register

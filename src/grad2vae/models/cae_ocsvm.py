@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from grad2vae.models import register
-from grad2vae.models.cae import CHUNK, BaselineCAE, pad32
+from grad2vae.models.cae import BaselineCAE
 
 #: OneClassSVM defaults of the scikit-learn [25] ran (<= 0.21): gamma 'auto' = 1 / n_features
 DEFAULT_OCSVM = {"kernel": "rbf", "nu": 0.5, "gamma": "auto"}
@@ -130,15 +130,6 @@ class CAEOneClassSVM(BaselineCAE):
         self._grid = None  # refitted lazily by extra_scores
 
     @torch.no_grad()
-    def _features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        features, errors = [], []
-        for xs in x.split(CHUNK):
-            x32 = pad32(xs)
-            f, reconstruction = self(x32)
-            features.append(f)
-            errors.append((reconstruction - x32).square().flatten(1).mean(1))
-        return torch.cat(features), torch.cat(errors)
-
     def _negated(self, values: np.ndarray, like: Tensor) -> Tensor:
         return torch.from_numpy(-np.asarray(values, dtype=np.float64)).to(like.device)
 
@@ -146,9 +137,9 @@ class CAEOneClassSVM(BaselineCAE):
     def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         if self._svm is None:
             raise RuntimeError(f"{self.name}: call fit_scorer(train_x) before scores()")
-        features, errors = self._features(x)
+        features, reconstruction_scores = self.features_and_reconstruction_scores(x)
         decision = self._svm.decision_function(features.double().cpu().numpy())
-        return {"main": self._negated(decision, errors), "reconstruction": errors}
+        return {"main": self._negated(decision, features), **reconstruction_scores}
 
     def _fit_grid(self) -> None:
         from joblib import Parallel, delayed
@@ -174,16 +165,16 @@ class CAEOneClassSVM(BaselineCAE):
             raise RuntimeError(f"{self.name}: call fit_scorer(train_x) before extra_scores()")
         if self._grid is None:
             self._fit_grid()
-        features, errors = self._features(x)
+        features, _ = self.features_and_reconstruction_scores(x)
         queries = features.double().cpu().numpy()
-        out = {SCALE_KEY: self._negated(self._scale_svm.decision_function(queries), errors)}
+        out = {SCALE_KEY: self._negated(self._scale_svm.decision_function(queries), features)}
         distances = _squared_distances(queries, self._train_np)
         for exponent in GRID_GAMMA_EXPONENTS:
             kernel = np.exp(-(2.0**exponent) * distances)
             for nu in GRID_NU:
                 key = grid_key(nu, exponent)
                 support, coef, intercept = self._grid[key]
-                out[key] = self._negated(kernel[:, support] @ coef + intercept, errors)
+                out[key] = self._negated(kernel[:, support] @ coef + intercept, features)
         return out
 
     def preprocessing_info(self) -> dict[str, Any]:

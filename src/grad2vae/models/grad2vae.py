@@ -7,7 +7,8 @@ table); this file adds the attention module (paper Sect. 3, Fig. 2, Eq. 3):
 1. L_e1 = the first encoder layer's output (after ReLU, as the notebook's ``conv_1``), C = 16
    channels at 28x28; z = mu + exp(0.5 logvar) * eps.
 2. For each latent unit z_i: h_i = d/dL_e1 (sum_j dz_i/dL_e1_j), one tensor of L_e1's shape
-   (``grad2vae.second_derivatives``; TensorFlow ``tf.gradients`` semantics), kept in the
+   (``grad2vae.second_derivatives``; the paper's d tensors, Sect. 3 and Fig. 3 — the companion
+   notebook's ``tf.gradients(z, conv)`` instead sums over the units: one tensor sum_i h_i), kept in the
    autograd graph (create_graph) so that the loss trains through it. Shape (N, d, C, 28, 28).
 3. Aggregation: LeakyReLU(0.3) (the notebook's), the d tensors stacked along channels (d*C),
    Conv 3x3 (d*C -> 48) + ReLU, Conv 3x3 (48 -> 16) + ReLU = the attention feature map, which is
@@ -69,6 +70,7 @@ from grad2vae.models.vae import (
     kl_per_sample,
     reparameterize,
     sample_eps,
+    variational_scores,
 )
 from grad2vae.second_derivatives import (
     CLOSED_FORM_METHODS,
@@ -155,8 +157,10 @@ def explicit_second_derivatives(
 
 ASSUMPTIONS = VAE_ASSUMPTIONS + (
     "Second derivatives taken w.r.t. L_e1 after its ReLU, h_i = d/dL_e1(sum_j dz_i/dL_e1_j), one "
-    "tensor of L_e1's shape per latent unit, kept in the autograd graph — paper Sect. 3 and the "
-    "tf.gradients(tf.gradients(z, conv), conv) of abukmeil/mgrad2vae",
+    "tensor of L_e1's shape per latent unit, kept in the autograd graph — paper Sect. 3 ('for each "
+    "z_i there is a corresponding tensor of size of the L_e1'), Sect. 4.1 and Fig. 3. The companion "
+    "notebook abukmeil/mgrad2vae differs: its tf.gradients(tf.gradients(z, conv), conv) sums over "
+    "all latent units, one tensor equal to sum_i h_i; we follow the paper's text",
     "Derivatives of the sampled z, at test time too, with eps from the evaluation generator: with "
     "ReLU layers and z = mu they are identically zero — Keras' sampling layer samples at predict "
     "time; the fixed generator is ours (reproducible scores)",
@@ -172,6 +176,10 @@ ASSUMPTIONS = VAE_ASSUMPTIONS + (
     "Anomaly score = per-sample BCE of the main reconstruction (with the attention fusion); the "
     "attention image's own error is not part of the score — paper Sect. 4.2 ('due to its "
     "reconstruction ability')",
+    "*_zero_noise scores (eps = 0): every second derivative is then exactly 0, so the attention "
+    "module sees zeros (its biases still reach the decoder): the attention path switched off at "
+    "test time on weights trained with it — a diagnostic, not a clean control (a model trained "
+    "without the fusion is) — issue 13",
     "Second derivatives computed by default in closed form, h_i = 0.25 sigma_i eps_i (1.g_i) g_i "
     "with g_i = d logvar_i / dL_e1 (exact because every layer from L_e1 to (mu, logvar) is ReLU or "
     "linear); equal to the per-unit double backward up to float rounding, checked by tests and "
@@ -185,6 +193,7 @@ class AttentionModule(nn.Module):
 
     def __init__(self, latent_dim: int, in_channels: int, out_channels: int, width: int = ATTENTION_WIDTH):
         super().__init__()
+        self.in_channels = in_channels
         self.aggregate = nn.Conv2d(latent_dim * in_channels, width, 3, padding=1)
         self.fuse = nn.Conv2d(width, out_channels, 3, padding=1)
         self.image = nn.Conv2d(out_channels, 1, 1)
@@ -288,15 +297,28 @@ class Grad2VAE(AnomalyModel):
         return {"reconstruction": reconstruction, "kl": kl, "attention": attention, "total": total}
 
     def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``main`` = BCE of the fused reconstruction of a sampled z, with the diagnostics of
+        ``models.vae.variational_scores``; ``*_zero_noise`` = ``zero_noise_logits``."""
         eps = sample_eps(len(x), self.latent_dim, generator, like=x)
-        errors = []
+        chunks = []
         for start in range(0, len(x), SCORE_CHUNK):
             xs = x[start : start + SCORE_CHUNK]
             with torch.enable_grad():
                 logits = self(xs, eps[start : start + SCORE_CHUNK], create_graph=False)["logits"]
-            errors.append(bce_per_sample(logits.detach(), xs))
-        error = torch.cat(errors)
-        return {"main": error, "reconstruction": error}
+            with torch.no_grad():
+                chunks.append(variational_scores(logits.detach(), self.zero_noise_logits(xs), xs))
+        return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+
+    def zero_noise_logits(self, x: Tensor) -> Tensor:
+        """The reconstruction logits with eps = 0, z = mu: equal to ``forward(x, zeros)`` up to
+        rounding, without differentiating. Every second derivative is exactly 0 there (h_i is
+        proportional to eps_i), so the attention module sees zeros and its biases alone reach
+        the decoder: the attention path switched off at test time, on the weights trained with it."""
+        mu, _ = self.encoder(x)
+        channels = self.decoder.conv.out_channels
+        zeros = x.new_zeros(1, self.latent_dim, self.attention_module.in_channels, *x.shape[2:])
+        feature_map, _ = self.attention_module(zeros)
+        return self.decoder(mu, residual=feature_map.expand(len(x), channels, *x.shape[2:]))
 
     def attention(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Second derivatives, attention image and reconstruction of ``x`` (see module docstring);

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grad2vae.models import register
+from grad2vae.models import register, scoring
 from grad2vae.models.base import AnomalyModel
 
 #: channels of L_e1, L_e2, L_e3 (the decoder mirrors them). 16 at L_e1 is the paper's (Fig. 3).
@@ -59,6 +59,10 @@ ASSUMPTIONS = (
     "Anomaly score = per-sample BCE of the reconstruction of a sampled z, with a fixed evaluation "
     "generator (reproducible); sampled rather than z = mu because Keras' sampling layer samples at "
     "predict time too and so that the VAE is scored exactly like Grad2VAE, which must sample — ours",
+    "Beside the main score (never instead of it): mse (squared error summed over pixels), "
+    "bce_excess = BCE - H(x) = KL(x || x_hat) (H(x), the test image's own binary entropy, is a "
+    "floor no reconstruction removes and varies with the class's ink), and the same three with "
+    "eps = 0 (z = mu: *_zero_noise); their AUCs are diagnostics — issue 13",
 )
 
 
@@ -88,6 +92,20 @@ def sample_eps(n: int, latent_dim: int, generator: torch.Generator | None, like:
 def bce_per_sample(logits: Tensor, x: Tensor) -> Tensor:
     """Binary cross-entropy summed over pixels, one value per sample."""
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def variational_scores(logits: Tensor, zero_noise_logits: Tensor, x: Tensor) -> dict[str, Tensor]:
+    """Every score of a variational model from the logits of a sampled z and of eps = 0:
+    ``main`` = ``reconstruction`` = BCE (sampled), ``mse``, ``bce_excess`` (``models.scoring``)
+    and the same three with the suffix ``_zero_noise``."""
+    bce = bce_per_sample(logits, x)
+    return {
+        "main": bce,
+        "reconstruction": bce,
+        **scoring.from_logits(logits, x),
+        "bce" + scoring.ZERO_NOISE: bce_per_sample(zero_noise_logits, x),
+        **scoring.from_logits(zero_noise_logits, x, suffix=scoring.ZERO_NOISE),
+    }
 
 
 def kl_per_sample(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -190,12 +208,12 @@ class VAE(AnomalyModel):
 
     @torch.no_grad()
     def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``main`` = ``reconstruction`` = BCE of a sampled z, with ``variational_scores``."""
         eps = sample_eps(len(x), self.latent_dim, generator, like=x)
-        errors = []
+        chunks = []
         for start in range(0, len(x), SCORE_CHUNK):
             xs = x[start : start + SCORE_CHUNK]
             mu, logvar = self.encoder(xs)
             z = reparameterize(mu, logvar, eps[start : start + SCORE_CHUNK])
-            errors.append(bce_per_sample(self.decoder(z), xs))
-        error = torch.cat(errors)
-        return {"main": error, "reconstruction": error}
+            chunks.append(variational_scores(self.decoder(z), self.decoder(mu), xs))
+        return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
