@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 
 from grad2vae.aggregate import TRAIN_LOG
 from grad2vae.cli import main as cli_main
@@ -152,7 +153,7 @@ def expected_rows() -> dict[str, int]:
 def test_report_sections_and_tables(report_html):
     text = report_html.read_text(encoding="utf-8")
     page = parse(text)
-    for section in ("summary", "table1-section", "statistics", "stats-mnist", "stats-fashion_mnist", "fig6", "per-class", "compute", "explainability", "assumptions",
+    for section in ("summary", "table1-section", "statistics", "claims", "scores", "stats-mnist", "stats-fashion_mnist", "fig6", "per-class", "compute", "explainability", "assumptions",
                     "status", "provenance", "protocol-deviations", "partial-notice"):
         assert section in page.ids, section
     for table, rows in expected_rows().items():
@@ -176,11 +177,17 @@ def test_report_table1_complete_and_statistics(report_html):
     assert "oracle: selects hyperparameters on the test labels" in table1
     assert "99.10" in table1 and "95.40" in table1  # published Deep SVDD / CAE OCSVM, MNIST class 0
     assert "Published only" not in text
-    statistics = text[text.index('id="statistics"'):text.index('id="fig6"')]
+    statistics = text[text.index('id="statistics"'):text.index('id="claims"')]
     assert "Friedman test over 3 classes and 6 methods" in statistics
     assert "α = 0.05" in statistics and "Holm-corrected p" in statistics
-    assert "Grad2VAE has the best average AUC on MNIST: published 98.23" in statistics
-    assert "Verdict:" in statistics and "tested on the paper&#39;s own Table 1 numbers" in statistics
+    # the paper's claims, with the Wilcoxon-Holm sentence of the best average, in their own section
+    claims = text[text.index('id="claims"'):text.index('id="scores"')]
+    assert "Grad2VAE has the best average AUC on MNIST: published 98.23" in claims
+    assert "Verdict:" in claims and "tested on the paper&#39;s own Table 1 numbers" in claims
+    written = json.loads((report_html.parent / "data" / "claims.json").read_text())
+    assert [f'id="claim-{c["id"]}"' in claims for c in written] == [True] * 7
+    for item in written:  # the section renders the file: every verdict and definition is there
+        assert str(escape(item["definition"])) in claims and str(escape(item["words"])) in claims
     assert "smallest possible two-sided Wilcoxon p-value is 2/2^3" in statistics  # 3 classes: never significant
     assert "no Holm-corrected p-value can be below" in statistics
     assert "selects on the test labels" in statistics or "test labels" in statistics

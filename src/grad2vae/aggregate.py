@@ -18,6 +18,14 @@ and writes, into OUT (default RESULTS/aggregate), atomically:
   compute.csv     wall time and device-hours (GPU-hours for CUDA runs) per model and dataset
   parameters.csv  our parameter counts beside the paper's
   aggregate.json  grid, counts, mstd claims, provenance (versions, commits, devices)
+  claims.json     every claim of the paper with our definition, evidence and verdict, under
+                  the main and every other score (grad2vae.claims)
+  scores.csv      per (dataset, model, score): the average AUC under every score a model reports
+                  (main, mse, bce_excess, *_zero_noise), and the model-free entropy-only AUC
+  entropy_only.csv  AUC of H(x), the test image's binary entropy, per (dataset, normal class)
+                  (needs --data-dir; empty without)
+  score_findings.json  the sentences of the report's section "Which score, and what the
+                  attention path does" (grad2vae.claims.score_findings)
   stats.json      the statistics section (grad2vae.stats.analyse): per dataset, average ranks over
                   the normal classes (mean over seeds first), Friedman, pairwise Wilcoxon signed-rank
                   p-values with Holm's correction, the paper's "best average AUC" claim checked on
@@ -858,6 +866,7 @@ def aggregate(
     _write_csv(entropy, out_dir / "entropy_only.csv")
     _write_csv(per_score, out_dir / "scores.csv")
     write_json(out_dir / "claims.json", _jsonable(claims))
+    write_json(out_dir / "score_findings.json", _jsonable(paper_claims.score_findings(per_score, real_runs(runs), grid["datasets"])))
     with atomic_open(out_dir / "history.csv.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
         handle.write(history.to_csv(index=False).encode("utf-8"))
     write_json(out_dir / "stats.json", _jsonable(statistics))

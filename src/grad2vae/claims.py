@@ -95,19 +95,17 @@ def scored_view(frame: pd.DataFrame, score: str, value: str = "auc") -> tuple[pd
     return frame, scored_by
 
 
-def claim(claim_id: str, definition: str, verdict: str, why: str, evidence: Any, **more: Any) -> dict[str, Any]:
+def claim(
+    claim_id: str, definition: str, verdict: str, why: str, evidence: Any, by_score: dict | None = None,
+    sentences: list[str] | None = None,
+) -> dict[str, Any]:
+    """One object of claims.json (see the module docstring)."""
     paper = pub.claims()[claim_id]
     assert verdict in VERDICTS, verdict
     return {
-        "id": claim_id,
-        "section": paper["section"],
-        "words": paper["words"],
-        "definition": definition,
-        "verdict": verdict,
-        "why": why,
-        "evidence": evidence,
-        **more,
-    }
+        "id": claim_id, "section": paper["section"], "words": paper["words"], "definition": definition,
+        "verdict": verdict, "why": why, "sentences": sentences or [], "evidence": evidence, "by_score": by_score or {},
+    }  # fmt: skip
 
 
 def _round(value: Any, digits: int = 4) -> Any:
@@ -129,7 +127,7 @@ def _label(model: str) -> str:
 # best_average
 
 
-def best_average_dataset(table: pd.DataFrame, dataset: str) -> dict[str, Any]:
+def best_average_dataset(table: pd.DataFrame, dataset: str, printed: bool = False) -> dict[str, Any]:
     """``table``: rows = classes, columns = methods, AUC in percent. The result of
     ``stats.best_average_claim`` for Grad2VAE, with ``result``: supported -> holds, not
     supported -> fails, partly supported (best average, not significantly better than all) ->
@@ -138,9 +136,11 @@ def best_average_dataset(table: pd.DataFrame, dataset: str) -> dict[str, Any]:
         return {"result": UNKNOWN, "why": "needs Grad2VAE and another method on at least 2 common classes"}
     comparison = stats.compare(table, name=pub.dataset_label(dataset))
     published = pub.published_average(dataset, pub.column_for_model(CLAIMED) or CLAIMED)
+    where = pub.dataset_label(dataset) + (" (tested on the paper's own Table 1 numbers)" if printed else "")
     judged = stats.best_average_claim(
-        comparison, CLAIMED, published, {m: _label(m) for m in table.columns}, pub.dataset_label(dataset), scale=1.0
-    )
+        comparison, CLAIMED, published, {m: _label(m) for m in table.columns}, where, scale=1.0,
+        value_label="mean of its printed classes" if printed else "ours",
+    )  # fmt: skip
     result = {SUPPORTED: HOLDS, NOT_SUPPORTED: FAILS, PARTLY: MIXED}.get(judged["verdict"], UNKNOWN)
     return {"result": result, **{k: _round(v) if not isinstance(v, list) else v for k, v in judged.items()}}
 
@@ -163,9 +163,10 @@ def best_average(runs: pd.DataFrame, datasets: list[str], models: list[str]) -> 
     for dataset in datasets:
         table = stats.published_table(dataset)
         table.columns = [pub.published_columns()[c].get("ours", c) for c in table.columns]
-        printed[dataset] = best_average_dataset(table, dataset)
+        printed[dataset] = best_average_dataset(table, dataset, printed=True)
     main = by_score["main"]
     why = main["why"]
+    sentences = [r["sentence"] for r in list(main["datasets"].values()) + list(printed.values()) if "sentence" in r]
     if missing:
         why += f"; the paper's competitors {', '.join(missing)} were not run here, so the claim is checked against the models in the grid only"
     return claim(
@@ -186,6 +187,7 @@ def best_average(runs: pd.DataFrame, datasets: list[str], models: list[str]) -> 
             },
         },
         by_score=by_score,
+        sentences=sentences,
     )
 
 
@@ -621,3 +623,58 @@ def verdict_counts(claims: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     for item in claims:
         counts[item["verdict"]] += 1
     return counts
+
+
+# --------------------------------------------------------------------------------------------
+# which score, and what the attention path does (the report's section of that name)
+
+
+def score_findings(per_score: pd.DataFrame, runs: pd.DataFrame, datasets: list[str]) -> dict[str, Any]:
+    """Per dataset: does the Grad2VAE-vs-VAE ordering of the average AUC under the main score
+    survive each other score, and how well each model reconstructs anomalies relative to normal
+    images at the last epoch (mean over runs of mean anomalous / mean normal reconstruction
+    score). ``per_score``: aggregate.scores_table; ``runs``: runs.csv rows."""
+    out: dict[str, Any] = {}
+    for dataset in datasets:
+        sentences, ordering, ratios = [], {}, {}
+        part = per_score[per_score["dataset"] == dataset] if not per_score.empty else per_score
+        table = part.pivot_table(index="score", columns="model", values="auc_pct_mean") if not part.empty else pd.DataFrame()
+        if {CLAIMED, VAE} <= set(table.columns) and "main" in table.index:
+            differences = (table[CLAIMED] - table[VAE]).dropna()
+            main = differences.get("main")
+            for score, difference in differences.items():
+                ordering[score] = {"grad2vae_minus_vae_pct": _round(difference, 3),
+                                   "same_order_as_main": bool(np.sign(difference) == np.sign(main))}  # fmt: skip
+            kept = [s for s, o in ordering.items() if s != "main" and o["same_order_as_main"]]
+            flipped = [s for s, o in ordering.items() if s != "main" and not o["same_order_as_main"]]
+            leader = "Grad2VAE" if main > 0 else "the VAE"
+            sentences.append(
+                f"Under the main score {leader} has the higher average AUC ({main:+.2f} points, Grad2VAE minus VAE); "
+                f"the ordering survives under {', '.join(kept) or 'no other score'}"
+                + (f" and reverses under {', '.join(flipped)}." if flipped else ".")
+            )
+        else:
+            sentences.append("The Grad2VAE-vs-VAE ordering needs runs of both models.")
+        if not runs.empty and {"mean_reconstruction_anomalous", "mean_reconstruction_normal"} <= set(runs.columns):
+            mine = runs[runs["dataset"] == dataset]
+            ratio = pd.to_numeric(mine["mean_reconstruction_anomalous"], errors="coerce") / pd.to_numeric(
+                mine["mean_reconstruction_normal"], errors="coerce")  # fmt: skip
+            for model, values in ratio.groupby(mine["model"]):
+                if values.notna().any():
+                    ratios[str(model)] = _round(float(values.mean()), 3)
+        if ratios:
+            sentences.append(
+                "At the last epoch, the mean reconstruction error of anomalous test images is "
+                + "; ".join(f"{r:.2f}x that of normal ones for {_label(m)}" for m, r in ratios.items())
+                + " (1x: anomalies reconstructed as well as normal images)."
+            )
+        entropy = part[part["model"] == "entropy_only"]["auc_pct_mean"] if not part.empty else pd.Series(dtype=float)
+        if len(entropy):
+            sentences.append(
+                f"The image entropy H(x) alone, with no model, ranks anomalies with an average AUC of "
+                f"{float(entropy.iloc[0]):.2f} % over these classes: BCE contains H(x), so part of a BCE-based AUC is "
+                "the class's ink rather than the model."
+            )
+        out[dataset] = {"label": pub.dataset_label(dataset), "ordering": ordering,
+                        "anomalous_over_normal_error": ratios, "sentences": sentences}  # fmt: skip
+    return out

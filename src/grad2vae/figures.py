@@ -4,6 +4,10 @@ Reads AGG (default RESULTS/aggregate, written by `grad2vae aggregate`) and, for 
 RESULTS/runs/.../scores.csv.gz; writes into OUT (default RESULTS/figures):
   fig6_auc_vs_epoch.png  Fig. 6: test AUC against epoch over the first 50 epochs, one panel per
                          dataset, mean over normal classes and seeds with a +-1 sd band
+  fig6_compute.png       Fig. 6 against cumulative training FLOPs and training seconds
+  fig6_scores.png        Fig. 6 once per score (main, mse, bce_excess, *_zero_noise), with the
+                         model-free entropy-only AUC
+  anomaly_ratio.png      mean reconstruction score of anomalous over normal test images, per epoch
   per_class_auc.png      per normal class: our mean AUC +- std over seeds for every model, with
                          the paper's Table 1 values as hollow markers
   roc_class{C}.png       ROC curves of every model for normal class C (one seed), per dataset
@@ -39,7 +43,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from grad2vae import published as pub  # noqa: E402
-from grad2vae.aggregate import RUN_DIR, model_label, model_order, statistics_payload  # noqa: E402
+from grad2vae.aggregate import RUN_DIR, model_label, model_order, real_runs, statistics_payload  # noqa: E402
 from grad2vae.atomic import atomic_path, write_json  # noqa: E402
 from grad2vae.errors import UserError  # noqa: E402
 
@@ -129,6 +133,150 @@ def fig6(history: pd.DataFrame, grid: dict, colours: dict, max_epoch: int, path:
             f"Test AUC-ROC of the main score after each evaluated epoch ({shown}; the paper shows the first "
             f"{max_epoch}), averaged over the normal classes and seeds of the grid; the band is ±1 standard "
             "deviation over those runs. Read from every run's history.tsv."
+        ),
+    }
+
+
+def _score_columns(history: pd.DataFrame) -> list[str]:
+    """The AUC columns of history.csv.gz worth a panel: main, then each diagnostic score."""
+    skip = ("auc_reconstruction", "auc_oracle")
+    columns = ["auc"] + [c for c in history.columns if c.startswith("auc_") and c not in skip]
+    return [c for c in columns if c in history and pd.to_numeric(history[c], errors="coerce").notna().any()]
+
+
+def fig6_scores(history: pd.DataFrame, entropy: pd.DataFrame, grid: dict, colours: dict, max_epoch: int, path: Path,
+                dpi: int) -> dict:  # fmt: skip
+    """Fig. 6 once per score: rows = scores, columns = datasets; the entropy-only AUC (mean over
+    the grid's classes) as a dashed line, the level a score reaches from the images' ink alone."""
+    datasets = grid["datasets"]
+    columns = _score_columns(history) if not history.empty else ["auc"]
+    fig, axes = plt.subplots(len(columns), len(datasets), figsize=(5.0 * len(datasets), 2.9 * len(columns)),
+                             squeeze=False, sharey=True, sharex=True)  # fmt: skip
+    for row, column in enumerate(columns):
+        score = "main" if column == "auc" else column.removeprefix("auc_")
+        for ax, dataset in zip(axes[row], datasets):
+            part = history[history["dataset"] == dataset] if not history.empty else history
+            drawn = False
+            for model in grid["models"]:
+                rows = part[(part["model"] == model) & (part["epoch"] <= max_epoch)] if not part.empty else part
+                values = pd.to_numeric(rows[column], errors="coerce") if column in rows else pd.Series(dtype=float)
+                if values.notna().any():
+                    line = (100.0 * values).groupby(rows["epoch"]).mean()
+                    ax.plot(line.index, line.values, color=colours[model], marker="o" if len(line) < 15 else None, ms=3,
+                            label=model_label(model))  # fmt: skip
+                    drawn = True
+            level = entropy[entropy["dataset"] == dataset]["auc"] if not entropy.empty else pd.Series(dtype=float)
+            if len(level):
+                ax.axhline(100.0 * level.mean(), color="0.3", ls="--", lw=1, label="entropy only, H(x)")
+            if not drawn:
+                _no_data(ax, f"no model reports {score}")
+            ax.set_title(f"{pub.dataset_label(dataset)} — score: {score}", fontsize=9)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            if row == len(columns) - 1:
+                ax.set_xlabel("epoch")
+            ax.set_ylabel("test AUC-ROC (%)")
+            if drawn and row == 0:
+                ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path, dpi)
+    return {
+        "file": path.name,
+        "section": "scores",
+        "title": "Fig. 6 under every score",
+        "caption": (
+            "Test AUC-ROC against epoch (mean over the grid's normal classes and seeds) under each score the "
+            "runs report: main (the model's own score), mse (squared error), bce_excess (BCE minus the binary "
+            "entropy H(x) of the test image, i.e. KL(x || reconstruction)) and, for the variational models, the "
+            "same with the latent noise set to zero (z = mu; for Grad2VAE this also switches its attention path "
+            "off, its second derivatives being proportional to the noise). A model appears in a panel only if it "
+            "reports that score. Dashed: the AUC of H(x) alone, no model (mean over the classes)."
+        ),
+    }
+
+
+def anomaly_ratio(history: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi: int) -> dict:
+    """Per dataset: the mean reconstruction score of anomalous test images over that of normal
+    ones, per epoch (mean of the runs' ratios). 1 = anomalies reconstructed as well as normal
+    images: no separation left for a reconstruction score."""
+    datasets = grid["datasets"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.6), squeeze=False, sharey=True)
+    wanted = {"mean_reconstruction_anomalous", "mean_reconstruction_normal"}
+    for ax, dataset in zip(axes[0], datasets):
+        part = history[history["dataset"] == dataset] if not history.empty and wanted <= set(history) else pd.DataFrame()
+        drawn = False
+        for model in grid["models"]:
+            rows = part[part["model"] == model] if not part.empty else part
+            if rows.empty:
+                continue
+            ratio = pd.to_numeric(rows["mean_reconstruction_anomalous"], errors="coerce") / pd.to_numeric(
+                rows["mean_reconstruction_normal"], errors="coerce")  # fmt: skip
+            line = ratio.groupby(rows["epoch"]).mean().dropna()
+            if len(line):
+                ax.plot(line.index, line.values, color=colours[model], marker="o" if len(line) < 15 else None, ms=3,
+                        label=model_label(model))  # fmt: skip
+                drawn = True
+        if drawn:
+            ax.axhline(1.0, color="0.5", lw=1, ls=":")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.set_ylabel("mean error: anomalous / normal")
+            ax.legend(fontsize=7)
+        else:
+            _no_data(ax, "no score means in the histories")
+        ax.set_title(pub.dataset_label(dataset))
+    fig.tight_layout()
+    _save(fig, path, dpi)
+    return {
+        "file": path.name,
+        "section": "scores",
+        "title": "How well anomalies are reconstructed",
+        "caption": (
+            "Mean reconstruction score (each model's `reconstruction` score: BCE for the VAEs, MSE over the padded "
+            "image for the CAEs) of the anomalous test images divided by that of the normal ones, after each "
+            "evaluated epoch, averaged over the runs' ratios. Near 1, anomalies are reconstructed about as well as "
+            "normal images and a reconstruction score cannot tell them apart."
+        ),
+    }
+
+
+def fig6_compute(history: pd.DataFrame, runs: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi: int) -> dict:
+    """Fig. 6 against compute: mean AUC over cumulative training FLOPs and training seconds."""
+    from grad2vae.claims import compute_curves
+
+    curves = compute_curves(history, runs)
+    datasets = grid["datasets"]
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(10.5, 3.5 * len(datasets)), squeeze=False)
+    for row, dataset in enumerate(datasets):
+        for col, (cost, label) in enumerate((("cumulative_flops", "cumulative training FLOPs"),
+                                              ("cumulative_seconds", "cumulative training seconds"))):  # fmt: skip
+            ax = axes[row][col]
+            drawn = False
+            for model in grid["models"]:
+                curve = curves.get((dataset, model))
+                if curve is None or curve[cost].notna().sum() == 0:
+                    continue
+                ax.plot(curve[cost], 100.0 * curve["auc"], color=colours[model], marker="o", ms=3, label=model_label(model))
+                drawn = True
+            if drawn:
+                ax.set_xscale("log")
+                ax.set_xlabel(label + " (log scale)")
+                ax.set_ylabel("test AUC-ROC (%)")
+                ax.legend(fontsize=7, loc="lower right")
+            else:
+                _no_data(ax, "no runs with training FLOPs")
+            ax.set_title(f"{pub.dataset_label(dataset)} — AUC against {label}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+    return {
+        "file": path.name,
+        "section": "fig6",
+        "title": "Fig. 6 against compute",
+        "caption": (
+            "The curves of Fig. 6 (mean test AUC over classes and seeds, main score) drawn against the training "
+            "compute spent to reach each epoch instead of the epoch: left, FLOPs (FlopCounterMode over the forward "
+            "and backward pass of one training batch, times the batches per epoch; metrics.json "
+            "train_flops_per_epoch); right, measured training seconds (history.tsv train_seconds, on the devices "
+            "the runs used). A curve further left reaches an AUC with less compute."
         ),
     }
 
@@ -371,6 +519,7 @@ def draw_all(results_dir: Path, agg_dir: Path, out_dir: Path, roc_class: int | N
     summary = _read_csv(agg_dir / "summary.csv")
     params = _read_csv(agg_dir / "parameters.csv")
     compute_table = _read_csv(agg_dir / "compute.csv")
+    entropy = _read_csv(agg_dir / "entropy_only.csv") if (agg_dir / "entropy_only.csv").is_file() else pd.DataFrame()
     history_path = agg_dir / "history.csv.gz"
     history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size > 30 else pd.DataFrame()
     if roc_class is None or roc_class not in grid["normal_classes"]:
@@ -383,6 +532,9 @@ def draw_all(results_dir: Path, agg_dir: Path, out_dir: Path, roc_class: int | N
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = [
         fig6(history, grid, colours, fig6_epochs, out_dir / "fig6_auc_vs_epoch.png", dpi),
+        fig6_compute(history, real_runs(runs), grid, colours, out_dir / "fig6_compute.png", dpi),
+        fig6_scores(history, entropy, grid, colours, fig6_epochs, out_dir / "fig6_scores.png", dpi),
+        anomaly_ratio(history, grid, colours, out_dir / "anomaly_ratio.png", dpi),
         per_class(summary, grid, colours, out_dir / "per_class_auc.png", dpi),
         roc(results_dir, runs, grid, colours, roc_class, out_dir / f"roc_class{roc_class}.png", dpi),
         parameters(params, grid, out_dir / "parameters.png", dpi),

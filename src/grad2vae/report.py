@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from grad2vae import __version__
+from grad2vae import __version__, entropy_only
 from grad2vae import published as pub
 from grad2vae.aggregate import PRINTED_AVERAGE, git_commit, model_label, model_order
 from grad2vae.atomic import atomic_path, write_text
@@ -303,7 +303,6 @@ def gather_statistics(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -
             "label": section.get("label", dataset),
             "ours": _comparison(section["ours"], labels) if section.get("ours") else None,
             "published": _comparison(section["published"], paper_labels) if section.get("published") else None,
-            "claims": [section[key] for key in ("claim_ours", "claim_published") if section.get(key)],
             "skipped": section.get("skipped", []),
             "notes": section.get("notes", []),
             "diagram": diagrams.get(dataset),
@@ -316,6 +315,43 @@ def gather_statistics(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -
         "oracle_note": data.get("oracle_note", ""),
         "datasets": datasets,
     }
+
+
+def gather_claims(agg_dir: Path) -> dict[str, Any]:
+    """The claims section: claims.json (``grad2vae aggregate``) as it is, plus the evidence of
+    each claim as indented JSON for display."""
+    path = agg_dir / "claims.json"
+    if not path.is_file():
+        return {"available": False, "reason": f"{path.name} not found; run `grad2vae aggregate` again", "items": []}
+    items = json.loads(path.read_text(encoding="utf-8"))
+    for item in items:
+        item["evidence_json"] = json.dumps(item.get("evidence"), indent=1, ensure_ascii=False)
+        item["other_scores"] = [
+            {"score": score, "verdict": judged["verdict"], "why": judged["why"]}
+            for score, judged in (item.get("by_score") or {}).items() if score != "main"
+        ]  # fmt: skip
+    return {"available": True, "items": items}
+
+
+def gather_scores(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
+    """The section "Which score, and what the attention path does": per dataset, the average AUC
+    of every model under every score (scores.csv) and the sentences of score_findings.json."""
+    table = _read_csv(agg_dir / "scores.csv") if (agg_dir / "scores.csv").is_file() else pd.DataFrame()
+    findings_path = agg_dir / "score_findings.json"
+    findings = json.loads(findings_path.read_text(encoding="utf-8")) if findings_path.is_file() else {}
+    payload = json.loads((agg_dir / "aggregate.json").read_text(encoding="utf-8"))
+    datasets = []
+    for dataset in payload["grid"]["datasets"]:
+        part = table[table["dataset"] == dataset] if not table.empty else table
+        scores = list(dict.fromkeys(part["score"])) if not part.empty else []
+        rows = []
+        for model in (list(dict.fromkeys(part["model"])) if not part.empty else []):
+            values = part[part["model"] == model].set_index("score")["auc_pct_mean"]
+            label = entropy_only.LABEL if model == entropy_only.NAME else model_label(model)
+            rows.append({"model": label, "cells": [fmt_num(values.get(score)) for score in scores]})
+        datasets.append({"dataset": dataset, "label": pub.dataset_label(dataset), "scores": scores, "rows": rows,
+                         "sentences": (findings.get(dataset) or {}).get("sentences", [])})  # fmt: skip
+    return {"datasets": datasets, "entropy_note": payload.get("entropy_only", ""), "figures": figures.get("scores", [])}
 
 
 def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary: Path, report_dir: Path) -> dict[str, Any]:
@@ -352,7 +388,7 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
     _fresh_dir(report_dir / "data")
     downloads = []
     for name in ("table1.csv", "runs.csv", "summary.csv", "averages.csv", "status.csv", "compute.csv", "parameters.csv",
-                 "stats.json"):
+                 "stats.json", "claims.json", "scores.csv", "entropy_only.csv"):
         if (agg_dir / name).is_file():
             _copy(agg_dir / name, report_dir / "data" / name)
             downloads.append({"href": f"data/{name}", "name": name})
@@ -418,12 +454,6 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
             }
         )
 
-    claims = []
-    for claim in payload.get("mstd_claims", []):
-        claims.append(
-            {"claim": claim["claim"], "published": fmt_num(claim.get("published"), 3),
-             "ours_mstd": fmt_num(claim.get("ours_max_mstd"), 3), "ours_max": fmt_num(claim.get("ours_max_class_std"), 3)}
-        )
 
     param_rows = []
     for row in _records(parameters):
@@ -475,7 +505,8 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
         "table_rows": table_rows,
         "average_note": any(c.get("published_note") for r in table_rows for c in r["cells"]),
         "summary_rows": summary_rows,
-        "claims": claims,
+        "claims": gather_claims(agg_dir),
+        "scores": gather_scores(agg_dir, figures),
         "param_rows": param_rows,
         "compute_rows": compute_rows,
         "figures": figures,

@@ -1,6 +1,7 @@
-# Stage 3: the tidy table of all runs, per-class statistics, mstd, Table 1 and the tests of
-# stats.json (`grad2vae aggregate`), then the figures (`grad2vae figures`), among them the
-# critical-difference diagram of each dataset.
+# Stage 3: the tidy table of all runs, per-class statistics, mstd, Table 1, the tests of
+# stats.json, the verdicts on the paper's claims (claims.json) and the AUC under every score
+# beside the model-free entropy-only AUC (`grad2vae aggregate`), then the figures
+# (`grad2vae figures`), among them the critical-difference diagram of each dataset.
 
 
 rule workflow_config:
@@ -22,6 +23,8 @@ rule aggregate:
     input:
         runs=aggregate_runs,
         config=rules.workflow_config.output,
+        # the test images, for the model-free entropy-only AUC (ancient: a refetch changes nothing)
+        data=[ancient(path) for d in config["datasets"] for path in dataset_files(d)],
     output:
         [f"{AGGREGATE_DIR}/{name}" for name in AGGREGATE_FILES],
     log:
@@ -31,9 +34,11 @@ rule aggregate:
     params:
         results_dir=lambda wildcards, output: up(output[0], 2),
         out_dir=lambda wildcards, output: up(output[0]),
+        data_dir=lambda wildcards, input: up(input.data[0], 2),
     shell:
         "grad2vae aggregate --results-dir {params.results_dir}"
-        " --workflow-config {input.config} --out-dir {params.out_dir} > {log} 2>&1"
+        " --workflow-config {input.config} --out-dir {params.out_dir}"
+        " --data-dir {params.data_dir} > {log} 2>&1"
 
 
 rule figures:

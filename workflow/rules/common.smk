@@ -40,9 +40,16 @@ AGGREGATE_FILES = (
     "parameters.csv",
     "aggregate.json",
     "stats.json",
+    "claims.json",
+    "scores.csv",
+    "entropy_only.csv",
+    "score_findings.json",
 )
 FIGURE_FILES = (
     "fig6_auc_vs_epoch.png",
+    "fig6_compute.png",
+    "fig6_scores.png",
+    "anomaly_ratio.png",
     "per_class_auc.png",
     "parameters.png",
     "compute.png",
