@@ -397,6 +397,37 @@ def test_explain_rejects_bad_arguments(fake_pipeline):
         explain.run(_args(tmp_path, **{"normal-classes": "11"}))
     with pytest.raises(UserError, match="units"):
         explain.run(_args(tmp_path, units="2 7"))
+    with pytest.raises(UserError, match=r"--fig5-classes \[4\] are not in --normal-classes"):
+        explain.run(_args(tmp_path, **{"fig5-classes": "4"}))
+
+
+def test_each_figure_shows_its_own_classes(fake_pipeline):
+    """The paper's figures use different classes (Fig. 3: digit 8, Fig. 4: 9, Fig. 5: 1 and 3):
+    each figure is drawn for the classes asked for it, the faithfulness table for all."""
+    tmp_path, _ = fake_pipeline
+    out = tmp_path / "explain"
+    assert explain.run(_args(tmp_path, **{"fig3-classes": "9", "fig4-classes": "2", "fig5-classes": "2"})) == 0
+    summary = _check_summary(out)
+    files = [f["file"] for f in summary["figures"]]
+    assert files == explain.output_files(["mnist"], [9, 2], fig3_classes=[9], fig4_classes=[2])["figures"]
+    assert "fig3_second_derivatives_mnist_class9.png" in files and "fig3_second_derivatives_mnist_class2.png" not in files
+    assert "fig4_attention_mnist_class2.png" in files and "fig4_attention_mnist_class9.png" not in files
+    fig5 = next(f for f in summary["figures"] if f["file"] == "fig5_attention_mnist.png")
+    assert "trained on class 2)" in fig5["title"]
+    import pandas as pd
+
+    assert set(pd.read_csv(out / "faithfulness.csv")["normal_class"]) == {9, 2}
+
+
+def test_default_explain_classes_are_the_papers_counted_from_one():
+    import yaml
+
+    parser = argparse.ArgumentParser()
+    explain.add_arguments(parser)
+    assert parser.parse_args([]).normal_classes == [8, 9, 1, 3]
+    config = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())["explain"]
+    assert (config["fig3_classes"], config["fig4_classes"], config["fig5_classes"]) == ([8], [9], [1, 3])
+    assert set(config["normal_classes"]) == {8, 9, 1, 3}
 
 
 def test_module_documents_assumptions_and_help():

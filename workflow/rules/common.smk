@@ -319,7 +319,31 @@ def explain_targets():
     return datasets, classes
 
 
+def explain_figure_classes(number):
+    """The explained classes that Fig. `number` shows: explain.fig{number}_classes among the
+    explained ones (null: all). Configured classes that are not explained here are skipped with
+    a message; if none is left, the figure shows every explained class (said too)."""
+    chosen = config["explain"][f"fig{number}_classes"]
+    if chosen is None or not EXPLAIN_CLASSES:
+        return list(EXPLAIN_CLASSES)
+    shown = [c for c in EXPLAIN_CLASSES if c in chosen]
+    missing = [c for c in chosen if c not in EXPLAIN_CLASSES]
+    if missing:
+        print(
+            f"explain: Fig. {number}: classes {missing} of explain.fig{number}_classes are not "
+            f"explained here (explain.normal_classes within the grid: {EXPLAIN_CLASSES}); "
+            + (
+                f"it shows {shown}"
+                if shown
+                else "it shows every explained class instead"
+            ),
+            file=sys.stderr,
+        )
+    return shown or list(EXPLAIN_CLASSES)
+
+
 EXPLAIN_DATASETS, EXPLAIN_CLASSES = explain_targets()
+EXPLAIN_FIGURE_CLASSES = {n: explain_figure_classes(n) for n in (3, 4, 5)}
 
 
 def explain_runs():
@@ -334,11 +358,13 @@ def explain_runs():
 
 def explain_figures():
     names = []
+    shown = (EXPLAIN_FIGURE_CLASSES[3], EXPLAIN_FIGURE_CLASSES[4])
     for dataset in EXPLAIN_DATASETS:
         for normal_class in EXPLAIN_CLASSES:
             names += [
                 pattern.format(dataset=dataset, normal_class=normal_class)
-                for pattern in EXPLAIN_FIGURES_PER_CLASS
+                for pattern, classes in zip(EXPLAIN_FIGURES_PER_CLASS, shown)
+                if normal_class in classes
             ]
         names += [
             pattern.format(dataset=dataset) for pattern in EXPLAIN_FIGURES_PER_DATASET
@@ -361,4 +387,6 @@ def explain_options():
     ]
     if wanted["units"]:
         options.append("--units " + " ".join(str(u) for u in wanted["units"]))
+    for number, classes in EXPLAIN_FIGURE_CLASSES.items():
+        options.append(f"--fig{number}-classes " + " ".join(str(c) for c in classes))
     return " ".join(options)
