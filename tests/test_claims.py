@@ -231,3 +231,21 @@ def test_all_claims_are_json_and_in_the_paper_words():
     for item in result:
         assert item["verdict"] in claims.VERDICTS and item["words"] and item["definition"] and item["why"]
     json.dumps(result)
+
+
+def test_score_findings_say_whether_the_ordering_survives_each_score():
+    per_score = pd.DataFrame(
+        [("mnist", "grad2vae", "main", 1, 95.0), ("mnist", "vae", "main", 1, 90.0),
+         ("mnist", "grad2vae", "mse", 1, 80.0), ("mnist", "vae", "mse", 1, 85.0),
+         ("mnist", "grad2vae", "bce_excess", 1, 97.0), ("mnist", "vae", "bce_excess", 1, 91.0),
+         ("mnist", "entropy_only", "entropy", 1, 25.0)],
+        columns=["dataset", "model", "score", "n_classes", "auc_pct_mean"],
+    )  # fmt: skip
+    runs = pd.DataFrame({"dataset": "mnist", "model": ["grad2vae", "vae"], "mean_reconstruction_anomalous": [104.0, 134.0],
+                         "mean_reconstruction_normal": [100.0, 100.0]})  # fmt: skip
+    found = claims.score_findings(per_score, runs, ["mnist"])["mnist"]
+    assert found["ordering"]["mse"]["same_order_as_main"] is False
+    assert found["ordering"]["bce_excess"]["same_order_as_main"] is True
+    assert found["anomalous_over_normal_error"] == {"grad2vae": 1.04, "vae": 1.34}
+    assert "survives under bce_excess and reverses under mse" in found["sentences"][0]
+    assert "25.00 %" in found["sentences"][2]

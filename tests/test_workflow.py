@@ -44,6 +44,10 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def index_text(report: Path) -> str:
+    return (report / "index.html").read_text(encoding="utf-8")
+
+
 def write_config(path: Path, payload: dict) -> Path:
     path.write_text(yaml.safe_dump(payload, sort_keys=False))
     return path
@@ -239,6 +243,7 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
                   "device": "cpu"},
         "resources": {"train": {"threads": 1, "gpu": 0, "mem_mb": 2000, "runtime": 10}},
         "figures": {"roc_class": 1, "dpi": 50},
+        "explain": {"enabled": False},  # its rule has tests of its own (test_explain.py)
     })
     result = snakemake("--cores", "2", "--configfile", str(config), timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -253,8 +258,21 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
         assert (results / TRAIN_LOG.format(**key)).is_file()
         assert (results / "benchmarks" / "train" / "mnist" / "grad2vae" / "class1" / "seed0.tsv").is_file()
     for name in ("fig6_auc_vs_epoch.png", "per_class_auc.png", "roc_class1.png", "parameters.png", "compute.png",
-                 "cd_mnist.png", "cd_fashion_mnist.png"):
+                 "cd_mnist.png", "cd_fashion_mnist.png", "fig6_scores.png", "fig6_compute.png", "anomaly_ratio.png"):
         assert (results / "figures" / name).is_file()
+    # every score's AUC beside the main one, the paper's seven claims, the entropy-only scorer
+    for run in runs:
+        expected = {"auc_mse", "auc_bce_excess"}
+        if run["model"] in ("vae", "grad2vae"):
+            expected |= {"auc_bce_zero_noise", "auc_mse_zero_noise", "auc_bce_excess_zero_noise"}
+        assert all(0 <= float(run[column]) <= 1 for column in expected), run
+    claims = json.loads((results / "aggregate" / "claims.json").read_text())
+    assert len(claims) == 7 and all(c["verdict"] in ("supported", "partly supported", "not supported",
+                                                        "cannot be judged") for c in claims)  # fmt: skip
+    entropy = list(csv.DictReader((results / "aggregate" / "entropy_only.csv").open()))
+    assert [(e["dataset"], e["normal_class"], e["test_images"]) for e in entropy] == [
+        ("mnist", "1", "24"), ("fashion_mnist", "1", "24")]
+    assert "entropy only, H(x) (no model)" in index_text(report)
     index = report / "index.html"
     page = parse(index.read_text(encoding="utf-8"))
     rows = {"table1": 2 * (1 + 1), "summary-table": 2 * 4, "status-matrix": 2}
