@@ -80,6 +80,28 @@ def _slot_filename(slot: int, device_count: int, visible_ids: list[str]) -> str:
     return f"{host}-gpu{physical}-{slot // device_count}.lock"
 
 
+#: errno values of a non-blocking flock on a lock that another process holds
+BUSY_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def try_flock(fd: int, path: Path, way_out: str) -> bool:
+    """Take an exclusive non-blocking ``flock`` on ``fd`` (the file ``path``): True if taken,
+    False if another process holds it. Any other failure is the file system's (no flock on some
+    cluster file systems: ENOLCK, ENOSYS, EOPNOTSUPP), never "busy": a UserError that names it
+    and ``way_out``. The caller closes ``fd`` when this does not return True."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in BUSY_ERRNOS:
+            return False
+        name = errno.errorcode.get(error.errno, str(error.errno))
+        raise UserError(
+            f"cannot lock {path}: the file system does not support flock there ({name}: "
+            f"{error.strerror}); {way_out}"
+        ) from None
+    return True
+
+
 def try_acquire_gpu_slot(n_slots: int, slot_dir: str | os.PathLike, device_count: int) -> GpuSlot | None:
     """Take the first free one of ``n_slots`` slots without blocking; ``None`` if all are held.
 
@@ -94,13 +116,15 @@ def try_acquire_gpu_slot(n_slots: int, slot_dir: str | os.PathLike, device_count
     for slot in range(n_slots):
         path = slot_dir / _slot_filename(slot, device_count, ids)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        way_out = "put the GPU slot locks on a local disk with --slot-dir (e.g. --slot-dir /tmp/gpu-slots)"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
+            taken = try_flock(fd, path, way_out)
+        except UserError:
             os.close(fd)
-            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                continue
             raise
+        if not taken:
+            os.close(fd)
+            continue
         # For people looking at the folder: who holds it. Not used for locking.
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import fcntl
 import gzip
 import hashlib
 import importlib.metadata
@@ -494,7 +493,9 @@ def _rng_state(device: torch.device, batch_generator: torch.Generator) -> dict[s
         "batches": batch_generator.get_state(),
     }
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # The run's own device only: a resumed run may get another index (GPU slots hand out the
+        # first free card) or see fewer devices (a Slurm retry), and must continue its own stream.
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
@@ -506,7 +507,10 @@ def _set_rng_state(state: dict[str, Any], device: torch.device, batch_generator:
     torch.set_rng_state(state["torch"])
     batch_generator.set_state(state["batches"])
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved = state["cuda"]
+        if isinstance(saved, (list, tuple)):  # checkpoints before the fix: every visible device
+            saved = saved[min(device.index or 0, len(saved) - 1)]
+        torch.cuda.set_rng_state(saved, device)
 
 
 def _load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -556,23 +560,48 @@ def finished_metrics(out_dir: str | os.PathLike, config: RunConfig) -> dict[str,
     return None
 
 
+#: environment: a folder on a local disk for the run locks, for run folders on a file system
+#: without flock (the lock file is named after the run folder's absolute path)
+LOCK_DIR_ENV = "GRAD2VAE_LOCK_DIR"
+#: environment: "off" trains without the run lock (risk: two processes training the same run
+#: at once overwrite each other's checkpoint and outputs)
+RUN_LOCK_ENV = "GRAD2VAE_RUN_LOCK"
+
+
 class _RunLock:
-    """Non-blocking flock on the run dir: two processes never train the same run at once."""
+    """Non-blocking flock on the run dir: two processes never train the same run at once.
+    ``GRAD2VAE_LOCK_DIR`` moves the lock files to a local folder, ``GRAD2VAE_RUN_LOCK=off``
+    turns the lock off (for file systems without flock)."""
 
     def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
         self.path = out_dir / LOCK
+        lock_dir = os.environ.get(LOCK_DIR_ENV, "").strip()
+        if lock_dir:
+            name = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:32]
+            self.path = Path(lock_dir) / f"run-{name}.lock"
         self.fd: int | None = None
 
     def __enter__(self):
+        if os.environ.get(RUN_LOCK_ENV, "").strip().lower() == "off":
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        way_out = (
+            f"set {LOCK_DIR_ENV} to a folder on a local disk (e.g. {LOCK_DIR_ENV}=/tmp/grad2vae-locks), "
+            f"or {RUN_LOCK_ENV}=off to train without the run lock (then make sure no two jobs train "
+            "the same run: they would overwrite each other's checkpoint)"
+        )
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            taken = devices.try_flock(fd, self.path, way_out)
+        except UserError:
+            os.close(fd)
+            raise
+        if not taken:
             os.close(fd)
             raise UserError(
-                f"another process is training the run in {self.path.parent}; wait for it to finish"
-            ) from None
+                f"another process is training the run in {self.out_dir}; wait for it to finish"
+            )
         self.fd = fd
         return self
 

@@ -29,8 +29,11 @@ class AnomalyModel(nn.Module):
     - ``scores(x, generator)`` returns one score per sample for every score the model offers,
       higher = more anomalous: always ``"main"`` (the score the model's paper uses, whose AUC is
       the headline) and ``"reconstruction"`` (per-sample reconstruction error, reported for all
-      models so that the report can compare both). ``generator`` drives any sampling done at
-      test time, so that scores are reproducible; deterministic models ignore it.
+      models so that the report can compare both). A model that reconstructs its input in [0, 1]
+      also returns the diagnostics of ``models.scoring`` (``"mse"``, ``"bce_excess"``; a
+      variational model also ``"*_zero_noise"``, with eps = 0); the trainer records the AUC of
+      every key. ``generator`` drives any sampling done at test time, so that scores are
+      reproducible; deterministic models ignore it.
 
     Optional hooks (defaults do nothing, so the four paper models need none of them):
 
