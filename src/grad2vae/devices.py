@@ -6,20 +6,27 @@ Rules (``resolve_device``):
 - ``auto`` -> CUDA if ``torch.cuda.is_available()``, else the CPU (also when a scheduler set
   ``CUDA_VISIBLE_DEVICES`` on a machine without a working GPU). ``cuda`` -> like ``auto`` but an
   error when CUDA is missing.
-- ``CUDA_VISIBLE_DEVICES`` is never changed here: device indices are always indices into the
-  devices the process can see. When it sees exactly one device (a Slurm job granted one GPU, or a
-  one-GPU workstation) the run uses ``cuda:0`` without any locking.
-- When it sees several devices (a workstation running ``snakemake --resources gpu=N``), jobs
-  side by side each take a distinct *GPU slot*: a non-blocking ``fcntl.flock`` on one of the
-  slot files in the slot dir (default ``.snakemake/gpu-slots``); the first free slot wins and the
-  lock is held until the process ends (the kernel drops it when the process dies, also on
-  SIGKILL, so a lock is never stale). Slot ``i`` uses visible device ``i % device_count``, so
-  ``--gpu-slots`` larger than the device count deliberately puts several jobs on one card.
-  When every slot is taken, the job waits (polling, one log line) until one frees, or raises
-  ``UserError`` after ``timeout`` seconds if one is given.
-- Slot files are named after the host and the *physical* device (its entry in
-  ``CUDA_VISIBLE_DEVICES`` when set), so jobs on different hosts sharing a file system, or jobs
-  that were given disjoint device sets, never block each other.
+- ``CUDA_VISIBLE_DEVICES`` is never changed here, except to narrow a list of several MIG
+  instances to the one a job takes (below): device indices are indices into the devices the
+  process can see.
+- Every ``auto``/``cuda`` job takes a *GPU slot*, also when it sees one device: a non-blocking
+  ``fcntl.flock`` on one of the slot files in the slot dir (default ``.snakemake/gpu-slots``);
+  the first free slot wins and the lock is held until the process ends (the kernel drops it
+  when the process dies, also on SIGKILL, so a lock is never stale). There are ``device_count x
+  jobs_per_gpu`` slots (``--jobs-per-gpu``, default 1), slot ``i`` on visible device ``i %
+  device_count``: with the default no two jobs share a card, and a job that finds every slot
+  taken waits (polling, one log line) until one frees, or raises ``UserError`` after ``timeout``
+  seconds if one is given. ``--gpu-slots`` above that number is refused, naming the fix.
+- Slot files are named after the host and the *physical* device: its UUID (the same card has
+  the same UUID in every job, whatever index a scheduler's cgroup gives it), else its
+  ``CUDA_VISIBLE_DEVICES`` entry. Jobs on different hosts sharing a file system, or granted
+  different cards, never block each other.
+- MIG: a process sees only one MIG instance (``device_count()`` is 1), so when
+  ``CUDA_VISIBLE_DEVICES`` lists several (``MIG-...`` entries) a job takes one of them by the same
+  slot locks and narrows ``CUDA_VISIBLE_DEVICES`` to it before CUDA initialises; metrics.json
+  records it (``mig_instance``).
+- A file system without ``flock`` (ENOLCK, ENOSYS, EOPNOTSUPP) is an error naming it and the way
+  out (``--slot-dir`` on a local disk), never mistaken for a busy slot.
 """
 
 from __future__ import annotations
@@ -63,13 +70,24 @@ class GpuSlot:
 _HELD: list[GpuSlot] = []
 
 
+def _visible_entries() -> list[str]:
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES") or ""
+    return [entry.strip() for entry in raw.split(",") if entry.strip()]
+
+
 def _visible_ids(device_count: int) -> list[str]:
-    """The physical identity of each visible device: its CUDA_VISIBLE_DEVICES entry, else index."""
-    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if raw:
-        entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
-        if len(entries) >= device_count:
-            return entries[:device_count]
+    """The physical identity of each visible device: its UUID where torch reports one (the same
+    card has the same UUID in every job, whatever index a scheduler's cgroup gives it), else its
+    CUDA_VISIBLE_DEVICES entry, else its index."""
+    try:
+        uuids = [str(torch.cuda.get_device_properties(index).uuid) for index in range(device_count)]
+        if all(uuids) and len(set(uuids)) == device_count:
+            return uuids
+    except (AttributeError, RuntimeError, AssertionError):
+        pass
+    entries = _visible_entries()
+    if len(entries) >= device_count:
+        return entries[:device_count]
     return [str(index) for index in range(device_count)]
 
 
@@ -102,7 +120,9 @@ def try_flock(fd: int, path: Path, way_out: str) -> bool:
     return True
 
 
-def try_acquire_gpu_slot(n_slots: int, slot_dir: str | os.PathLike, device_count: int) -> GpuSlot | None:
+def try_acquire_gpu_slot(
+    n_slots: int, slot_dir: str | os.PathLike, device_count: int, ids: list[str] | None = None
+) -> GpuSlot | None:
     """Take the first free one of ``n_slots`` slots without blocking; ``None`` if all are held.
 
     The lock stays held for the rest of the process (see ``release_gpu_slots`` for tests)."""
@@ -112,7 +132,7 @@ def try_acquire_gpu_slot(n_slots: int, slot_dir: str | os.PathLike, device_count
         )
     slot_dir = Path(slot_dir)
     slot_dir.mkdir(parents=True, exist_ok=True)
-    ids = _visible_ids(device_count)
+    ids = ids or _visible_ids(device_count)
     for slot in range(n_slots):
         path = slot_dir / _slot_filename(slot, device_count, ids)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -140,12 +160,14 @@ def acquire_gpu_slot(
     device_count: int,
     timeout: float | None = None,
     poll_seconds: float = 2.0,
+    ids: list[str] | None = None,
 ) -> GpuSlot:
-    """Take a free slot, waiting while all are held; ``UserError`` after ``timeout`` seconds."""
+    """Take a free slot, waiting while all are held; ``UserError`` after ``timeout`` seconds.
+    ``ids``: the devices' identities for the slot file names (default: ``_visible_ids``)."""
     start = time.monotonic()
     announced = False
     while True:
-        slot = try_acquire_gpu_slot(n_slots, slot_dir, device_count)
+        slot = try_acquire_gpu_slot(n_slots, slot_dir, device_count, ids)
         if slot is not None:
             if announced:
                 log.info("GPU slot %d free after %.0f s", slot.index, time.monotonic() - start)
@@ -165,9 +187,34 @@ def acquire_gpu_slot(
 
 def release_gpu_slots() -> None:
     """Drop every slot this process holds (tests; a normal run keeps its slot until it exits)."""
+    global _MIG_INSTANCE
+    _MIG_INSTANCE = None
     while _HELD:
         slot = _HELD.pop()
         os.close(slot.fd)
+
+
+#: the MIG instance (its CUDA_VISIBLE_DEVICES entry) this process took, if any
+_MIG_INSTANCE: str | None = None
+
+
+def mig_instance() -> str | None:
+    """The MIG instance this process was given by ``resolve_device`` (recorded in metrics.json)."""
+    return _MIG_INSTANCE
+
+
+def claim_mig_instance(
+    entries: list[str], slot_dir: str | os.PathLike, jobs_per_gpu: int = 1, timeout: float | None = None,
+    poll_seconds: float = 2.0,
+) -> str:
+    """One of the MIG instances in ``entries`` (CUDA_VISIBLE_DEVICES of MIG UUIDs), by the same
+    slot locks as whole cards: a process sees only one MIG instance, so without this every job
+    would run on the first while the others idle."""
+    slot = acquire_gpu_slot(
+        len(entries) * jobs_per_gpu, slot_dir, len(entries), timeout=timeout, poll_seconds=poll_seconds,
+        ids=entries,
+    )  # fmt: skip
+    return entries[slot.device_index]
 
 
 def resolve_device(
@@ -175,14 +222,29 @@ def resolve_device(
     gpu_slots: int | None = None,
     slot_dir: str | os.PathLike = DEFAULT_SLOT_DIR,
     slot_timeout: float | None = None,
+    jobs_per_gpu: int = 1,
 ) -> torch.device:
-    """Turn ``--device`` (auto | cpu | cuda | cuda:N) into a device, taking a GPU slot if needed."""
+    """Turn ``--device`` (auto | cpu | cuda | cuda:N) into a device, taking a GPU slot if needed.
+
+    ``jobs_per_gpu``: how many jobs may share one card (default 1: never); the slots are the
+    visible cards times that. Several MIG instances in CUDA_VISIBLE_DEVICES: the job takes one
+    and narrows CUDA_VISIBLE_DEVICES to it before CUDA initialises."""
+    global _MIG_INSTANCE
     spec = (spec or "auto").strip().lower()
     if spec == "cpu":
         return torch.device("cpu")
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
     if spec != "auto" and match is None:
         raise UserError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+    if jobs_per_gpu < 1:
+        raise UserError(f"--jobs-per-gpu must be at least 1 (got {jobs_per_gpu})")
+    entries = _visible_entries()
+    several_mig = len(entries) > 1 and all(entry.upper().startswith("MIG-") for entry in entries)
+    if several_mig and (match is None or match.group(1) is None) and _MIG_INSTANCE is None:
+        # Before any CUDA call: CUDA reads CUDA_VISIBLE_DEVICES once, when it initialises.
+        _MIG_INSTANCE = claim_mig_instance(entries, slot_dir, jobs_per_gpu, timeout=slot_timeout)
+        os.environ["CUDA_VISIBLE_DEVICES"] = _MIG_INSTANCE
+        log.info("MIG: took instance %s of %d (CUDA_VISIBLE_DEVICES narrowed to it)", _MIG_INSTANCE, len(entries))
     available = torch.cuda.is_available()
     if not available:
         if spec == "auto":
@@ -205,13 +267,57 @@ def resolve_device(
         return torch.device("cuda", index)
     if gpu_slots is not None and gpu_slots < 1:
         raise UserError(f"--gpu-slots must be at least 1 (got {gpu_slots})")
-    n_slots = gpu_slots if gpu_slots is not None else count
-    if count == 1 and n_slots <= 1:
-        # One visible device (e.g. a scheduler set CUDA_VISIBLE_DEVICES): nothing to share out.
-        return torch.device("cuda", 0)
+    allowed = count * jobs_per_gpu
+    if gpu_slots is not None and gpu_slots > allowed:
+        raise UserError(
+            f"--gpu-slots {gpu_slots} is more than the {count} visible GPU(s) x {jobs_per_gpu} job(s) per GPU: "
+            f"jobs would share cards; lower --gpu-slots (with Snakemake: --resources gpu={allowed}) or allow "
+            f"sharing with --jobs-per-gpu {-(-gpu_slots // count)} (config: train.jobs_per_gpu)"
+        )
+    n_slots = gpu_slots if gpu_slots is not None else allowed
+    if _MIG_INSTANCE is not None:
+        return torch.device("cuda", 0)  # its slot is the MIG instance's, taken above
+    # Always a slot, also with one visible card: two jobs started side by side (Snakemake's
+    # --resources gpu=2 on a one-GPU machine) must not share it unless jobs_per_gpu says so. The
+    # slot files are named by the card's UUID, so jobs granted different cards never wait.
     slot = acquire_gpu_slot(n_slots, slot_dir, count, timeout=slot_timeout)
     log.info("took GPU slot %d of %d (%s) -> cuda:%d", slot.index, n_slots, slot.path, slot.device_index)
     return torch.device("cuda", slot.device_index)
+
+
+#: allowance on top of the saved tensors for what a step holds besides them (temporaries, the
+#: allocator's rounding and fragmentation); and what is left free on the card for the CUDA
+#: context, cuBLAS/cuDNN workspaces and the evaluation: max(1 GiB, 10 % of the card)
+ACTIVATION_ALLOWANCE = 1.5
+MIN_FREE_BYTES = 1 << 30
+FREE_FRACTION = 0.10
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a seed group may use on ``device``: the card's free memory less the margin above;
+    None on the CPU (host memory is not planned here)."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    return int(free - max(MIN_FREE_BYTES, FREE_FRACTION * total))
+
+
+def per_step_bytes(memory: dict[str, int], batch_size: int) -> float:
+    """Activation memory of one training step of one seed: its saved tensors (a model's
+    ``training_memory``) x ``ACTIVATION_ALLOWANCE``."""
+    return (memory.get("per_step_fixed", 0) + batch_size * memory["per_image"]) * ACTIVATION_ALLOWANCE
+
+
+def seeds_per_cohort(device: torch.device, n_seeds: int, batch_size: int, memory: dict[str, int]) -> int:
+    """How many of ``n_seeds`` runs can step together on ``device`` (all their weights and
+    optimizer states stay on it; a step's activations per seed are ``per_step_bytes``). At
+    least 1; ``n_seeds`` when the device does not say how much memory it has."""
+    budget = available_memory(device)
+    if budget is None:
+        return n_seeds
+    per_step = per_step_bytes(memory, batch_size)
+    fitting = (budget - n_seeds * memory["per_seed"]) // max(per_step, 1)
+    return int(max(1, min(n_seeds, fitting)))
 
 
 def device_name(device: torch.device | str) -> str:
@@ -264,10 +370,16 @@ ASSUMPTIONS: tuple[str, ...] = (
     "float32 everywhere, TF32 off on GPUs (PyTorch's default runs cuDNN convolutions in TF32 "
     "on Ampere and later) — issue 8: TF32 only once its effect on the AUCs is measured, which "
     "needs a GPU and has not been done",
-    "several visible GPUs: each job takes the first free of N flock'ed slot files (N = --gpu-slots, "
-    "default the device count), slot i -> cuda:(i mod count); a job finding all slots busy waits "
-    "for one — issue 4 (waiting rather than failing is our choice: the kernel frees a dead job's "
-    "lock, so waiting cannot deadlock)",
+    "GPU jobs: each takes the first free of N flock'ed slot files (N = visible devices x "
+    "jobs_per_gpu, default 1 job per GPU, also with one visible GPU), slot i -> cuda:(i mod "
+    "count); a job finding all slots busy waits for one — issues 4 and 14 (waiting rather than "
+    "failing is our choice: the kernel frees a dead job's lock, so waiting cannot deadlock)",
+    "several MIG instances in CUDA_VISIBLE_DEVICES: each job takes one by the same slot locks and "
+    "sees only it — issue 14",
+    "several seeds in one process: the group steps together only as many seeds as fit in the "
+    "card's free memory less max(1 GiB, 10 %), counting per seed the saved tensors of one step "
+    "(measured on the model, training_memory) x 1.5 plus 4 x the parameters; the rest train "
+    "after them in further sub-cohorts, logged — issue 14",
 )
 
 

@@ -691,6 +691,7 @@ def train_runs(
     gpu_slots: int | None = None,
     slot_dir: str | os.PathLike = devices.DEFAULT_SLOT_DIR,
     slot_timeout: float | None = None,
+    jobs_per_gpu: int = 1,
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     seed_batching: str = "auto",
@@ -753,8 +754,9 @@ def train_runs(
                     stray.unlink(missing_ok=True)
             if not isinstance(device, torch.device):
                 device = devices.resolve_device(
-                    str(device), gpu_slots=gpu_slots, slot_dir=slot_dir, slot_timeout=slot_timeout
-                )
+                    str(device), gpu_slots=gpu_slots, slot_dir=slot_dir, slot_timeout=slot_timeout,
+                    jobs_per_gpu=jobs_per_gpu,
+                )  # fmt: skip
             with devices.deterministic():
                 trained = _train(
                     [configs[i] for i in pending],
@@ -1220,8 +1222,8 @@ def _train(
     bar = _Progress(progress)
     modes: dict[int, str | None] = {}
     # Runs resumed from different epochs train in turn, each cohort of equal epochs together.
-    for start_epoch in sorted({run.start_epoch for run in runs}):
-        cohort = [run for run in runs if run.start_epoch == start_epoch]
+    for cohort in memory_cohorts(runs, device, config.batch_size, train_x):
+        start_epoch = cohort[0].start_epoch
         for epoch in range(start_epoch, config.epochs + 1):
             epoch_start = time.perf_counter()
             for run in cohort:
@@ -1254,7 +1256,8 @@ def _train(
     metrics = []
     for run in runs:
         if run.failure is None:
-            execution = {"cpu_malloc": malloc, "seeds_in_process": group_size, "seed_batching": modes.get(id(run))}
+            execution = {"cpu_malloc": malloc, "seeds_in_process": group_size, "seed_batching": modes.get(id(run)),
+                         "mig_instance": devices.mig_instance()}  # fmt: skip
             with run.own_rng():
                 metrics.append(run.finish(setup_seconds, execution))
     failures = [run.failure for run in runs if run.failure is not None]
@@ -1263,6 +1266,29 @@ def _train(
     for run in runs:  # the whole group finished: the final checkpoints have done their job
         (run.out_dir / CHECKPOINT).unlink(missing_ok=True)
     return metrics
+
+
+def memory_cohorts(runs: list["_Run"], device: torch.device, batch_size: int, train_x: Tensor) -> list[list["_Run"]]:
+    """The runs in the cohorts that step together, one cohort after another: runs resumed from
+    the same epoch together, split further into as many seeds as fit in the device's memory
+    (``devices.seeds_per_cohort``; a log line says so). Stepped in turn, results do not depend on
+    the split; vmapped, they equal runs alone up to rounding as always."""
+    cohorts = []
+    for start_epoch in sorted({run.start_epoch for run in runs}):
+        cohort = [run for run in runs if run.start_epoch == start_epoch]
+        size = len(cohort)
+        if size > 1:
+            memory = cohort[0].model.training_memory(train_x[:1])
+            size = devices.seeds_per_cohort(device, len(runs), batch_size, memory)
+            if size < len(cohort):
+                log.info(
+                    "%d seeds need about %.1f GiB on %s to step together (%.1f MiB per image and seed, "
+                    "%d images a step), more than fits: training them in sub-cohorts of %d, one after another",
+                    len(cohort), len(cohort) * devices.per_step_bytes(memory, batch_size) / 2**30,
+                    device, memory["per_image"] / 2**20, batch_size, size,
+                )  # fmt: skip
+        cohorts += [cohort[i : i + size] for i in range(0, len(cohort), size)]
+    return cohorts
 
 
 def _save_checkpoint(
@@ -1368,7 +1394,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gpu-slots",
         type=int,
         default=None,
-        help="GPU slots shared by jobs side by side (default: the visible device count)",
+        help="GPU slots shared by jobs side by side (default: the visible device count x --jobs-per-gpu)",
+    )
+    execution.add_argument(
+        "--jobs-per-gpu",
+        type=int,
+        default=1,
+        help="jobs that may share one GPU (default 1: a job waits for a free card rather than share one)",
     )
     execution.add_argument(
         "--slot-dir",
@@ -1457,6 +1489,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         threads=args.threads,
         gpu_slots=args.gpu_slots,
+        jobs_per_gpu=args.jobs_per_gpu,
         slot_dir=args.slot_dir,
         slot_timeout=args.slot_timeout,
         progress=False if args.no_progress else None,

@@ -174,6 +174,8 @@ def execution_options(wildcards, threads):
     ]
     if train["gpu_slots"] is not None:
         options.append(f"--gpu-slots {train['gpu_slots']}")
+    if train["jobs_per_gpu"] != 1:
+        options.append(f"--jobs-per-gpu {train['jobs_per_gpu']}")
     # equal results up to rounding (tests/test_second_derivatives.py), so not a re-run trigger
     options.append(f"--derivatives {train['derivatives']}")
     options.append(f"--seed-batching {train['seed_batching']}")

@@ -110,3 +110,34 @@ class AnomalyModel(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def training_memory(self, like: Tensor, images: tuple[int, int] = (2, 4)) -> dict[str, int]:
+        """This model's training memory, measured on a copy of it (RNG streams untouched): the
+        bytes of the tensors autograd saves for the backward pass of one step on ``n`` images
+        shaped like ``like`` are ``per_step_fixed + n * per_image`` (a line through steps on
+        ``images[0]`` and ``images[1]`` images); ``per_seed`` = weights, gradients and Adam's two
+        moments (4 x the parameters). ``devices.seeds_per_cohort`` adds a stated allowance for
+        what a step holds besides its saved tensors."""
+        import copy
+
+        def saved_bytes(n: int) -> int:
+            storages: dict[int, int] = {}
+
+            def pack(tensor: Tensor) -> Tensor:
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+                return tensor
+
+            clone = copy.deepcopy(self).train()
+            x = like[:1].expand(n, *like.shape[1:]).clone()
+            forked = [like.device.index or 0] if like.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=forked), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                clone.loss(x)["total"]
+            return sum(storages.values())
+
+        small, large = images
+        at_small = saved_bytes(small)
+        per_image = max(0, (saved_bytes(large) - at_small) // (large - small))
+        per_seed = 4 * sum(p.numel() * p.element_size() for p in self.parameters())
+        return {"per_image": int(per_image), "per_step_fixed": int(max(0, at_small - small * per_image)),
+                "per_seed": int(per_seed)}  # fmt: skip

@@ -207,6 +207,14 @@ class DeepSVDD(AnomalyModel):
         self.register_buffer("c", torch.zeros(rep_dim))
         self.register_buffer("gcn_min", torch.tensor(math.nan))
         self.register_buffer("gcn_max", torch.tensor(math.nan))
+        # Whether the constants are fitted, known on the host: checking the buffers in every
+        # loss() and score chunk would be a GPU->CPU sync each time (issue 14).
+        self._preprocessing_fitted = False
+        self.register_load_state_dict_post_hook(DeepSVDD._after_load)
+
+    @staticmethod
+    def _after_load(module: "DeepSVDD", incompatible_keys) -> None:
+        module._preprocessing_fitted = bool(torch.isfinite(module.gcn_min))  # one check per load
 
     # ---------------------------------------------------------------------------------------
     # preprocessing
@@ -220,9 +228,10 @@ class DeepSVDD(AnomalyModel):
             highs.append(g.max())
         self.gcn_min.copy_(torch.stack(lows).min())
         self.gcn_max.copy_(torch.stack(highs).max())
+        self._preprocessing_fitted = True
 
     def preprocess(self, x: Tensor) -> Tensor:
-        if not torch.isfinite(self.gcn_min):
+        if not self._preprocessing_fitted:
             raise RuntimeError("deep_svdd: call pretrain(train_x, ...) before loss() or scores()")
         return (global_contrast_normalization(x) - self.gcn_min) / (self.gcn_max - self.gcn_min)
 
