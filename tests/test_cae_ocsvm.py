@@ -69,7 +69,7 @@ def _fitted(seed=0):
 
 def test_scores_are_negated_sklearn_decisions_and_grid_matches_rbf():
     model, _, test_x = _fitted()
-    features = model._features(test_x)[0].double().numpy()
+    features = model.features_and_reconstruction_scores(test_x)[0].double().numpy()
     train_features = model.train_features.double().numpy()
     scores = model.scores(test_x)
     default = OneClassSVM(kernel="rbf", nu=0.5, gamma=1 / 128).fit(train_features)  # 'auto' = 1/n_features

@@ -256,7 +256,7 @@ def test_interrupted_run_resumes_exactly(tiny_models, tiny_data_dir, tmp_path):
     assert (tmp_path / "cut" / "scores.csv.gz").read_bytes() == (
         tmp_path / "full" / "scores.csv.gz"
     ).read_bytes()
-    drop = {"seconds"}
+    drop = {"seconds", "train_seconds"}
     _, rows_full = read_tsv(tmp_path / "full" / "history.tsv")
     _, rows_cut = read_tsv(tmp_path / "cut" / "history.tsv")
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows_cut] == [
@@ -496,7 +496,7 @@ def test_sigkill_and_restart_gives_identical_results(tiny_data_dir, tmp_path):
     assert (cut / "scores.csv.gz").read_bytes() == (full / "scores.csv.gz").read_bytes()
     _, rows_full = read_tsv(full / "history.tsv")
     _, rows_cut = read_tsv(cut / "history.tsv")
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in rows]  # noqa: E731
     assert strip(rows_cut) == strip(rows_full)
     assert not (cut / "checkpoint.pt").exists()
 
