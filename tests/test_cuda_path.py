@@ -298,3 +298,45 @@ def test_cuda_acceptance_command_plans_and_refuses_without_a_gpu(tmp_path):
         real = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True,
                               timeout=120)  # fmt: skip
         assert real.returncode == 2 and "no CUDA device" in real.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark's GPU sections
+
+
+def test_cuda_bench_keeps_what_it_measured_when_a_later_section_runs_out_of_memory(tmp_path, monkeypatch):
+    import json
+
+    from grad2vae import bench
+    from grad2vae.cli import main
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(bench, "time_seed_groups", out_of_memory)
+    path = tmp_path / "bench.json"
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        main(["bench", "--tiny", "--device", "cpu", "--models", "vae", "--output", str(path)])
+    partial = json.loads(path.read_text())
+    assert partial["complete"] is False and [r["variant"] for r in partial["rows"]] == []
+    assert partial["peak_memory_bytes"] == {"mnist": {"vae": None}}  # measured before the crash
+
+
+def test_cuda_bench_peak_memory_and_compile_sections(monkeypatch):
+    from grad2vae import bench_gpu
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 123)
+    assert bench_gpu.peak_memory(torch.device("cuda", 0), lambda: calls.append("work")) == 123
+    assert calls == ["reset", "work"]
+    assert bench_gpu.peak_memory(torch.device("cpu"), lambda: calls.append("never")) is None
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append(mode) or fn)
+    model = create_model("vae", 4)
+    result = bench_gpu.time_compile({"vae": model}, torch.rand(4, 1, 28, 28), repeats=1, steps=1, log=lambda _: None)
+    assert compiled == ["reduce-overhead"]
+    assert {"seconds_per_step_eager", "seconds_per_step_compiled", "speedup", "compile_seconds"} <= set(result["vae"])
+    assert "skipped" in bench_gpu.time_tf32({"vae": model}, torch.rand(4, 1, 28, 28), 1, 1, lambda _: None)

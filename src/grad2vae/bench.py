@@ -23,6 +23,10 @@ training images of the normal class, 10,000 test images; synthetic tensors of th
 - several seeds in one process: one vmapped step of --seeds-per-process models against the
   same models stepped in turn (the two ways ``grad2vae train --seed 0 1 ...`` can step them),
   per model that supports vmap on the device, as the speed-up of the vmapped step;
+- peak device memory (``torch.cuda.max_memory_allocated``) of one training step per variant and
+  of each seed group's step, vmapped and in turn (CUDA only);
+- with --tf32: each model's step with TF32 off (as trained) against on; with --compile: the
+  small models' steps eager against ``torch.compile(mode="reduce-overhead")`` (``bench_gpu``);
 - the estimated hours of the grid (4 models x 10 classes x 10 seeds x 2 datasets, 100 epochs,
   evaluation every epoch), runs one after another on this device, Grad2VAE with the method that
   "auto" picks on this device.
@@ -30,7 +34,8 @@ training images of the normal class, 10,000 test images; synthetic tensors of th
 On the CPU the benchmark sets the C allocator as the trainer does
 (``devices.keep_freed_memory``) and records it; ``GRAD2VAE_MALLOC=default`` measures without it.
 
-Output: a table on stdout and, with --output, a JSON file (written atomically). Ratios within
+Output: a table on stdout and, with --output, a JSON file (written atomically after every
+section, ``complete`` false until the end, so a crash keeps what was measured). Ratios within
 one run are meaningful; absolute times depend on the load of the machine. --tiny runs the same
 code at toy sizes in seconds (CI).
 
@@ -55,7 +60,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from grad2vae import bench_gpu
 from grad2vae.atomic import write_json
+from grad2vae.bench_gpu import synchronize, training_step
 from grad2vae.devices import deterministic, device_name, keep_freed_memory, resolve_device
 
 SCHEMA = "grad2vae-bench/1"
@@ -87,6 +94,9 @@ class Settings:
     seeds_per_process: int = 4  # 0: skip the several-seeds-per-process comparison
     seed: int = 0
     tiny: bool = False
+    tf32: bool = False  # time TF32 on against off (CUDA only; training keeps it off)
+    compile: bool = False  # time torch.compile(mode="reduce-overhead") against eager
+    compile_models: tuple[str, ...] = bench_gpu.COMPILE_MODELS
 
     @classmethod
     def tiny_mode(cls) -> "Settings":
@@ -116,11 +126,6 @@ class Variant:
     build: Callable[[], torch.nn.Module]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build_variants(settings: Settings, dataset: str, latent_dim: int) -> list[Variant]:
     from grad2vae.models import create_model
     from grad2vae.models.grad2vae import Grad2VAE
@@ -148,19 +153,13 @@ def build_variants(settings: Settings, dataset: str, latent_dim: int) -> list[Va
 # Pieces that are timed
 
 
-def training_step(model, optimizer, batch: torch.Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    model.loss(batch)["total"].backward()
-    optimizer.step()
-
-
 def time_steps(model, optimizer, batch: torch.Tensor, steps: int) -> float:
     """Seconds per optimisation step, averaged over ``steps`` steps."""
-    _synchronize(batch.device)
+    synchronize(batch.device)
     start = time.perf_counter()
     for _ in range(steps):
         training_step(model, optimizer, batch)
-    _synchronize(batch.device)
+    synchronize(batch.device)
     return (time.perf_counter() - start) / steps
 
 
@@ -202,16 +201,18 @@ def time_seed_groups(
         times: dict[str, list[float]] = {"in_turn": [], "vmap": []}
         for round_index in range(settings.repeats + 1):  # round 0 is the warm-up
             for key, step in (("in_turn", in_turn), ("vmap", together)):
-                _synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
                 for _ in range(settings.steps):
                     step()
-                _synchronize(device)
+                synchronize(device)
                 if round_index:
                     times[key].append((time.perf_counter() - start) / settings.steps)
         in_turn_s, vmap_s = statistics.median(times["in_turn"]), statistics.median(times["vmap"])
         results[label] = {
             "seeds": seeds,
+            "peak_memory_bytes_in_turn": bench_gpu.peak_memory(device, in_turn),
+            "peak_memory_bytes_vmap": bench_gpu.peak_memory(device, together),
             "seconds_per_step_in_turn": in_turn_s,
             "seconds_per_step_vmap": vmap_s,
             "speedup": in_turn_s / vmap_s,
@@ -236,7 +237,7 @@ def count_step_flops(model, optimizer, batch: torch.Tensor) -> int:
 
     with FlopCounterMode(display=False) as counter:
         training_step(model, optimizer, batch)
-    _synchronize(batch.device)
+    synchronize(batch.device)
     return int(counter.get_total_flops())
 
 
@@ -244,12 +245,12 @@ def time_matmul(device: torch.device, n: int, a: torch.Tensor | None = None) -> 
     """FLOP/s of one n x n float32 matrix product (the device's dense rate under current load)."""
     if a is None:
         a = torch.randn(n, n, device=device)
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     reps = 3
     for _ in range(reps):
         torch.mm(a, a)
-    _synchronize(device)
+    synchronize(device)
     return reps * 2 * n**3 / (time.perf_counter() - start)
 
 
@@ -259,11 +260,11 @@ def time_evaluation(model, train_x: torch.Tensor, test_x: torch.Tensor, batch_si
     device = train_x.device
     model.eval()
     try:
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         with torch.no_grad():
             model.fit_scorer(train_x)
-        _synchronize(device)
+        synchronize(device)
         fit = time.perf_counter() - start
         generator = torch.Generator(device).manual_seed(seed)
         start = time.perf_counter()
@@ -272,7 +273,7 @@ def time_evaluation(model, train_x: torch.Tensor, test_x: torch.Tensor, batch_si
                 scores = model.scores(test_x[first : first + batch_size], generator)
             for value in scores.values():
                 value.detach().cpu()
-        _synchronize(device)
+        synchronize(device)
         return {"fit_seconds": fit, "scores_seconds": time.perf_counter() - start}
     finally:
         model.train()
@@ -304,14 +305,14 @@ class StraightforwardDataset(torch.utils.data.Dataset):
 def feed_ours(train_x: torch.Tensor, batch_size: int, generator: torch.Generator) -> float:
     """Seconds to produce every batch of one epoch as ``train._train`` does."""
     device = train_x.device
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     permutation = torch.randperm(len(train_x), generator=generator).to(device)
     total = torch.zeros((), device=device)
     for first in range(0, len(train_x), batch_size):
         batch = train_x[permutation[first : first + batch_size]]
         total = total + batch[0, 0, 0, 0]  # touch it, as the model would
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -319,7 +320,7 @@ def feed_straightforward(
     dataset: StraightforwardDataset, batch_size: int, device: torch.device, seed: int
 ) -> float:
     """Seconds to produce every batch of one epoch with a shuffling DataLoader, moved to device."""
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
@@ -328,7 +329,7 @@ def feed_straightforward(
     for batch in loader:
         batch = batch.to(device, non_blocking=True)
         total = total + batch[0, 0, 0, 0]
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -387,7 +388,14 @@ def check_derivatives(
 # The benchmark
 
 
-def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str], None] = print) -> dict:
+def run_benchmark(
+    device: torch.device,
+    settings: Settings,
+    log: Callable[[str], None] = print,
+    on_section: Callable[[dict], None] | None = None,
+) -> dict:
+    """Every section for every dataset; ``on_section`` gets the result so far (``complete``
+    False) after each section, so that a crash (out of memory) keeps what was measured."""
     from grad2vae.models.grad2vae import AUTO_DERIVATIVES, resolve_derivatives
     from grad2vae.train import AUTO_SEED_BATCHING
 
@@ -410,6 +418,49 @@ def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str],
     derivative_checks: dict[str, dict] = {}
     loaders: dict[str, dict] = {}
     matmul_rates: list[float] = []
+    peaks: dict[str, dict[str, int | None]] = {}
+    tf32_results: dict[str, dict] = {}
+    compile_results: dict[str, dict] = {}
+
+    def snapshot(complete: bool) -> dict:
+        result = {
+            "schema": SCHEMA,
+            "complete": complete,
+            "date": datetime.date.today().isoformat(),
+            "device": device_name(device),
+            "device_type": device.type,
+            "threads": torch.get_num_threads(),
+            "cpu_malloc": malloc,
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "settings": dataclasses.asdict(settings),
+            "matmul": {
+                "size": settings.matmul_size,
+                "flops_per_second": statistics.median(matmul_rates) if matmul_rates else None,
+                "flops_per_second_all": matmul_rates,
+            },
+            "rows": rows,
+            "peak_memory_bytes": peaks,
+            "seed_groups": seed_groups,
+            "tf32": tf32_results,
+            "compile": compile_results,
+            "derivative_checks": derivative_checks,
+            "loaders": loaders,
+            "auto_method": auto_method,
+            "auto_table": dict(AUTO_DERIVATIVES),
+        }
+        if complete:
+            result["verdict"] = _verdict(rows, derivative_checks)
+            result["grid"] = grid_estimate(
+                rows, settings, auto_method, seed_groups, AUTO_SEED_BATCHING.get(device.type, "vmap")
+            )
+        return result
+
+    def section_done() -> None:
+        if on_section is not None:
+            on_section(snapshot(complete=False))
+
     for dataset, latent_dim in settings.datasets.items():
         log(f"[{dataset}] latent {latent_dim}: preparing {len(settings.models)} models")
         prepared = []
@@ -420,8 +471,11 @@ def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str],
             flops = count_step_flops(model, optimizer, batch)  # also the first warm-up step
             for _ in range(settings.warmup - 1):
                 training_step(model, optimizer, batch)
+            peak = bench_gpu.peak_memory(device, lambda: training_step(model, optimizer, batch))
+            peaks.setdefault(dataset, {})[variant.label] = peak
             prepared.append((variant, model, optimizer, flops))
-            log(f"  {variant.label}: {flops / 1e9:.2f} GFLOP per step")
+            peak_text = f", peak {peak / 2**30:.2f} GiB" if peak is not None else ""
+            log(f"  {variant.label}: {flops / 1e9:.2f} GFLOP per step{peak_text}")
         time_matmul(device, settings.matmul_size, matmul_a)  # warm-up
         step_times: dict[str, list[float]] = {v.label: [] for v, *_ in prepared}
         for round_index in range(settings.repeats):
@@ -450,9 +504,21 @@ def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str],
                 f"  {variant.label}: evaluation fit {t['fit_seconds']:.2f} s, scores of {len(eval_x)} "
                 f"images {t['scores_seconds']:.2f} s"
             )
+        section_done()
         if settings.seeds_per_process > 1:
             log(f"[{dataset}] {settings.seeds_per_process} seeds in one process: vmapped against in turn")
             seed_groups[dataset] = time_seed_groups(device, settings, dataset, latent_dim, train_x, log)
+            section_done()
+        auto_models = {v.label: m for v, m, _, _ in prepared if v.method is None or v.method == auto_method}
+        if settings.tf32:
+            log(f"[{dataset}] TF32 off (as trained) against on")
+            tf32_results[dataset] = bench_gpu.time_tf32(auto_models, batch, settings.repeats, settings.steps, log)
+            section_done()
+        if settings.compile:
+            log(f"[{dataset}] torch.compile(mode='reduce-overhead') against eager")
+            small = {label: m for label, m in auto_models.items() if label in settings.compile_models}
+            compile_results[dataset] = bench_gpu.time_compile(small, batch, settings.repeats, settings.steps, log)
+            section_done()
         if any(v.method for v, *_ in prepared):
             methods = tuple(v.method for v, *_ in prepared if v.method)
             derivative_checks[dataset] = check_derivatives(
@@ -521,36 +587,9 @@ def run_benchmark(device: torch.device, settings: Settings, log: Callable[[str],
                 if row["dataset"] == dataset and row["derivatives"]:
                     row["flop_ratio_vs_loop"] = loop_row["flops_per_step"] / row["flops_per_step"]
         del prepared
+        section_done()
 
-    matmul_rate = statistics.median(matmul_rates)
-    verdict = _verdict(rows, derivative_checks)
-    return {
-        "schema": SCHEMA,
-        "date": datetime.date.today().isoformat(),
-        "device": device_name(device),
-        "device_type": device.type,
-        "threads": torch.get_num_threads(),
-        "cpu_malloc": malloc,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "settings": dataclasses.asdict(settings),
-        "matmul": {
-            "size": settings.matmul_size,
-            "flops_per_second": matmul_rate,
-            "flops_per_second_all": matmul_rates,
-        },
-        "rows": rows,
-        "seed_groups": seed_groups,
-        "derivative_checks": derivative_checks,
-        "loaders": loaders,
-        "auto_method": auto_method,
-        "auto_table": dict(AUTO_DERIVATIVES),
-        "verdict": verdict,
-        "grid": grid_estimate(
-            rows, settings, auto_method, seed_groups, AUTO_SEED_BATCHING.get(device.type, "vmap")
-        ),
-    }
+    return snapshot(complete=True)
 
 
 def _verdict(rows: list[dict], checks: dict) -> dict:
@@ -701,6 +740,20 @@ def format_report(result: dict) -> str:
             f"({loader['data_ratio']:.1f}x); whole epoch DataLoader / ours:"
         )
         lines.append("  " + ", ".join(f"{k} {v['ratio']:.3f}" for k, v in loader["per_model"].items()))
+    for key, title, slow, fast in (("tf32", "TF32", "off", "on"), ("compile", "torch.compile", "eager", "compiled")):
+        for dataset, section in result.get(key, {}).items():
+            lines.append("")
+            if "skipped" in section:
+                lines.append(f"{dataset}: {title}: {section['skipped']}")
+                continue
+            lines.append(f"{dataset}: {title}, ms per step {slow} / {fast} (speed-up):")
+            lines.append("  " + ", ".join(
+                f"{label} {1000 * r[f'seconds_per_step_{slow}']:.1f} / {1000 * r[f'seconds_per_step_{fast}']:.1f} "
+                f"({r['speedup']:.2f}x)" for label, r in section.items()))  # fmt: skip
+    for dataset, peaks in result.get("peak_memory_bytes", {}).items():
+        if any(v is not None for v in peaks.values()):
+            lines.append(f"{dataset}: peak memory of a step: " + ", ".join(
+                f"{label} {v / 2**30:.2f} GiB" for label, v in peaks.items() if v is not None))  # fmt: skip
     grid = result["grid"]
     lines.append("")
     lines.append(
@@ -750,6 +803,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, help="warm-up steps per variant (default 1, FLOP-counted)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
+        "--tf32", action="store_true",
+        help="also time TF32 on against off (CUDA; training keeps TF32 off until its AUC effect is measured)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="also time torch.compile(mode='reduce-overhead') against eager for the small models "
+        f"({', '.join(bench_gpu.COMPILE_MODELS)}); compiling takes a minute or more per model",
+    )
+    parser.add_argument(
         "--seeds-per-process",
         type=int,
         help="seeds stepped together (vmap) against in turn, as `grad2vae train --seed 0 1 ...` does; "
@@ -763,6 +825,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     from grad2vae.models.grad2vae import DERIVATIVE_METHODS
 
     settings = Settings.tiny_mode() if args.tiny else Settings()
+    settings.tf32 = bool(getattr(args, "tf32", False))
+    settings.compile = bool(getattr(args, "compile", False))
     for name in (
         "batch_size",
         "train_images",
@@ -815,8 +879,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
     device = resolve_device(args.device)
+    def on_section(partial: dict) -> None:
+        if args.output:  # after every section: an out-of-memory error keeps what was measured
+            write_json(args.output, partial)
+
     with deterministic():  # the numerical settings of `grad2vae train` (no TF32, deterministic)
-        result = run_benchmark(device, settings)
+        result = run_benchmark(device, settings, on_section=on_section)
     print()
     print(format_report(result))
     if args.output:
