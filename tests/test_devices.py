@@ -66,12 +66,15 @@ def test_cpu_when_no_cuda(fake_gpus, tmp_path, monkeypatch):
         devices.resolve_device("tpu", slot_dir=tmp_path)
 
 
-def test_one_visible_device_is_cuda0_without_locks(fake_gpus, tmp_path, monkeypatch):
+def test_one_visible_device_is_cuda0_with_its_own_slot(fake_gpus, tmp_path, monkeypatch):
+    """One card (a Slurm job granted one GPU, or a one-GPU workstation): cuda:0, locked, so that a
+    second job started beside it (--resources gpu=2) waits instead of sharing the card."""
     fake_gpus(1)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # as Slurm sets it; never changed by us
     assert devices.resolve_device("auto", slot_dir=tmp_path / "slots") == torch.device("cuda", 0)
-    assert devices.resolve_device("auto", slot_dir=tmp_path / "slots") == torch.device("cuda", 0)
-    assert not (tmp_path / "slots").exists()
+    assert [p.name.split("-gpu")[1] for p in (tmp_path / "slots").iterdir()] == ["3-0.lock"]
+    with pytest.raises(UserError, match="all 1 GPU slots"):
+        devices.resolve_device("auto", slot_dir=tmp_path / "slots", slot_timeout=0.05)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
 
 
@@ -91,9 +94,11 @@ def test_jobs_side_by_side_take_distinct_gpus(fake_gpus, tmp_path):
         devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0.2)
 
 
-def test_more_slots_than_gpus_share_cards(fake_gpus, tmp_path):
+def test_more_slots_than_gpus_share_cards_only_when_allowed(fake_gpus, tmp_path):
     fake_gpus(2)
-    got = [devices.resolve_device("auto", gpu_slots=4, slot_dir=tmp_path) for _ in range(4)]
+    with pytest.raises(UserError, match="--jobs-per-gpu 2"):
+        devices.resolve_device("auto", gpu_slots=4, slot_dir=tmp_path)
+    got = [devices.resolve_device("auto", gpu_slots=4, slot_dir=tmp_path, jobs_per_gpu=2) for _ in range(4)]
     assert got == [torch.device("cuda", i) for i in (0, 1, 0, 1)]
     with pytest.raises(UserError):
         devices.resolve_device("auto", gpu_slots=0, slot_dir=tmp_path)
