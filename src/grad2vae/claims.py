@@ -15,7 +15,7 @@ inputs where the answer is known. Verdicts combine per-dataset results by ``comb
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -123,6 +123,35 @@ def _label(model: str) -> str:
     return str(labels.get(model, model))
 
 
+def judged_per_score(
+    runs: pd.DataFrame, datasets: list[str], models: list[str], decide: Callable[[pd.DataFrame, str], dict]
+) -> dict[str, dict]:
+    """score -> {verdict, why, scored_by, datasets}: ``decide(class-mean table in percent,
+    dataset)`` on our runs under every score (``scored_view``), combined over the datasets."""
+    by_score = {}
+    for score in score_names(runs) if not runs.empty else ["main"]:
+        view, scored_by = scored_view(runs, score)
+        results = {}
+        for dataset in datasets:
+            part = view[view["dataset"] == dataset] if not view.empty else view
+            present = [m for m in models if m in set(part.get("model", []))]
+            table = stats.class_means(part, present) * 100.0 if not part.empty else pd.DataFrame()
+            results[dataset] = decide(table, dataset)
+        verdict, why = combine({d: r["result"] for d, r in results.items()})
+        by_score[score] = {"verdict": verdict, "why": why, "scored_by": scored_by, "datasets": results}
+    return by_score
+
+
+def judged_on_printed_table(datasets: list[str], decide: Callable[[pd.DataFrame, str], dict]) -> dict[str, dict]:
+    """dataset -> ``decide`` on the paper's printed Table 1 (columns named by our models)."""
+    printed = {}
+    for dataset in datasets:
+        table = stats.published_table(dataset)
+        table.columns = [pub.published_columns()[c].get("ours", c) for c in table.columns]
+        printed[dataset] = decide(table, dataset)
+    return printed
+
+
 # --------------------------------------------------------------------------------------------
 # best_average
 
@@ -149,21 +178,8 @@ def best_average(runs: pd.DataFrame, datasets: list[str], models: list[str]) -> 
     competitors = pub.claims()["best_average"]["competitors"]
     present = sorted(set(runs["model"])) if not runs.empty else []
     missing = [_label(m) for m in competitors if m not in present]
-    by_score = {}
-    for score in score_names(runs) if not runs.empty else ["main"]:
-        view, scored_by = scored_view(runs, score)
-        results = {}
-        for dataset in datasets:
-            part = view[view["dataset"] == dataset] if not view.empty else view
-            table = stats.class_means(part, [m for m in models if m in set(part.get("model", []))]) * 100.0 if not part.empty else pd.DataFrame()
-            results[dataset] = best_average_dataset(table, dataset)
-        verdict, why = combine({d: r["result"] for d, r in results.items()})
-        by_score[score] = {"verdict": verdict, "why": why, "scored_by": scored_by, "datasets": results}
-    printed = {}
-    for dataset in datasets:
-        table = stats.published_table(dataset)
-        table.columns = [pub.published_columns()[c].get("ours", c) for c in table.columns]
-        printed[dataset] = best_average_dataset(table, dataset, printed=True)
+    by_score = judged_per_score(runs, datasets, models, best_average_dataset)
+    printed = judged_on_printed_table(datasets, lambda table, dataset: best_average_dataset(table, dataset, printed=True))
     main = by_score["main"]
     why = main["why"]
     sentences = [r["sentence"] for r in list(main["datasets"].values()) + list(printed.values()) if "sentence" in r]
@@ -374,21 +390,8 @@ def class_bias_dataset(table: pd.DataFrame) -> dict[str, Any]:
 
 
 def no_class_bias(runs: pd.DataFrame, datasets: list[str], models: list[str]) -> dict[str, Any]:
-    by_score = {}
-    for score in score_names(runs) if not runs.empty else ["main"]:
-        view, scored_by = scored_view(runs, score)
-        results = {}
-        for dataset in datasets:
-            part = view[view["dataset"] == dataset] if not view.empty else view
-            table = stats.class_means(part, [m for m in models if m in set(part.get("model", []))]) * 100.0 if not part.empty else pd.DataFrame()
-            results[dataset] = class_bias_dataset(table)
-        verdict, why = combine({d: r["result"] for d, r in results.items()})
-        by_score[score] = {"verdict": verdict, "why": why, "scored_by": scored_by, "datasets": results}
-    printed = {}
-    for dataset in datasets:
-        table = stats.published_table(dataset)
-        table.columns = [pub.published_columns()[c].get("ours", c) for c in table.columns]
-        printed[dataset] = class_bias_dataset(table)
+    by_score = judged_per_score(runs, datasets, models, lambda table, dataset: class_bias_dataset(table))
+    printed = judged_on_printed_table(datasets, lambda table, dataset: class_bias_dataset(table))
     main = by_score["main"]
     return claim(
         "no_class_bias",
@@ -438,9 +441,7 @@ def class_remarks(runs: pd.DataFrame) -> dict[str, Any]:
     if not part.empty:
         table = part[part["model"].isin(models)].groupby(["normal_class", "model"])["auc"].mean().unstack("model") * 100.0
     ours = class_remarks_check(table, best, worst)
-    printed_table = stats.published_table(dataset)
-    printed_table.columns = [pub.published_columns()[c].get("ours", c) for c in printed_table.columns]
-    printed = class_remarks_check(printed_table, best, worst)
+    printed = judged_on_printed_table([dataset], lambda table, _: class_remarks_check(table, best, worst))[dataset]
     outcomes = [c["holds"] for c in ours.values()]
     judged = [o for o in outcomes if o is not None]
     if not judged:

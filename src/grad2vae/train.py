@@ -1277,7 +1277,7 @@ def memory_cohorts(runs: list["_Run"], device: torch.device, batch_size: int, tr
     for start_epoch in sorted({run.start_epoch for run in runs}):
         cohort = [run for run in runs if run.start_epoch == start_epoch]
         size = len(cohort)
-        if size > 1:
+        if size > 1 and devices.available_memory(device) is not None:  # CUDA: plan; CPU: no limit
             memory = cohort[0].model.training_memory(train_x[:1])
             size = devices.seeds_per_cohort(device, len(runs), batch_size, memory)
             if size < len(cohort):
