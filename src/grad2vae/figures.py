@@ -261,7 +261,7 @@ def fig6_compute(history: pd.DataFrame, runs: pd.DataFrame, grid: dict, colours:
                 ax.set_xscale("log")
                 ax.set_xlabel(label + " (log scale)")
                 ax.set_ylabel("test AUC-ROC (%)")
-                ax.legend(fontsize=7, loc="lower right")
+                ax.legend(fontsize=7, loc="best")
             else:
                 _no_data(ax, "no runs with training FLOPs")
             ax.set_title(f"{pub.dataset_label(dataset)} — AUC against {label}", fontsize=9)
