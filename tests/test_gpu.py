@@ -38,7 +38,8 @@ def train_command(data_dir: Path, out_dir: Path, device: str, *extra: str) -> li
     return [
         sys.executable, "-m", "grad2vae.cli", "train", "--model", cfg.model, "--dataset", cfg.dataset,
         "--normal-class", str(cfg.normal_class), "--seed", str(cfg.seed), "--latent-dim", "4",
-        "--epochs", str(cfg.epochs), "--batch-size", "16", "--lr-decay-epoch", "0", "--eval-batch-size", "50",
+        "--epochs", str(cfg.epochs), "--batch-size", "16", "--lr-decay-epoch", "0", "--lr-decay-factor", "0.1",
+        "--eval-batch-size", "50",
         "--train-limit", "30", "--test-limit", "40", "--checkpoint-every", "1", "--device", device,
         "--data-dir", str(data_dir), "--out-dir", str(out_dir), "--no-progress", *extra,
     ]  # fmt: skip
