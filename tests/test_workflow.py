@@ -168,6 +168,9 @@ def test_schema_models_are_the_registry():
     assert sorted(schema["properties"]["models"]["items"]["enum"]) == sorted(model_names())
     assert sorted(schema["properties"]["extra_models"]["items"]["enum"]) == sorted(model_names())
     assert sorted(schema["properties"]["model_train"]["propertyNames"]["enum"]) == sorted(model_names())
+    variants = schema["properties"]["variants"]
+    assert sorted(variants["propertyNames"]["not"]["enum"]) == sorted(model_names())
+    assert sorted(variants["additionalProperties"]["properties"]["model"]["enum"]) == sorted(model_names())
 
 
 def test_idx_names_match_the_data_module():

@@ -72,6 +72,7 @@ import pandas as pd
 import yaml
 
 from grad2vae import __version__, entropy_only
+from grad2vae import ablations as ablation_study
 from grad2vae import claims as paper_claims
 from grad2vae import published as pub
 from grad2vae import stats
@@ -165,9 +166,11 @@ def expected_grid(
     results_dir: Path, workflow_config: dict[str, Any], overrides: dict[str, list | None]
 ) -> dict[str, list]:
     grid = {key: workflow_config.get(key) for key in GRID_KEYS}
-    if grid["models"] and workflow_config.get("extra_models"):
-        # the workflow's `extra_models` (presets/table1-complete.yaml) train beside `models`
-        grid["models"] = list(dict.fromkeys(list(grid["models"]) + list(workflow_config["extra_models"])))
+    if grid["models"]:
+        # the workflow's `extra_models` (presets/table1-complete.yaml) and `variants`
+        # (presets/ablation.yaml, presets/table1-own-protocols.yaml) train beside `models`
+        more = list(workflow_config.get("extra_models") or []) + list(workflow_config.get("variants") or {})
+        grid["models"] = list(dict.fromkeys(list(grid["models"]) + more))
     for key, value in overrides.items():
         if value:
             grid[key] = value
@@ -272,6 +275,10 @@ def read_run(results_dir: Path, key: dict[str, Any]) -> tuple[dict[str, Any], di
             latent_dim=config.get("latent_dim") if isinstance(config, dict) else None,
             train_limit=config.get("train_limit") if isinstance(config, dict) else None,
             test_limit=config.get("test_limit") if isinstance(config, dict) else None,
+            **(
+                {"base_model": metrics["base_model"], "model_options": json.dumps(metrics.get("model_options") or {}, sort_keys=True)}
+                if metrics.get("base_model") else {}
+            ),
             git_commit=metrics.get("git_commit") or "",
             config_hash=metrics.get("config_hash") or "",
             versions=json.dumps(metrics.get("versions") or {}, sort_keys=True),
@@ -502,12 +509,16 @@ def published_column_average(dataset: str, column: str, classes: list[int]) -> t
     return float(np.mean(values)), f"mean of the paper's {len(values)} matching classes"
 
 
-def table1_layout(models: list[str]) -> list[dict[str, Any]]:
+def table1_layout(models: list[str], bases: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Column groups of Table 1 in the paper's order: one per published column (with our model
-    beside it when we have one), then our models that the paper's Table 1 lacks."""
+    beside it when we have one, then each variant of that model: ``bases`` maps a variant to its
+    registered model), then our models that the paper's Table 1 lacks."""
+    bases = bases or {}
     groups = []
+    placed: set[str] = set()
     for key, column in pub.published_columns().items():
         ours = column.get("ours")
+        variants = [m for m in models if bases.get(m) == ours]
         if ours in models:
             groups.append(
                 {"kind": "compared", "model": ours, "label": model_label(ours), "published_column": key,
@@ -523,8 +534,16 @@ def table1_layout(models: list[str]) -> list[dict[str, Any]]:
                 {"kind": "published_only", "model": None, "label": column["label"], "published_column": key,
                  "published_label": column["label"], "source": column.get("source", "")}
             )
+        for variant in variants:
+            # a variant of the column's model (its own protocol, other options) beside the same number
+            groups.append(
+                {"kind": "compared", "model": variant, "label": model_label(variant), "published_column": key,
+                 "published_label": column["label"], "variant_of": ours,
+                 "source": f"variant of {model_label(ours)} (see the Ablations section)"}
+            )
+            placed.add(variant)
     for model in models:
-        if pub.column_for_model(model) is None and model != ORACLE_MODEL:
+        if pub.column_for_model(model) is None and model != ORACLE_MODEL and model not in placed:
             groups.append(
                 {"kind": "ours_only", "model": model, "label": model_label(model), "published_column": None,
                  "published_label": None, "source": "not in the paper's Table 1"}
@@ -536,7 +555,7 @@ def table1(summary: pd.DataFrame, avgs: pd.DataFrame, grid: dict[str, list]) -> 
     """Wide Table 1: per dataset, one row per normal class and an Average row; for each group of
     ``table1_layout``: ``{model}_mean``, ``{model}_std``, ``{model}_n`` (ours, percent),
     ``published_{column}``, ``{model}_difference`` (ours - published)."""
-    layout = table1_layout(grid["models"])
+    layout = table1_layout(grid["models"], grid.get("variants"))
     rows = []
     for dataset in grid["datasets"]:
         for normal_class in list(grid["normal_classes"]) + ["Average"]:
@@ -844,6 +863,7 @@ def aggregate(
             "--datasets/--models/--normal-classes/--seeds"
         )
     runs, status, history = collect(results_dir, grid)
+    grid["variants"] = ablation_study.variant_bases(workflow_config, runs)
     tables = table_grid(grid)
     summary = summarise(runs, tables)
     avgs = averages(summary, tables)
@@ -853,7 +873,13 @@ def aggregate(
     params = parameters_table(runs, grid)
     entropy, entropy_note = entropy_for_grid(data_dir, grid, real_runs(runs), workflow_config)
     per_score = scores_table(summary, tables, entropy)
-    claims = paper_claims.all_claims(real_runs(runs), history, avgs, params, grid)
+    # The paper's claims concern its models: variants (ablations, other protocols) are left out.
+    paper_models = [m for m in grid["models"] if m not in grid["variants"]]
+    claims = paper_claims.all_claims(
+        _only(real_runs(runs), paper_models), _only(history, paper_models), _only(avgs, paper_models),
+        _only(params, paper_models), dict(grid, models=paper_models),
+    )
+    ablation = ablation_study.ablations(real_runs(runs), avgs, grid, grid["variants"], workflow_config)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(runs, out_dir / "runs.csv")
@@ -866,6 +892,7 @@ def aggregate(
     _write_csv(entropy, out_dir / "entropy_only.csv")
     _write_csv(per_score, out_dir / "scores.csv")
     write_json(out_dir / "claims.json", _jsonable(claims))
+    write_json(out_dir / "ablations.json", _jsonable(ablation))
     write_json(out_dir / "score_findings.json", _jsonable(paper_claims.score_findings(per_score, real_runs(runs), grid["datasets"])))
     with atomic_open(out_dir / "history.csv.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
         handle.write(history.to_csv(index=False).encode("utf-8"))
@@ -878,7 +905,7 @@ def aggregate(
         "counts": {k: int(counts.get(k, 0)) for k in ("complete", "failed", "missing")},
         "expected_runs": int(len(status)),
         "extra_runs_ignored": extra_runs(results_dir, grid),
-        "table1_layout": table1_layout(tables["models"]),
+        "table1_layout": table1_layout(tables["models"], grid["variants"]),
         "mstd_claims": mstd_table(avgs),
         "claim_verdicts": paper_claims.verdict_counts(claims),
         "entropy_only": entropy_note,
@@ -896,6 +923,13 @@ def aggregate(
     }
     write_json(out_dir / "aggregate.json", _jsonable(payload))
     return payload
+
+
+def _only(frame: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """The rows of ``frame`` whose model is one of ``models`` (all rows without a model column)."""
+    if frame.empty or "model" not in frame:
+        return frame
+    return frame[frame["model"].isin(models)]
 
 
 def _jsonable(value: Any) -> Any:

@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def palette(models: list[str]) -> dict[str, Any]:
-    colours = sns.color_palette("colorblind", n_colors=max(len(models), 4))
+    # colorblind has 10 distinct colours; an ablation grid has more models
+    colours = sns.color_palette("colorblind" if len(models) <= 10 else "husl", n_colors=max(len(models), 4))
     return {model: colours[i] for i, model in enumerate(models)}
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from grad2vae import __version__, entropy_only
+from grad2vae import ablations as ablation_study
 from grad2vae import published as pub
 from grad2vae.aggregate import PRINTED_AVERAGE, git_commit, model_label, model_order
 from grad2vae.atomic import atomic_path, write_text
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 TEMPLATE = "index.html.j2"
 STYLESHEET = "style.css"
 # Modules whose ASSUMPTIONS tuple the report shows; only `explain` may legitimately be absent.
-ASSUMPTION_MODULES = ("grad2vae.data", "grad2vae.train", "grad2vae.devices", "grad2vae.explain")
+ASSUMPTION_MODULES = ("grad2vae.data", "grad2vae.train", "grad2vae.schedule", "grad2vae.devices", "grad2vae.explain")
 OPTIONAL_MODULES = ("grad2vae.explain",)
 MAX_TABLE_ROWS = 200  # rows of an explain CSV shown inline (the whole file is linked)
 
@@ -164,6 +165,8 @@ def protocol_deviations(workflow_config: dict[str, Any], runs: pd.DataFrame) -> 
     classes = workflow_config.get("normal_classes") if workflow_config else None
     if classes is not None and len(classes) != pub.N_CLASSES:
         out.append(f"{len(classes)} of the 10 normal classes")
+    for name, variant in ((workflow_config or {}).get("variants") or {}).items():
+        out.append(f"variant {name} = {variant['model']}: {ablation_study.describe(name, workflow_config)}")
     if not workflow_config and not runs.empty:
         epochs = sorted({int(e) for e in runs["epochs"].dropna()}) if "epochs" in runs else []
         if epochs and epochs != [setup["epochs"]]:
@@ -333,6 +336,33 @@ def gather_claims(agg_dir: Path) -> dict[str, Any]:
     return {"available": True, "items": items}
 
 
+def gather_ablations(agg_dir: Path) -> dict[str, Any]:
+    """The Ablations section from ablations.json: per dataset, each variant beside its default
+    (display strings) and the sentence on which choices matter; empty without variants."""
+    path = agg_dir / "ablations.json"
+    payload = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"datasets": {}}
+    datasets = []
+    for dataset, section in (payload.get("datasets") or {}).items():
+        rows = [
+            {
+                "variant": model_label(row["variant"]),
+                "base": model_label(row["base"]),
+                "changes": row["changes"],
+                "variant_auc": fmt_mean_std(row.get("variant_auc_pct"), row.get("variant_mstd")),
+                "base_auc": fmt_mean_std(row.get("base_auc_pct"), row.get("base_mstd")),
+                "difference": fmt_signed(row.get("difference_pct")),
+                "difference_class": sign_class(row.get("difference_pct")),
+                "n_classes": row.get("n_classes"),
+                "p": _p(row.get("p")),
+                "p_holm": _p(row.get("p_holm")),
+                "significant": bool(row.get("significant")),
+            }
+            for row in section.get("rows", [])
+        ]
+        datasets.append({"dataset": dataset, "label": pub.dataset_label(dataset), "rows": rows, "sentence": section.get("sentence", "")})
+    return {"datasets": datasets, "method": payload.get("method", "")}
+
+
 def gather_scores(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
     """The section "Which score, and what the attention path does": per dataset, the average AUC
     of every model under every score (scores.csv) and the sentences of score_findings.json."""
@@ -388,7 +418,7 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
     _fresh_dir(report_dir / "data")
     downloads = []
     for name in ("table1.csv", "runs.csv", "summary.csv", "averages.csv", "status.csv", "compute.csv", "parameters.csv",
-                 "stats.json", "claims.json", "scores.csv", "entropy_only.csv"):
+                 "stats.json", "claims.json", "ablations.json", "scores.csv", "entropy_only.csv"):
         if (agg_dir / name).is_file():
             _copy(agg_dir / name, report_dir / "data" / name)
             downloads.append({"href": f"data/{name}", "name": name})
@@ -506,6 +536,7 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
         "average_note": any(c.get("published_note") for r in table_rows for c in r["cells"]),
         "summary_rows": summary_rows,
         "claims": gather_claims(agg_dir),
+        "ablations": gather_ablations(agg_dir),
         "scores": gather_scores(agg_dir, figures),
         "param_rows": param_rows,
         "compute_rows": compute_rows,

@@ -55,6 +55,7 @@ from torch import Tensor
 
 from grad2vae import atomic, devices
 from grad2vae.errors import UserError
+from grad2vae.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +148,41 @@ class RunConfig:
     eval_batch_size: int = 1000
     train_limit: int = 0  # 0: all the normal class's training images
     test_limit: int = 0  # 0: the full test set
+    # A variant (``variants:`` in the workflow config): ``model`` is then the variant's name (its
+    # runs' folders, tables and figures use it) and ``base_model`` the registered model built
+    # with ``model_options``. None / {}: ``model`` itself, as published.
+    base_model: str | None = None
+    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lr_steps: tuple[tuple[int, float], ...] = ()  # after epoch E set lr to V (schedule.py); () = decay
 
     def __post_init__(self) -> None:
         if self.latent_dim is None and self.dataset in DEFAULT_LATENT_DIM:
             object.__setattr__(self, "latent_dim", DEFAULT_LATENT_DIM[self.dataset])
+        object.__setattr__(self, "lr_steps", tuple((int(e), float(v)) for e, v in self.lr_steps))
+        object.__setattr__(self, "model_options", dict(self.model_options))
+
+    def __hash__(self) -> int:  # model_options is a dict: hash the canonical JSON instead
+        return hash(canonical_json(self.to_dict()))
+
+    @property
+    def registered_model(self) -> str:
+        """The registry name of the model to build (``base_model`` of a variant, else ``model``)."""
+        return self.base_model or self.model
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The hashed configuration. The variant fields appear only when set, so that every run
+        configured before variants existed keeps its hash (and its finished results)."""
+        payload = dataclasses.asdict(self)
+        for key in OPTIONAL_CONFIG_FIELDS:
+            if not payload[key]:
+                del payload[key]
+        if "lr_steps" in payload:
+            payload["lr_steps"] = [list(step) for step in payload["lr_steps"]]
+        return payload
+
+
+#: RunConfig fields left out of its hashed JSON while unset (absent before variants existed)
+OPTIONAL_CONFIG_FIELDS = ("base_model", "model_options", "lr_steps")
 
 
 def canonical_json(payload: Any) -> str:
@@ -173,11 +202,21 @@ def derive_seed(seed: int, purpose: str) -> int:
 
 def validate_config(config: RunConfig) -> RunConfig:
     """Raise UserError for anything wrong in ``config`` (names, ranges); nothing is loaded."""
-    from grad2vae.models import model_names
+    from grad2vae.models import check_options, model_names
+    from grad2vae.schedule import check_schedule
 
     known_models = model_names()
-    if config.model not in known_models:
-        raise UserError(f"unknown model {config.model!r}; known models: {', '.join(known_models)}")
+    if config.registered_model not in known_models:
+        raise UserError(
+            f"unknown model {config.registered_model!r}; known models: {', '.join(known_models)}"
+        )
+    if config.base_model is not None:
+        check_variant_name(config.model, known_models)
+    check_options(config.registered_model, config.model_options, label=config.model)
+    try:
+        check_schedule(config.lr_decay_epoch, config.lr_steps)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     from grad2vae.data import DATASETS
 
     if config.dataset not in DATASETS:
@@ -209,6 +248,17 @@ def validate_config(config: RunConfig) -> RunConfig:
         if not ok:
             raise UserError(f"{message} (got {getattr(config, _name)!r})")
     return config
+
+
+def check_variant_name(name: str, known_models: list[str]) -> None:
+    """UserError unless ``name`` can name a variant: not a registered model's name, and made of
+    the characters a run folder and a Snakemake wildcard take safely."""
+    if name in known_models:
+        raise UserError(f"variant {name!r} has a registered model's name: give it another name")
+    if not name or not all(ch.isalnum() or ch in "_-" for ch in name) or not name[0].isalpha():
+        raise UserError(
+            f"variant name {name!r}: use a letter then letters, digits, '_' or '-' (it names run folders)"
+        )
 
 
 def check_data_present(data_dir: str | os.PathLike, dataset: str) -> Path:
@@ -792,12 +842,15 @@ class _Run:
         self.chash = config_hash(config)
         seed_everything(config.seed)
         self.model = create_model(
-            config.model, config.latent_dim, dataset=config.dataset, derivatives=derivatives
+            config.registered_model,
+            config.latent_dim,
+            dataset=config.dataset,
+            derivatives=derivatives,
+            options=config.model_options,
         ).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        milestones = [config.lr_decay_epoch] if config.lr_decay_epoch > 0 else []
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=milestones, gamma=config.lr_decay_factor
+        self.scheduler = make_scheduler(
+            self.optimizer, config.lr_decay_epoch, config.lr_decay_factor, config.lr_steps
         )
         self.batch_generator = torch.Generator().manual_seed(derive_seed(config.seed, "batches"))
         self.eval_seed = derive_seed(config.seed, "eval")
@@ -829,6 +882,7 @@ class _Run:
                 lr=config.lr,
                 lr_decay_epoch=config.lr_decay_epoch,
                 lr_decay_factor=config.lr_decay_factor,
+                lr_steps=config.lr_steps,
                 generator=torch.Generator().manual_seed(derive_seed(config.seed, "pretrain")),
             )
         # Several runs in one process: each keeps torch's global RNG state (training noise) of
@@ -985,6 +1039,7 @@ class _Run:
         write_scores(out_dir / SCORES, self.shared.split, self.last_scores)
         model_payload = {
             "model": config.model,
+            **({"base_model": config.base_model, "model_options": config.model_options} if config.base_model else {}),
             "latent_dim": config.latent_dim,
             "dataset": config.dataset,
             "normal_class": config.normal_class,
@@ -1001,6 +1056,8 @@ class _Run:
         eval_total = sum(row["eval_seconds"] for row in history)
         metrics = {
             "model": config.model,
+            # a variant's registered model and options (``variants:``); absent for a plain model
+            **({"base_model": config.base_model, "model_options": config.model_options} if config.base_model else {}),
             "dataset": config.dataset,
             "normal_class": config.normal_class,
             "seed": config.seed,
@@ -1320,7 +1377,12 @@ def load_trained_model(run_dir: str | os.PathLike, device: str | torch.device = 
     if not path.exists():
         raise UserError(f"{path} does not exist: the run in {run_dir} has not finished")
     payload = _load(path, "cpu")
-    model = create_model(payload["model"], int(payload["latent_dim"]), dataset=payload.get("dataset"))
+    model = create_model(
+        payload.get("base_model") or payload["model"],
+        int(payload["latent_dim"]),
+        dataset=payload.get("dataset"),
+        options=payload.get("model_options"),
+    )
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval()
 
@@ -1331,7 +1393,25 @@ def load_trained_model(run_dir: str | os.PathLike, device: str | torch.device = 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group = parser.add_argument_group("the run")
-    run_group.add_argument("--model", required=True, help="grad2vae, vae, cae or inception_caenn")
+    run_group.add_argument(
+        "--model",
+        required=True,
+        help="the registered model (" + ", ".join(_registered_models()) + "), or with --base-model "
+        "the name of a variant: its runs, tables and figures use that name",
+    )
+    run_group.add_argument(
+        "--base-model",
+        default=None,
+        help="--model names a variant of this registered model, built with the --option values "
+        "(default: --model is itself a registered model, as published)",
+    )
+    run_group.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a constructor option of the variant, e.g. kl=mean (repeat for several; needs --base-model)",
+    )
     run_group.add_argument("--dataset", required=True, help="mnist or fashion_mnist")
     run_group.add_argument("--normal-class", type=int, required=True, help="the normal class, 0-9")
     run_group.add_argument(
@@ -1367,6 +1447,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="multiply the learning rate by --lr-decay-factor after this epoch; 0: never (default: 50)",
     )
     protocol.add_argument("--lr-decay-factor", type=float, default=None, help="(default: 0.01)")
+    protocol.add_argument(
+        "--lr-steps",
+        nargs="+",
+        default=None,
+        metavar="EPOCH:LR",
+        help="after each EPOCH set the learning rate to LR (absolute), e.g. 250:1e-5; replaces the "
+        "decay, so give --lr-decay-epoch 0 with it (default: none)",
+    )
     protocol.add_argument(
         "--eval-every",
         type=int,
@@ -1438,11 +1526,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "lr_decay_epoch", "lr_decay_factor")
 
 
+def _registered_models() -> list[str]:
+    from grad2vae.models import model_names
+
+    return model_names()
+
+
 def schedule_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Each schedule option: as given, else the model's ``protocol_defaults``, else the paper's."""
     from grad2vae.models import MODELS, model_names
 
-    model_defaults = MODELS[args.model].protocol_defaults if args.model in model_names() else {}
+    registered = getattr(args, "base_model", None) or args.model
+    model_defaults = MODELS[registered].protocol_defaults if registered in model_names() else {}
     fields = {field.name: field.default for field in dataclasses.fields(RunConfig)}
     schedule = {}
     for name in SCHEDULE_FIELDS:
@@ -1451,9 +1546,42 @@ def schedule_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return schedule
 
 
+def _parse_options(items: list[str]) -> dict[str, str]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {item!r}: write KEY=VALUE, e.g. --option kl=mean")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _parse_lr_steps(items: list[str] | None) -> tuple[tuple[int, float], ...]:
+    steps = []
+    for item in items or []:
+        epoch, sep, value = item.partition(":")
+        try:
+            steps.append((int(epoch), float(value)))
+        except ValueError:
+            raise UserError(f"--lr-steps {item!r}: write EPOCH:LR, e.g. 250:1e-5") from None
+    return tuple(steps)
+
+
 def config_from_args(args: argparse.Namespace, seed: int) -> RunConfig:
+    from grad2vae.models import check_options
+
+    options = _parse_options(getattr(args, "option", []))
+    base = getattr(args, "base_model", None)
+    if options and not base:
+        raise UserError(
+            "--option needs --base-model: a model with options is a variant, so --model names the "
+            "variant and --base-model the registered model, e.g. --model vae_kl_mean --base-model vae --option kl=mean"
+        )
     return RunConfig(
         model=args.model,
+        base_model=base,
+        model_options=check_options(base, options, label=args.model) if base else {},
+        lr_steps=_parse_lr_steps(getattr(args, "lr_steps", None)),
         dataset=args.dataset,
         normal_class=args.normal_class,
         seed=seed,

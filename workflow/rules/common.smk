@@ -16,8 +16,62 @@ FIGURES_DIR = f"{RESULTS}/figures"
 EXPLAIN_SUMMARY = f"{RESULTS}/explain/summary.json"
 TEMPLATE_DIR = os.path.join(workflow.basedir, "workflow", "report")
 # The trained models: the grid's `models` plus `extra_models` (presets/table1-complete.yaml adds
-# deep_svdd and cae_ocsvm, Table 1's other two columns).
-MODELS = list(dict.fromkeys(config["models"] + config["extra_models"]))
+# deep_svdd and cae_ocsvm, Table 1's other two columns) plus every variant of `variants`
+# (presets/ablation.yaml, presets/table1-own-protocols.yaml): a variant is a model name like any
+# other from here on.
+VARIANTS = config["variants"]
+MODELS = list(dict.fromkeys(config["models"] + config["extra_models"] + list(VARIANTS)))
+
+
+def check_variants():
+    """Every variant's options against its model's constructor (grad2vae.models.check_options)
+    and its schedule, before any job runs: a WorkflowError names the variant and what is wrong.
+    Imports torch only when there are variants."""
+    if not VARIANTS:
+        return
+    from grad2vae.errors import UserError
+    from grad2vae.models import check_options
+    from grad2vae.schedule import check_schedule
+
+    for name, variant in VARIANTS.items():
+        try:
+            check_options(
+                variant["model"], variant.get("options", {}), label=f"variant {name}"
+            )
+            train = model_protocol(name)
+            check_schedule(train["lr_decay_epoch"], train["lr_steps"])
+        except (UserError, ValueError) as error:
+            raise WorkflowError(f"variants: {error}") from None
+
+
+def variant_options(model):
+    """--base-model and --option of a variant's runs (none for a registered model): with the
+    variant's name as --model. Part of the protocol, so a changed option re-runs the variant;
+    a plain model's command line is the same as before variants existed (nothing re-runs).
+    """
+    if model not in VARIANTS:
+        return []
+    variant = VARIANTS[model]
+    options = [
+        f"--option {key}={value}" for key, value in variant.get("options", {}).items()
+    ]
+    return [f"--base-model {variant['model']}"] + options
+
+
+def registered_model(model):
+    """The registry name behind a model name of the grid (a variant's `model`)."""
+    return VARIANTS[model]["model"] if model in VARIANTS else model
+
+
+def model_protocol(model):
+    """The `train` settings of a model name's runs: `train`, then `model_train` of its registered
+    model, then (a variant) the variant's own `train`."""
+    base = registered_model(model)
+    protocol = config["train"] | config["model_train"].get(base, {})
+    if model in VARIANTS:
+        protocol = protocol | VARIANTS[model].get("train", {})
+    return protocol
+
 
 # The official IDX file names of both datasets (tests/test_workflow.py checks them against
 # grad2vae.data.DATASETS; not imported here, so that parsing the workflow needs no torch).
@@ -41,6 +95,7 @@ AGGREGATE_FILES = (
     "aggregate.json",
     "stats.json",
     "claims.json",
+    "ablations.json",
     "scores.csv",
     "entropy_only.csv",
     "score_findings.json",
@@ -142,10 +197,13 @@ def roc_figure():
 def train_options(wildcards):
     """`grad2vae train` options that define a run's results (its protocol): a change re-runs it.
     config["model_train"][model] overrides config["train"] for that model (e.g. Deep SVDD's own
-    schedule in presets/table1-complete.yaml)."""
-    train = config["train"] | config["model_train"].get(wildcards.model, {})
+    schedule in presets/table1-complete.yaml); a variant's `train` overrides both."""
+    train = model_protocol(wildcards.model)
+    steps = [f"{epoch}:{lr}" for epoch, lr in train["lr_steps"]]
     return " ".join(
-        [
+        variant_options(wildcards.model)
+        + ([f"--lr-steps {' '.join(steps)}"] if steps else [])
+        + [
             f"--epochs {train['epochs']}",
             f"--batch-size {train['batch_size']}",
             f"--lr {train['lr']}",
@@ -392,3 +450,6 @@ def explain_options():
     for number, classes in EXPLAIN_FIGURE_CLASSES.items():
         options.append(f"--fig{number}-classes " + " ".join(str(c) for c in classes))
     return " ".join(options)
+
+
+check_variants()

@@ -45,8 +45,8 @@ class AnomalyModel(nn.Module):
       values. Default False (the seeds then step in turn); tests/test_train.py checks the
       per-step losses and gradients of every model that says True against the model alone.
 
-    - ``pretrain(train_x, *, epochs, batch_size, lr, lr_decay_epoch, lr_decay_factor, generator)``
-      is called by the trainer once, before the first epoch (not again on resume: its result is
+    - ``pretrain(train_x, *, epochs, batch_size, lr, lr_decay_epoch, lr_decay_factor, lr_steps,
+      generator)`` is called by the trainer once, before the first epoch (not again on resume: its result is
       in the model's state and the checkpoint), with the run's protocol values; Deep SVDD
       pretrains its autoencoder, fits its preprocessing constants and sets its centre here.
       Returns a JSON-able summary recorded in ``metrics.json`` (``pretrain``), or None.
@@ -55,6 +55,10 @@ class AnomalyModel(nn.Module):
       (``auc_extra``). Used for expensive diagnostics (the CAE + OC-SVM oracle grid).
     - ``preprocessing`` (class attribute) / ``preprocessing_info()``: what is done to the [0, 1]
       images before the network, recorded in ``metrics.json`` (``preprocessing``).
+    - ``options`` (class attribute): the constructor's options that a configuration may set
+      (``variants:`` in the workflow config, ``grad2vae train --option``), each name -> its
+      accepted values (a tuple of strings, the first the default) or ``float``; defaults are
+      the model's published behaviour. Empty: nothing to choose.
     - ``protocol_defaults`` (class attribute): training-protocol values of the model's source
       that differ from the paper's (``train.RunConfig`` field -> value); ``grad2vae train`` uses
       them for the options not given on its command line.
@@ -70,6 +74,8 @@ class AnomalyModel(nn.Module):
     preprocessing: ClassVar[str] = (
         "pixels / 255 in [0, 1] as loaded; any padding is done inside the model (see its assumptions)"
     )
+    #: constructor options a configuration may set: name -> accepted values (first = default) or float
+    options: ClassVar[dict[str, tuple[str, ...] | type]] = {}
     #: protocol values of the model's own source (RunConfig field -> value); empty: the paper's
     protocol_defaults: ClassVar[dict[str, Any]] = {}
 
@@ -98,6 +104,7 @@ class AnomalyModel(nn.Module):
         lr: float,
         lr_decay_epoch: int,
         lr_decay_factor: float,
+        lr_steps: tuple[tuple[int, float], ...] = (),
         generator: torch.Generator | None = None,
     ) -> dict[str, Any] | None:
         return None

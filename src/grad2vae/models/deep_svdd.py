@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from grad2vae.errors import UserError
 from grad2vae.models import register
 from grad2vae.models.base import AnomalyModel
+from grad2vae.schedule import make_scheduler
 
 #: Adam weight decay of the one-class objective and of the autoencoder pretraining (README)
 WEIGHT_DECAY = 0.5e-6
@@ -259,6 +260,7 @@ class DeepSVDD(AnomalyModel):
         lr: float,
         lr_decay_epoch: int,
         lr_decay_factor: float,
+        lr_steps: tuple[tuple[int, float], ...] = (),
         generator: torch.Generator | None = None,
     ) -> dict[str, Any]:
         start = time.perf_counter()
@@ -269,9 +271,7 @@ class DeepSVDD(AnomalyModel):
         ae.requires_grad_(True)
         ae.train()
         optimizer = torch.optim.Adam(ae.parameters(), lr=lr, weight_decay=AE_WEIGHT_DECAY)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=[lr_decay_epoch] if lr_decay_epoch > 0 else [], gamma=lr_decay_factor
-        )
+        scheduler = make_scheduler(optimizer, lr_decay_epoch, lr_decay_factor, lr_steps)
         n = len(xp)
         losses: list[Tensor] = []
         try:
