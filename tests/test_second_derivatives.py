@@ -249,3 +249,76 @@ def test_closed_forms_refuse_an_encoder_that_is_not_piecewise_linear(method):
         model(x, eps)
     model.derivatives = "loop"
     model(x, eps)  # the reference still works
+
+
+# ---- every option that changes the derivatives (issue 15): sigma x derivative_tensors ----------
+
+OPTION_GRID = [
+    {"sigma": sigma, "derivative_tensors": tensors}
+    for sigma in ("exp_half_logvar", "exp_logvar")
+    for tensors in ("per_unit", "summed")
+]
+
+
+def _expected_per_unit(model, x, eps):
+    """Independent reference: forward-over-reverse torch.func on z_i of one sample's L_e1."""
+    e1 = model.encoder.first_layer(x).detach()
+    rows = []
+    for n in range(len(x)):
+        units = []
+        for i in range(model.latent_dim):
+            f = lambda layer, n=n, i=i: reparameterize(  # noqa: E731
+                *model.encoder.from_first_layer(layer[None]), eps[n][None], model.sigma
+            )[0, i]
+            units.append(jvp(grad(f), (e1[n],), (torch.ones_like(e1[n]),))[1])
+        rows.append(torch.stack(units))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("options", OPTION_GRID, ids=lambda o: f"{o['sigma']}-{o['derivative_tensors']}")
+@pytest.mark.parametrize("method", METHODS + CLOSED_FORM_METHODS)
+def test_every_method_is_exact_for_every_derivative_option(method, options):
+    model = tiny_model(derivatives=method, **options)
+    x, eps = tiny_inputs(model)
+    h = model(x, eps)["second_derivatives"]
+    expected = _expected_per_unit(model, x, eps)
+    if options["derivative_tensors"] == "summed":
+        expected = expected.sum(dim=1, keepdim=True)
+        assert model.attention_module.aggregate.in_channels == 2  # C, not d*C
+    assert h.shape == expected.shape
+    torch.testing.assert_close(h, expected, rtol=1e-10, atol=1e-14)
+    assert h.abs().max() > 0
+
+
+@pytest.mark.parametrize("options", OPTION_GRID, ids=lambda o: f"{o['sigma']}-{o['derivative_tensors']}")
+@pytest.mark.parametrize("method", ("vectorized",) + CLOSED_FORM_METHODS)
+def test_fast_paths_equal_the_loop_for_every_derivative_option(method, options):
+    results = {}
+    for name in ("loop", method):
+        model = tiny_model(derivatives=name, **options)
+        x, _ = tiny_inputs(model, n=3)
+        torch.manual_seed(5)
+        terms = model.loss(x)
+        terms["total"].backward()
+        results[name] = (terms, {k: p.grad.clone() for k, p in model.named_parameters()})
+    for key in results["loop"][0]:
+        torch.testing.assert_close(results[method][0][key], results["loop"][0][key], rtol=1e-12, atol=1e-12)
+    for key, reference in results["loop"][1].items():
+        torch.testing.assert_close(results[method][1][key], reference, rtol=1e-9, atol=1e-12)
+
+
+def test_the_closed_forms_coefficient_is_one_sigma_for_exp_logvar():
+    """h_i = c sigma_i eps_i (1.g_i) g_i with c = 1/4 for sigma = exp(logvar / 2), c = 1 for
+    sigma = exp(logvar) (dz_i/dL = dmu_i + sigma_i eps_i g_i)."""
+    from grad2vae.second_derivatives import closed_form_from_jacobian
+
+    g = torch.rand(2, 3, 4, dtype=torch.float64)
+    logvar = torch.randn(2, 3, dtype=torch.float64)
+    eps = torch.randn(2, 3, dtype=torch.float64)
+    base = (eps * g.sum(-1)).unsqueeze(-1) * g
+    torch.testing.assert_close(
+        closed_form_from_jacobian(logvar, eps, g, "exp_logvar"), torch.exp(logvar).unsqueeze(-1) * base
+    )
+    torch.testing.assert_close(
+        closed_form_from_jacobian(logvar, eps, g), 0.25 * torch.exp(0.5 * logvar).unsqueeze(-1) * base
+    )

@@ -106,23 +106,29 @@ def _grad_or_zeros(output: Tensor, layer: Tensor, grad_outputs, create_graph: bo
 CLOSED_FORM_METHODS = ("closed_form", "explicit")
 
 
-def closed_form_from_jacobian(logvar: Tensor, eps: Tensor, g: Tensor) -> Tensor:
-    """h (N, d, ...) = 0.25 sigma eps (1.g) g from g = d logvar / dL of shape (N, d, ...)."""
+def closed_form_from_jacobian(logvar: Tensor, eps: Tensor, g: Tensor, sigma: str = "exp_half_logvar") -> Tensor:
+    """h (N, d, ...) = 0.25 sigma eps (1.g) g from g = d logvar / dL of shape (N, d, ...), for
+    sigma = exp(0.5 logvar); for ``sigma="exp_logvar"`` (z = mu + exp(logvar) eps, the companion
+    notebook's) dz_i/dL = dmu_i + sigma_i eps_i g_i, hence h_i = sigma_i eps_i (1.g_i) g_i."""
     n, d = logvar.shape
-    coefficient = 0.25 * torch.exp(0.5 * logvar) * eps * g.sum(dim=tuple(range(2, g.dim())))
+    if sigma == "exp_logvar":
+        coefficient = torch.exp(logvar) * eps * g.sum(dim=tuple(range(2, g.dim())))
+    else:
+        coefficient = 0.25 * torch.exp(0.5 * logvar) * eps * g.sum(dim=tuple(range(2, g.dim())))
     return coefficient.view(n, d, *([1] * (g.dim() - 2))) * g
 
 
 def second_derivatives_closed_form(
-    logvar: Tensor, eps: Tensor, layer: Tensor, create_graph: bool = True
+    logvar: Tensor, eps: Tensor, layer: Tensor, create_graph: bool = True, sigma: str = "exp_half_logvar"
 ) -> Tensor:
     """h of shape (N, d, *layer.shape[1:]), equal to ``second_derivatives(z, layer)`` when the
     path from ``layer`` to (mu, logvar) is piecewise linear and z = mu + exp(0.5 logvar) eps
-    (see the module docstring: the caller must guarantee it). One batched VJP (a vmap over the
+    (see the module docstring: the caller must guarantee it; ``sigma="exp_logvar"``: z = mu +
+    exp(logvar) eps, ``closed_form_from_jacobian``). One batched VJP (a vmap over the
     d one-hot cotangents) instead of the 2d reverse passes of the loop."""
     n, d = logvar.shape
     if not logvar.requires_grad:
         return layer.new_zeros((n, d) + tuple(layer.shape[1:]))
     one_hot = torch.eye(d, dtype=logvar.dtype, device=logvar.device).unsqueeze(1).expand(d, n, d)
     g = _grad_or_zeros(logvar, layer, one_hot, create_graph, batched=True)  # (d, N, ...)
-    return closed_form_from_jacobian(logvar, eps, g.transpose(0, 1))
+    return closed_form_from_jacobian(logvar, eps, g.transpose(0, 1), sigma)

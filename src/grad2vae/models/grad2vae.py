@@ -28,6 +28,25 @@ Per-sample derivatives: nothing between L_e1 and z mixes samples (no BatchNorm),
 over the batch inside the derivative (as ``tf.gradients`` does) still yields each sample's own
 derivatives; a test checks that a sample's attention in a batch equals its attention alone.
 
+Options (``options`` below; the defaults are the model every result so far used, the paper's
+text where it speaks; presets/ablation.yaml flips each one alone). Beside the VAE's ``kl`` and
+``sigma`` (``models/vae.py``):
+
+- ``derivative_tensors``: ``"per_unit"``, the paper's d tensors h_i ("for each z_i there is a
+  corresponding tensor of size of the L_e1", Sect. 3), or ``"summed"``, one tensor sum_i h_i,
+  what ``tf.gradients(tf.gradients(z, conv), conv)`` in the notebook computes; the aggregating
+  convolution then takes C (16) input channels instead of d*C.
+- ``fusion``: ``"penultimate"``, the attention map added to L_d(n-1)'s output (Sect. 3);
+  ``"notebook"``, as the notebook's decoder: the map added after the up-sampling layer (tiled
+  along channels to that layer's 32: a parameter-free adaptation of ours, the notebook's layer
+  there has the map's width) and at L_d(n-1), and the sigmoid attention image added before the
+  output layer; ``"none"``, nothing added to the decoder while the attention module and its
+  loss are still trained (the explanation is learned): the control for whether the attention
+  path carries the input past the bottleneck (issue 13's finding).
+- ``attention_weight``: the weight of the attention-image BCE in the loss (Eq. 3: 1).
+- ``attention``: ``"on"``, or ``"off"``: the same network and parameters with the attention
+  path removed (no derivatives, no attention loss, no fusion): a parameter-matched VAE.
+
 API beyond ``AnomalyModel``: ``Grad2VAE(latent_dim, derivatives=...)`` picks the implementation
 of step 2; all give equal results up to rounding (tests/test_second_derivatives.py) and the
 benchmark (``grad2vae bench``) times them side by side:
@@ -53,6 +72,8 @@ offline attention of Liu et al.; ``forward(x, eps, create_graph)`` -> dict of ev
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -63,9 +84,12 @@ from grad2vae.models.vae import (
     ASSUMPTIONS as VAE_ASSUMPTIONS,
     CHANNELS,
     HIDDEN,
+    KL_REDUCTIONS,
+    SIGMAS,
     Decoder,
     Encoder,
     bce_per_sample,
+    check_choice,
     keras_init_,
     kl_per_sample,
     reparameterize,
@@ -82,6 +106,10 @@ from grad2vae.second_derivatives import (
 
 #: width of the attention module's first (aggregating) convolution
 ATTENTION_WIDTH = 48
+#: accepted values of the options (the first is the default; module docstring)
+DERIVATIVE_TENSORS = ("per_unit", "summed")
+FUSIONS = ("penultimate", "notebook", "none")
+ATTENTION = ("on", "off")
 #: images per forward pass when scoring: the derivative tensors take N*d*C*784 floats
 SCORE_CHUNK = 128
 
@@ -115,7 +143,7 @@ def _channels_last_mask(activation: Tensor) -> Tensor:
 
 
 def explicit_second_derivatives(
-    encoder: Encoder, e1: Tensor, eps: Tensor, create_graph: bool = True
+    encoder: Encoder, e1: Tensor, eps: Tensor, create_graph: bool = True, sigma: str = "exp_half_logvar"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(mu, logvar, h) from L_e1 in one pass: the encoder's forward, then g = d logvar / dL_e1
     for all d units written out as the transposed network (ReLU masks from the forward, as
@@ -152,7 +180,7 @@ def explicit_second_derivatives(
         conv2 = encoder.conv2
         g = F.conv_transpose2d(t, conv2.weight, stride=conv2.stride, padding=conv2.padding)
         g = g.view(n, d, *e1.shape[1:])
-        h = closed_form_from_jacobian(logvar, eps, g)
+        h = closed_form_from_jacobian(logvar, eps, g, sigma)
     return mu, logvar, h
 
 ASSUMPTIONS = VAE_ASSUMPTIONS + (
@@ -176,6 +204,12 @@ ASSUMPTIONS = VAE_ASSUMPTIONS + (
     "Anomaly score = per-sample BCE of the main reconstruction (with the attention fusion); the "
     "attention image's own error is not part of the score — paper Sect. 4.2 ('due to its "
     "reconstruction ability')",
+    "Options (variants only; defaults = every reported run): derivative_tensors per_unit "
+    "(paper Sect. 3) or summed (one tensor sum_i h_i, the notebook's tf.gradients(z, conv)); "
+    "fusion penultimate (Sect. 3), notebook (map after the up-sampling layer, tiled to its 32 "
+    "channels — ours — and at L_d(n-1), attention image before the output) or none (attention "
+    "trained, nothing fused: the leak control); attention_weight (Eq. 3: 1); attention off (same "
+    "parameters, attention path removed) — abukmeil/mgrad2vae and issue 15",
     "*_zero_noise scores (eps = 0): every second derivative is then exactly 0, so the attention "
     "module sees zeros (its biases still reach the decoder): the attention path switched off at "
     "test time on weights trained with it — a diagnostic, not a clean control (a model trained "
@@ -218,6 +252,14 @@ class Grad2VAE(AnomalyModel):
     main_score = "reconstruction error (BCE summed over pixels, sampled z, attention fused)"
     assumptions = ASSUMPTIONS
     parameter_note = "VAE widths + attention width 48 chosen to match the paper's 3.38 M (MNIST, latent 16)"
+    options = {
+        "kl": KL_REDUCTIONS,
+        "sigma": SIGMAS,
+        "derivative_tensors": DERIVATIVE_TENSORS,
+        "fusion": FUSIONS,
+        "attention_weight": float,
+        "attention": ATTENTION,
+    }
 
     def __init__(
         self,
@@ -226,19 +268,35 @@ class Grad2VAE(AnomalyModel):
         channels: tuple[int, int, int] = CHANNELS,
         hidden: int = HIDDEN,
         attention_width: int = ATTENTION_WIDTH,
+        kl: str = "sum",
+        sigma: str = "exp_half_logvar",
+        derivative_tensors: str = "per_unit",
+        fusion: str = "penultimate",
+        attention_weight: float = 1.0,
+        attention: str = "on",
     ):
         super().__init__()
         if derivatives != "auto" and derivatives not in DERIVATIVE_METHODS:
             raise ValueError(
                 f"derivatives must be one of {('auto',) + DERIVATIVE_METHODS}, not {derivatives!r}"
             )
+        self.kl = check_choice("kl", kl, KL_REDUCTIONS)
+        self.sigma = check_choice("sigma", sigma, SIGMAS)
+        self.derivative_tensors = check_choice("derivative_tensors", derivative_tensors, DERIVATIVE_TENSORS)
+        self.fusion = check_choice("fusion", fusion, FUSIONS)
+        #: option ``attention`` ("on"/"off"); not ``self.attention``, which is the explanation method
+        self.attention_on = check_choice("attention", attention, ATTENTION) == "on"
+        if isinstance(attention_weight, bool) or not (float(attention_weight) >= 0 and math.isfinite(attention_weight)):
+            raise ValueError(f"option attention_weight={attention_weight!r} must be a finite number >= 0")
+        self.attention_weight = float(attention_weight)
         self.latent_dim = latent_dim
         self.derivatives = derivatives
         #: the method the last forward pass used (``derivatives`` resolved on its device)
         self.derivatives_used: str | None = None
         self.encoder = Encoder(latent_dim, channels, hidden)
         self.decoder = Decoder(latent_dim, channels, hidden)
-        self.attention_module = AttentionModule(latent_dim, channels[0], channels[0], attention_width)
+        tensors = latent_dim if self.derivative_tensors == "per_unit" else 1
+        self.attention_module = AttentionModule(tensors, channels[0], channels[0], attention_width)
 
     @property
     def gradcam_layer(self) -> nn.Module:
@@ -249,7 +307,12 @@ class Grad2VAE(AnomalyModel):
         return self.encoder(x)
 
     def forward(self, x: Tensor, eps: Tensor, create_graph: bool = True) -> dict[str, Tensor]:
-        """Everything for one batch with the given noise ``eps`` (N, d); logits, not probabilities."""
+        """Everything for one batch with the given noise ``eps`` (N, d); logits, not probabilities.
+        With ``attention="off"`` only mu, logvar, z and logits."""
+        if not self.attention_on:
+            mu, logvar = self.encoder(x)
+            z = reparameterize(mu, logvar, eps, self.sigma)
+            return {"mu": mu, "logvar": logvar, "z": z, "logits": self.decoder(z)}
         method = resolve_derivatives(x.device, self.derivatives)
         if method in CLOSED_FORM_METHODS and type(self.encoder) is not Encoder:
             # the closed form needs a piecewise-linear path from L_e1 to (mu, logvar)
@@ -257,19 +320,23 @@ class Grad2VAE(AnomalyModel):
         self.derivatives_used = method
         e1 = self.encoder.first_layer(x)
         if method == "explicit":
-            mu, logvar, h = explicit_second_derivatives(self.encoder, e1, eps, create_graph=create_graph)
-            z = reparameterize(mu, logvar, eps)
+            mu, logvar, h = explicit_second_derivatives(
+                self.encoder, e1, eps, create_graph=create_graph, sigma=self.sigma
+            )
+            z = reparameterize(mu, logvar, eps, self.sigma)
         else:
             if not e1.requires_grad:  # frozen parameters: L_e1 still needs to be differentiable
                 e1 = e1.detach().requires_grad_(True)
             mu, logvar = self.encoder.from_first_layer(e1)
-            z = reparameterize(mu, logvar, eps)
+            z = reparameterize(mu, logvar, eps, self.sigma)
             if method == "closed_form":
-                h = second_derivatives_closed_form(logvar, eps, e1, create_graph=create_graph)
+                h = second_derivatives_closed_form(logvar, eps, e1, create_graph=create_graph, sigma=self.sigma)
             else:
                 h = second_derivatives(z, e1, method, create_graph=create_graph)
+        if self.derivative_tensors == "summed":
+            h = h.sum(dim=1, keepdim=True)
         feature_map, attention_logits = self.attention_module(h)
-        logits = self.decoder(z, residual=feature_map)
+        logits = self.fused_decoder(z, feature_map, attention_logits)
         return {
             "mu": mu,
             "logvar": logvar,
@@ -279,21 +346,34 @@ class Grad2VAE(AnomalyModel):
             "logits": logits,
         }
 
+    def fused_decoder(self, z: Tensor, feature_map: Tensor, attention_logits: Tensor) -> Tensor:
+        """The decoder's logits with the attention fused as ``fusion`` says."""
+        if self.fusion == "none":
+            return self.decoder(z)
+        if self.fusion == "notebook":
+            return self.decoder(
+                z, residual=feature_map, upsampled_residual=feature_map, image_residual=torch.sigmoid(attention_logits)
+            )
+        return self.decoder(z, residual=feature_map)
+
     def sample_noise(self, batch_size: int, like: Tensor) -> Tensor:
         """eps of the reparameterisation, (batch_size, latent_dim), from the global RNG."""
         return torch.randn(batch_size, self.latent_dim, device=like.device, dtype=like.dtype)
 
     def supports_seed_vmap(self, device: torch.device) -> bool:
         # the other methods call torch.autograd.grad, which vmap cannot batch
-        return resolve_derivatives(device, self.derivatives) == "explicit"
+        return not self.attention_on or resolve_derivatives(device, self.derivatives) == "explicit"
 
     def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
         eps = self.sample_noise(len(x), x) if noise is None else noise
         out = self(x, eps)
         reconstruction = bce_per_sample(out["logits"], x).mean()
-        kl = kl_per_sample(out["mu"], out["logvar"]).mean()
+        kl = kl_per_sample(out["mu"], out["logvar"], self.kl).mean()
+        if not self.attention_on:
+            return {"reconstruction": reconstruction, "kl": kl, "total": reconstruction + kl}
         attention = bce_per_sample(out["attention_logits"], x).mean()
-        total = reconstruction + kl + attention
+        weighted = attention if self.attention_weight == 1.0 else self.attention_weight * attention
+        total = reconstruction + kl + weighted
         return {"reconstruction": reconstruction, "kl": kl, "attention": attention, "total": total}
 
     def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -315,14 +395,20 @@ class Grad2VAE(AnomalyModel):
         proportional to eps_i), so the attention module sees zeros and its biases alone reach
         the decoder: the attention path switched off at test time, on the weights trained with it."""
         mu, _ = self.encoder(x)
-        channels = self.decoder.conv.out_channels
-        zeros = x.new_zeros(1, self.latent_dim, self.attention_module.in_channels, *x.shape[2:])
-        feature_map, _ = self.attention_module(zeros)
-        return self.decoder(mu, residual=feature_map.expand(len(x), channels, *x.shape[2:]))
+        if not self.attention_on:
+            return self.decoder(mu)
+        tensors = self.latent_dim if self.derivative_tensors == "per_unit" else 1
+        zeros = x.new_zeros(1, tensors, self.attention_module.in_channels, *x.shape[2:])
+        feature_map, attention_logits = self.attention_module(zeros)
+        return self.fused_decoder(
+            mu, feature_map.expand(len(x), *feature_map.shape[1:]), attention_logits.expand(len(x), *attention_logits.shape[1:])
+        )
 
     def attention(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Second derivatives, attention image and reconstruction of ``x`` (see module docstring);
         the derivative tensors take N*d*16*784 floats, so pass a few images at a time."""
+        if not self.attention_on:
+            raise ValueError("this Grad2VAE has attention='off': it has no attention to explain")
         eps = sample_eps(len(x), self.latent_dim, generator, like=x)
         with torch.enable_grad():
             out = self(x, eps, create_graph=False)

@@ -20,6 +20,18 @@ layers and the last two decoder layers at 28x28; widths are ours, see ``ASSUMPTI
 Loss = BCE summed over the 784 pixels + KL summed over the latent units, both averaged over the
 batch. Score = the same per-sample BCE of the reconstruction of a *sampled* z.
 
+Options (``VAE(latent_dim, kl=..., sigma=...)``, ``options`` below; the defaults are the model
+every result so far used; a workflow sets them per variant, ``variants:`` in the config):
+
+- ``kl``: ``"sum"`` over the latent units (Kingma & Welling 2014, the paper's [14]) or
+  ``"mean"`` over them, i.e. the sum divided by d (the companion notebook abukmeil/mgrad2vae:
+  ``-0.5 * K.mean(1 + z_log_var - K.square(z_mean) - K.exp(z_log_var), axis=-1)``).
+- ``sigma``: ``"exp_half_logvar"``, z = mu + exp(0.5 logvar) eps (sigma is the standard
+  deviation the KL term assumes), or ``"exp_logvar"``, z = mu + exp(logvar) eps (the notebook's
+  sampling layer). The KL formula stays the same, so with ``exp_logvar`` the sampling variance
+  exp(2 logvar) differs from the variance exp(logvar) the KL term assumes, as in the notebook.
+  Used in training and in scoring (sampled z).
+
 API beyond ``AnomalyModel``: ``encode(x) -> (mu, logvar)``; ``gradcam_layer``: the encoder's last
 convolution (L_e3, an ``nn.Conv2d`` whose output is taken before its ReLU), the layer the offline
 Grad-CAM attention of Liu et al. (CVPR 2020) targets.
@@ -56,6 +68,9 @@ ASSUMPTIONS = (
     "Reconstruction loss = binary cross-entropy summed over the 28x28 pixels (Keras' H*W*BCE), "
     "computed from logits for numerical stability — abukmeil/mgrad2vae",
     "KL divergence summed over latent units (the notebook takes the mean) — Kingma & Welling 2014",
+    "Option kl (variants only): sum (default, every reported run) or mean = the sum / d, as the "
+    "notebook abukmeil/mgrad2vae; option sigma: exp_half_logvar (default) or exp_logvar, the "
+    "notebook's z = mu + exp(logvar)*eps with its KL unchanged — presets/ablation.yaml flips each",
     "Anomaly score = per-sample BCE of the reconstruction of a sampled z, with a fixed evaluation "
     "generator (reproducible); sampled rather than z = mu because Keras' sampling layer samples at "
     "predict time too and so that the VAE is scored exactly like Grad2VAE, which must sample — ours",
@@ -77,7 +92,22 @@ def keras_init_(module: nn.Module, relu: bool) -> None:
             nn.init.zeros_(m.bias)
 
 
-def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+#: accepted values of the options (the first is the default)
+KL_REDUCTIONS = ("sum", "mean")
+SIGMAS = ("exp_half_logvar", "exp_logvar")
+
+
+def check_choice(name: str, value: object, accepted: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``accepted``; else a ValueError naming the option and them."""
+    if value not in accepted:
+        raise ValueError(f"option {name}={value!r} is not accepted; accepted values: {', '.join(accepted)}")
+    return str(value)
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor, sigma: str = "exp_half_logvar") -> Tensor:
+    """z = mu + sigma * eps with sigma = exp(0.5 logvar) (default) or exp(logvar) (``sigma``)."""
+    if sigma == "exp_logvar":
+        return mu + torch.exp(logvar) * eps
     return mu + torch.exp(0.5 * logvar) * eps
 
 
@@ -108,9 +138,11 @@ def variational_scores(logits: Tensor, zero_noise_logits: Tensor, x: Tensor) -> 
     }
 
 
-def kl_per_sample(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent units, one value per sample."""
-    return -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(1)
+def kl_per_sample(mu: Tensor, logvar: Tensor, reduction: str = "sum") -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent units (``reduction="mean"``: that
+    sum divided by the number of units d), one value per sample."""
+    kl = -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(1)
+    return kl / logvar.shape[1] if reduction == "mean" else kl
 
 
 class Encoder(nn.Module):
@@ -160,13 +192,27 @@ class Decoder(nn.Module):
         keras_init_(self, relu=True)
         keras_init_(self.out, relu=False)
 
-    def forward(self, z: Tensor, residual: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        z: Tensor,
+        residual: Tensor | None = None,
+        upsampled_residual: Tensor | None = None,
+        image_residual: Tensor | None = None,
+    ) -> Tensor:
+        """``upsampled_residual`` (N x c1 x 28 x 28) is added, tiled along channels to c2, to the
+        up-sampling layer's output, and ``image_residual`` (N x 1 x 28 x 28) to L_d(n-1)'s after
+        ``residual``: Grad2VAE's ``fusion="notebook"``."""
         h = F.relu(self.hidden(z))
         h = F.relu(self.expand(h)).view(-1, self.c3, 14, 14)
         h = F.relu(self.deconv(h))
+        if upsampled_residual is not None:
+            repeats = -(-h.shape[1] // upsampled_residual.shape[1])
+            h = h + upsampled_residual.repeat(1, repeats, 1, 1)[:, : h.shape[1]]
         h = F.relu(self.conv(h))
         if residual is not None:
             h = h + residual
+        if image_residual is not None:
+            h = h + image_residual
         return self.out(h)
 
 
@@ -176,10 +222,20 @@ class VAE(AnomalyModel):
     main_score = "reconstruction error (BCE summed over pixels, sampled z)"
     assumptions = ASSUMPTIONS
     parameter_note = "widths chosen to match the paper's 3.25 M (MNIST, latent 16)"
+    options = {"kl": KL_REDUCTIONS, "sigma": SIGMAS}
 
-    def __init__(self, latent_dim: int, channels: tuple[int, int, int] = CHANNELS, hidden: int = HIDDEN):
+    def __init__(
+        self,
+        latent_dim: int,
+        channels: tuple[int, int, int] = CHANNELS,
+        hidden: int = HIDDEN,
+        kl: str = "sum",
+        sigma: str = "exp_half_logvar",
+    ):
         super().__init__()
         self.latent_dim = latent_dim
+        self.kl = check_choice("kl", kl, KL_REDUCTIONS)
+        self.sigma = check_choice("sigma", sigma, SIGMAS)
         self.encoder = Encoder(latent_dim, channels, hidden)
         self.decoder = Decoder(latent_dim, channels, hidden)
 
@@ -201,9 +257,9 @@ class VAE(AnomalyModel):
     def loss(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
         eps = self.sample_noise(len(x), x) if noise is None else noise
         mu, logvar = self.encoder(x)
-        z = reparameterize(mu, logvar, eps)
+        z = reparameterize(mu, logvar, eps, self.sigma)
         reconstruction = bce_per_sample(self.decoder(z), x).mean()
-        kl = kl_per_sample(mu, logvar).mean()
+        kl = kl_per_sample(mu, logvar, self.kl).mean()
         return {"reconstruction": reconstruction, "kl": kl, "total": reconstruction + kl}
 
     @torch.no_grad()
@@ -214,6 +270,6 @@ class VAE(AnomalyModel):
         for start in range(0, len(x), SCORE_CHUNK):
             xs = x[start : start + SCORE_CHUNK]
             mu, logvar = self.encoder(xs)
-            z = reparameterize(mu, logvar, eps[start : start + SCORE_CHUNK])
+            z = reparameterize(mu, logvar, eps[start : start + SCORE_CHUNK], self.sigma)
             chunks.append(variational_scores(self.decoder(z), self.decoder(mu), xs))
         return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
