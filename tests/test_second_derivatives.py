@@ -290,9 +290,13 @@ def test_every_method_is_exact_for_every_derivative_option(method, options):
     assert h.abs().max() > 0
 
 
-@pytest.mark.parametrize("options", OPTION_GRID, ids=lambda o: f"{o['sigma']}-{o['derivative_tensors']}")
+# the options that do not change h still change what the loss back-propagates through it
+LOSS_OPTIONS = OPTION_GRID + [{"fusion": "notebook"}, {"fusion": "none"}, {"kl": "mean"}, {"attention_weight": 2.5}]
+
+
+@pytest.mark.parametrize("options", LOSS_OPTIONS, ids=lambda o: "-".join(map(str, o.values())))
 @pytest.mark.parametrize("method", ("vectorized",) + CLOSED_FORM_METHODS)
-def test_fast_paths_equal_the_loop_for_every_derivative_option(method, options):
+def test_fast_paths_equal_the_loop_for_every_option(method, options):
     results = {}
     for name in ("loop", method):
         model = tiny_model(derivatives=name, **options)
