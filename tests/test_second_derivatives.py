@@ -32,6 +32,16 @@ def latent_and_layer(model, x, eps):
     return reparameterize(mu, logvar, eps), e1, logvar
 
 
+def loss_and_gradients(model, n=3, dtype=torch.float64, seed=5):
+    """The training loss terms on tiny inputs (noise drawn after ``manual_seed(seed)``) and
+    every parameter's gradient."""
+    x, _ = tiny_inputs(model, n=n, dtype=dtype)
+    torch.manual_seed(seed)
+    terms = model.loss(x)
+    terms["total"].backward()
+    return terms, {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
 def z_of_one_sample(model, eps_n, i):
     """z_i of one sample as a function of that sample's L_e1 alone (for torch.func)."""
     return lambda layer: reparameterize(*model.encoder.from_first_layer(layer[None]), eps_n[None])[0, i]
@@ -200,11 +210,7 @@ def test_fast_paths_equal_the_loop_at_the_papers_size_in_float32(method):
     for name in ("loop", method):
         torch.manual_seed(0)
         model = Grad2VAE(16, derivatives=name)
-        x, _ = tiny_inputs(model, n=2, dtype=torch.float32)
-        torch.manual_seed(1)
-        terms = model.loss(x)
-        terms["total"].backward()
-        results[name] = (terms, {k: p.grad.clone() for k, p in model.named_parameters()})
+        results[name] = loss_and_gradients(model, n=2, dtype=torch.float32, seed=1)
     for key in results["loop"][0]:
         torch.testing.assert_close(results[method][0][key], results["loop"][0][key], rtol=1e-5, atol=1e-4)
     for key, reference in results["loop"][1].items():
@@ -297,14 +303,7 @@ LOSS_OPTIONS = OPTION_GRID + [{"fusion": "notebook"}, {"fusion": "none"}, {"kl":
 @pytest.mark.parametrize("options", LOSS_OPTIONS, ids=lambda o: "-".join(map(str, o.values())))
 @pytest.mark.parametrize("method", ("vectorized",) + CLOSED_FORM_METHODS)
 def test_fast_paths_equal_the_loop_for_every_option(method, options):
-    results = {}
-    for name in ("loop", method):
-        model = tiny_model(derivatives=name, **options)
-        x, _ = tiny_inputs(model, n=3)
-        torch.manual_seed(5)
-        terms = model.loss(x)
-        terms["total"].backward()
-        results[name] = (terms, {k: p.grad.clone() for k, p in model.named_parameters()})
+    results = {name: loss_and_gradients(tiny_model(derivatives=name, **options)) for name in ("loop", method)}
     for key in results["loop"][0]:
         torch.testing.assert_close(results[method][0][key], results["loop"][0][key], rtol=1e-12, atol=1e-12)
     for key, reference in results["loop"][1].items():
