@@ -14,10 +14,12 @@ from grad2vae import train
 from grad2vae.cli import main
 from grad2vae.models import create_model
 from grad2vae.models.cae_ocsvm import GRID_KEYS, SCALE_KEY, grid_key, oracle_auc
+from grad2vae.config import RunConfig
+from grad2vae.outputs import read_scores
 
 
-def tiny_config(model: str) -> train.RunConfig:
-    return train.RunConfig(
+def tiny_config(model: str) -> RunConfig:
+    return RunConfig(
         model=model, dataset="mnist", normal_class=3, seed=0, epochs=2, batch_size=16,
         eval_every=1, eval_batch_size=50,
     )  # fmt: skip
@@ -39,12 +41,12 @@ def test_cli_trains_and_reports_both_protocols(tiny_data_dir, tmp_path):
     # easy synthetic class: the sign is right (decision_function negated: higher = more anomalous)
     assert metrics["auc"] > 0.6, metrics["auc"]
     assert best >= 0.6
-    assert len(train.read_scores(out / "scores.csv.gz")) == 100
+    assert len(read_scores(out / "scores.csv.gz")) == 100
 
 
 def test_same_seed_same_autoencoder_as_cae(tiny_data_dir, tmp_path):
-    a = train.train_run(tiny_config("cae"), tmp_path / "cae", data_dir=tiny_data_dir, device="cpu", progress=False)
-    b = train.train_run(
+    a = train.train_one(tiny_config("cae"), tmp_path / "cae", data_dir=tiny_data_dir, device="cpu", progress=False)
+    b = train.train_one(
         tiny_config("cae_ocsvm"), tmp_path / "ocsvm", data_dir=tiny_data_dir, device="cpu", progress=False
     )
     assert a["auc_reconstruction"] == b["auc_reconstruction"]
@@ -52,8 +54,8 @@ def test_same_seed_same_autoencoder_as_cae(tiny_data_dir, tmp_path):
     state_b = torch.load(tmp_path / "ocsvm" / "model.pt", weights_only=True)["state_dict"]
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-    rows_a = train.read_scores(tmp_path / "cae" / "scores.csv.gz")
-    rows_b = train.read_scores(tmp_path / "ocsvm" / "scores.csv.gz")
+    rows_a = read_scores(tmp_path / "cae" / "scores.csv.gz")
+    rows_b = read_scores(tmp_path / "ocsvm" / "scores.csv.gz")
     assert [r["score_reconstruction"] for r in rows_a] == [r["score_reconstruction"] for r in rows_b]
 
 

@@ -15,6 +15,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from grad2vae import devices, train
 from grad2vae.errors import UserError
 from grad2vae.models import create_model, model_names
+import grad2vae.cohort as cohort_module
+from grad2vae.cohort import memory_cohorts
+from grad2vae.config import RunConfig
+from grad2vae.run import LOCK_DIR_ENV, RUN_LOCK_ENV, RunLock, rng_state, set_rng_state
 
 
 @pytest.fixture
@@ -51,7 +55,7 @@ def test_cuda_checkpoint_rng_is_the_runs_own_device_and_resumes_on_another_index
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": streams[index_of(device)].clone())
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [streams[0], streams[1]])
 
-    def set_rng_state(state, device="cuda"):
+    def fake_set_rng_state(state, device="cuda"):
         restored[index_of(device)] = state.clone()
 
     def set_rng_state_all(states):  # as torch's: one state per visible device, and one is visible now
@@ -60,11 +64,11 @@ def test_cuda_checkpoint_rng_is_the_runs_own_device_and_resumes_on_another_index
                 raise IndexError("device index out of range")
             restored[index] = state.clone()
 
-    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", fake_set_rng_state)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_rng_state_all)
     generator = torch.Generator()
-    saved = train._rng_state(torch.device("cuda", 1), generator)
-    train._set_rng_state(saved, torch.device("cuda", 0), generator)
+    saved = rng_state(torch.device("cuda", 1), generator)
+    set_rng_state(saved, torch.device("cuda", 0), generator)
     assert restored == {0: streams[1]}
 
 
@@ -133,7 +137,7 @@ def test_cuda_locks_on_a_file_system_without_flock_say_so(monkeypatch, tmp_path,
 
     monkeypatch.setattr(fcntl, "flock", no_flock)
     with pytest.raises(UserError, match=f"does not support flock.*{errno.errorcode[code]}.*GRAD2VAE_LOCK_DIR"):
-        with train._RunLock(tmp_path / "run"):
+        with RunLock(tmp_path / "run"):
             pass
     with pytest.raises(UserError, match="does not support flock.*--slot-dir"):
         devices.try_acquire_gpu_slot(2, tmp_path / "slots", 2, ids=["a", "b"])
@@ -142,20 +146,20 @@ def test_cuda_locks_on_a_file_system_without_flock_say_so(monkeypatch, tmp_path,
 
 
 def test_cuda_run_lock_can_move_to_a_local_folder_or_be_turned_off(monkeypatch, tmp_path):
-    monkeypatch.setenv(train.LOCK_DIR_ENV, str(tmp_path / "locks"))
-    with train._RunLock(tmp_path / "run") as lock:
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))
+    with RunLock(tmp_path / "run") as lock:
         assert lock.path.parent == tmp_path / "locks"
         with pytest.raises(UserError, match="another process is training the run in"):
-            with train._RunLock(tmp_path / "run"):
+            with RunLock(tmp_path / "run"):
                 pass
-    monkeypatch.delenv(train.LOCK_DIR_ENV)
-    monkeypatch.setenv(train.RUN_LOCK_ENV, "off")
+    monkeypatch.delenv(LOCK_DIR_ENV)
+    monkeypatch.setenv(RUN_LOCK_ENV, "off")
 
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_flock)
-    with train._RunLock(tmp_path / "run"):
+    with RunLock(tmp_path / "run"):
         pass  # off: no flock is attempted
 
 
@@ -246,14 +250,14 @@ def test_cuda_seed_group_larger_than_the_free_memory_splits_with_identical_resul
     tiny_data_dir, tmp_path, monkeypatch, caplog
 ):
     def config(seed):
-        return train.RunConfig(
+        return RunConfig(
             model="vae", dataset="mnist", normal_class=2, seed=seed, latent_dim=4, epochs=2, batch_size=16,
             lr=1e-3, lr_decay_epoch=0, lr_decay_factor=0.1, eval_every=1, eval_batch_size=50, train_limit=30,
             test_limit=40,
         )  # fmt: skip
 
     seeds = [0, 1, 2]
-    alone = [train.train_run(config(s), tmp_path / "alone" / f"seed{s}", data_dir=tiny_data_dir, device="cpu")
+    alone = [train.train_one(config(s), tmp_path / "alone" / f"seed{s}", data_dir=tiny_data_dir, device="cpu")
              for s in seeds]  # fmt: skip
     # a card with room for two of the three seeds' steps
     memory = {}
@@ -261,16 +265,16 @@ def test_cuda_seed_group_larger_than_the_free_memory_splits_with_identical_resul
     def budget(device):
         return int(len(seeds) * memory["per_seed"] + 2.5 * devices.per_step_bytes(memory, 16))
 
-    original = train.memory_cohorts
+    original = memory_cohorts
 
     def spy(runs, device, batch_size, train_x):
         memory.update(runs[0].model.training_memory(train_x[:1]))
         return original(runs, device, batch_size, train_x)
 
     monkeypatch.setattr(devices, "available_memory", budget)
-    monkeypatch.setattr(train, "memory_cohorts", spy)
-    caplog.set_level("INFO", logger="grad2vae.train")
-    together = train.train_runs([config(s) for s in seeds], [tmp_path / "group" / f"seed{s}" for s in seeds],
+    monkeypatch.setattr(cohort_module, "memory_cohorts", spy)
+    caplog.set_level("INFO", logger="grad2vae.cohort")
+    together = train.train_seeds([config(s) for s in seeds], [tmp_path / "group" / f"seed{s}" for s in seeds],
                                 data_dir=tiny_data_dir, device="cpu", seed_batching="sequential")  # fmt: skip
     assert "training them in sub-cohorts of 2, one after another" in caplog.text
     for one, grouped in zip(alone, together):

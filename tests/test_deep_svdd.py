@@ -16,11 +16,14 @@ from grad2vae import data, train
 from grad2vae.cli import main
 from grad2vae.models import create_model
 from grad2vae.models.deep_svdd import CENTER_EPS, WEIGHT_DECAY, DeepSVDD, global_contrast_normalization
+from grad2vae.config import RunConfig, SUBSAMPLE_SEED
+from grad2vae.outputs import read_scores
+from grad2vae.run import load_trained_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(dataset="mnist", **changes) -> train.RunConfig:
+def tiny_config(dataset="mnist", **changes) -> RunConfig:
     base = dict(
         model="deep_svdd",
         dataset=dataset,
@@ -35,11 +38,11 @@ def tiny_config(dataset="mnist", **changes) -> train.RunConfig:
         eval_batch_size=50,
     )
     base.update(changes)
-    return train.RunConfig(**base)
+    return RunConfig(**base)
 
 
 def run(cfg, out_dir, data_dir, **kwargs):
-    return train.train_run(cfg, out_dir, data_dir=data_dir, device="cpu", progress=False, **kwargs)
+    return train.train_one(cfg, out_dir, data_dir=data_dir, device="cpu", progress=False, **kwargs)
 
 
 def test_cli_trains_and_scores_with_the_readme_setup(tiny_data_dir, tmp_path):
@@ -60,11 +63,11 @@ def test_cli_trains_and_scores_with_the_readme_setup(tiny_data_dir, tmp_path):
     assert metrics["auc_extra"] == {}
     # the easy synthetic class: anomalies (other bars) lie farther from c
     assert metrics["auc"] > 0.6, metrics["auc"]
-    rows = train.read_scores(out / "scores.csv.gz")
+    rows = read_scores(out / "scores.csv.gz")
     assert len(rows) == 100
     # model.pt holds phi, c, the autoencoder and the preprocessing constants
-    model = train.load_trained_model(out)
-    split = data.load_split(tiny_data_dir, "mnist", 3, train_limit=64, test_limit=100, seed=train.SUBSAMPLE_SEED)
+    model = load_trained_model(out)
+    split = data.load_split(tiny_data_dir, "mnist", 3, train_limit=64, test_limit=100, seed=SUBSAMPLE_SEED)
     scores = model.scores(split.test_x)
     np.testing.assert_allclose(
         scores["main"].numpy(), [float(r["score_main"]) for r in rows], rtol=1e-5, atol=1e-6
@@ -76,7 +79,7 @@ def test_fashion_network_is_chosen_by_the_dataset(tiny_data_dir, tmp_path):
     metrics = run(cfg, tmp_path / "fashion", tiny_data_dir)
     assert metrics["parameters"] == 32 * 25 + 64 * 32 * 25 + 128 * 64 * 25 + 1152 * 128
     assert "fmnist_LeNet" in metrics["preprocessing"]["network"]
-    model = train.load_trained_model(tmp_path / "fashion")
+    model = load_trained_model(tmp_path / "fashion")
     assert model.dataset == "fashion_mnist" and model.c.shape == (128,)
     # the registry ignores latent_dim for Deep SVDD and passes the dataset only to it
     assert create_model("deep_svdd", 16, dataset="fashion_mnist").net.rep_dim == 128

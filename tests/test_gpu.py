@@ -4,8 +4,6 @@ them. Each uses the tiny synthetic dataset of conftest.py."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +14,8 @@ import pytest
 import torch
 
 from grad2vae import devices, train
+from grad2vae.config import RunConfig
+from grad2vae.outputs import CHECKPOINT, METRICS
 
 pytestmark = [
     pytest.mark.gpu,
@@ -25,8 +25,8 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def config(seed: int = 0, epochs: int = 4, model: str = "vae") -> train.RunConfig:
-    return train.RunConfig(
+def config(seed: int = 0, epochs: int = 4, model: str = "vae") -> RunConfig:
+    return RunConfig(
         model=model, dataset="mnist", normal_class=2, seed=seed, latent_dim=4, epochs=epochs, batch_size=16,
         lr=1e-3, lr_decay_epoch=0, lr_decay_factor=0.1, eval_every=1, eval_batch_size=50, train_limit=30,
         test_limit=40,
@@ -52,25 +52,25 @@ def numbers(metrics: dict) -> dict:
 def test_gpu_killed_run_resumes_on_the_other_device_with_identical_metrics(tiny_data_dir, tmp_path):
     count = torch.cuda.device_count()
     first, second = ("cuda:1", "cuda:0") if count > 1 else ("cuda:0", "cuda:0")
-    reference = train.train_run(config(), tmp_path / "reference", data_dir=tiny_data_dir, device=second)
+    reference = train.train_one(config(), tmp_path / "reference", data_dir=tiny_data_dir, device=second)
     out = tmp_path / "killed"
     process = subprocess.Popen(train_command(tiny_data_dir, out, first), cwd=ROOT)
     deadline = time.monotonic() + 300
-    while not (out / train.CHECKPOINT).exists() and process.poll() is None and time.monotonic() < deadline:
+    while not (out / CHECKPOINT).exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (out / train.METRICS).exists(), "the run finished before it could be killed"
-    resumed = train.train_run(config(), out, data_dir=tiny_data_dir, device=second)
+    assert not (out / METRICS).exists(), "the run finished before it could be killed"
+    resumed = train.train_one(config(), out, data_dir=tiny_data_dir, device=second)
     assert resumed["resumes"] == 1
     assert numbers(resumed) == numbers(reference)
 
 
 def test_gpu_vmapped_seed_group_equals_runs_alone_within_tolerance(tiny_data_dir, tmp_path):
     seeds = [0, 1, 2]
-    alone = [train.train_run(config(s), tmp_path / "alone" / f"seed{s}", data_dir=tiny_data_dir, device="cuda:0")
+    alone = [train.train_one(config(s), tmp_path / "alone" / f"seed{s}", data_dir=tiny_data_dir, device="cuda:0")
              for s in seeds]  # fmt: skip
-    group = train.train_runs([config(s) for s in seeds], [tmp_path / "group" / f"seed{s}" for s in seeds],
+    group = train.train_seeds([config(s) for s in seeds], [tmp_path / "group" / f"seed{s}" for s in seeds],
                              data_dir=tiny_data_dir, device="cuda:0", seed_batching="vmap")  # fmt: skip
     for one, grouped in zip(alone, group):
         assert grouped["seed_batching"] == "vmap"
@@ -84,8 +84,8 @@ def test_gpu_seed_group_larger_than_the_free_memory_splits_and_finishes(tiny_dat
         return 1
 
     monkeypatch.setattr(devices, "available_memory", room_for_one)
-    caplog.set_level("INFO", logger="grad2vae.train")
-    group = train.train_runs([config(s, epochs=2) for s in seeds], [tmp_path / f"seed{s}" for s in seeds],
+    caplog.set_level("INFO", logger="grad2vae.cohort")
+    group = train.train_seeds([config(s, epochs=2) for s in seeds], [tmp_path / f"seed{s}" for s in seeds],
                              data_dir=tiny_data_dir, device="cuda:0")  # fmt: skip
     assert "sub-cohorts of 1" in caplog.text and len(group) == 4
 

@@ -258,7 +258,7 @@ def test_assumptions_gathered_from_models_and_modules():
     sources = [g["source"] for g in groups]
     for model in MODELS:
         assert f"grad2vae.models: {model}" in sources
-    assert "grad2vae.data" in sources and "grad2vae.train" in sources
+    assert "grad2vae.data" in sources and "grad2vae.config" in sources
     assert all(g["items"] for g in groups)
 
 

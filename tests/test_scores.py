@@ -14,6 +14,7 @@ from grad2vae import entropy_only, train
 from grad2vae.models import create_model, scoring
 from grad2vae.models.grad2vae import DERIVATIVE_METHODS, Grad2VAE
 from grad2vae.models.vae import VAE, bce_per_sample, reparameterize, sample_eps
+from grad2vae.config import RunConfig
 
 VARIATIONAL = ("vae", "grad2vae")
 ZERO_NOISE_KEYS = ("bce_zero_noise", "mse_zero_noise", "bce_excess_zero_noise")
@@ -142,12 +143,12 @@ def test_entropy_only_auc_is_the_auc_of_the_image_entropy(tiny_data_dir):
 
 
 def test_a_run_records_the_auc_of_every_score_per_epoch(tiny_data_dir, tmp_path):
-    config = train.RunConfig(
+    config = RunConfig(
         model="vae", dataset="mnist", normal_class=2, seed=0, latent_dim=4, epochs=2, batch_size=32,
         lr=1e-3, lr_decay_epoch=0, lr_decay_factor=0.1, eval_every=1, eval_batch_size=50, train_limit=30,
         test_limit=40,
     )  # fmt: skip
-    metrics = train.train_run(config, tmp_path / "run", data_dir=tiny_data_dir, device="cpu")
+    metrics = train.train_one(config, tmp_path / "run", data_dir=tiny_data_dir, device="cpu")
     assert set(metrics["auc_scores"]) == {"mse", "bce_excess", *ZERO_NOISE_KEYS}
     history = pd.read_csv(tmp_path / "run" / "history.tsv", sep="\t")
     for key in metrics["auc_scores"]:

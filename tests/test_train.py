@@ -26,6 +26,12 @@ from grad2vae import data, models, train
 from grad2vae.cli import main
 from grad2vae.errors import UserError
 from grad2vae.models.base import AnomalyModel
+import grad2vae.cohort as cohort_module
+from grad2vae.cohort import AUTO_SEED_BATCHING, Progress, vmapped_losses
+from grad2vae.config import ASSUMPTIONS, RunConfig, derive_seed
+from grad2vae.evaluate import NonFiniteLossError, evaluate
+from grad2vae.outputs import CHECKPOINT, read_scores
+from grad2vae.run import Run, load_trained_model
 
 CONTRIBUTING_KEYS = {
     "model",
@@ -110,7 +116,7 @@ def tiny_models(monkeypatch):
         monkeypatch.setitem(models.MODELS, cls.name, cls)
 
 
-def config(**changes) -> train.RunConfig:
+def config(**changes) -> RunConfig:
     # batch 8 on 30 training images: 4 batches per epoch, the last one smaller.
     base = dict(
         model="tiny_test_vae",
@@ -127,13 +133,13 @@ def config(**changes) -> train.RunConfig:
         eval_batch_size=32,
     )
     base.update(changes)
-    return train.RunConfig(**base)
+    return RunConfig(**base)
 
 
 def run(cfg, out_dir, data_dir, **kwargs):
     kwargs.setdefault("device", "cpu")
     kwargs.setdefault("progress", False)
-    return train.train_run(cfg, out_dir, data_dir=data_dir, **kwargs)
+    return train.train_one(cfg, out_dir, data_dir=data_dir, **kwargs)
 
 
 def read_tsv(path):
@@ -199,15 +205,15 @@ def test_outputs_follow_the_contract(tiny_models, tiny_data_dir, tmp_path):
     with gzip.open(out / "scores.csv.gz", "rt") as handle:
         lines = handle.read().splitlines()
     assert lines[0] == "index,test_class,label,score_main,score_reconstruction"
-    scores = train.read_scores(out / "scores.csv.gz")
+    scores = read_scores(out / "scores.csv.gz")
     assert len(scores) == len(split.test_x) == 100
     assert [int(r["label"]) for r in scores] == split.test_labels.tolist()
     assert [int(r["test_class"]) for r in scores] == split.test_classes.tolist()
     assert all((int(r["label"]) == 1) == (int(r["test_class"]) != 3) for r in scores)
 
     # The saved weights give the saved scores again.
-    model = train.load_trained_model(out)
-    again, extra = train.evaluate(model, split, train.derive_seed(0, "eval"), batch_size=32)
+    model = load_trained_model(out)
+    again, extra = evaluate(model, split, derive_seed(0, "eval"), batch_size=32)
     assert np.array_equal(again["main"], np.array([float(r["score_main"]) for r in scores], dtype=np.float32))
     assert extra == {}  # extra scores only where asked for (the final evaluation)
     # the score means of the last epoch are those of the saved scores
@@ -279,7 +285,7 @@ def test_finished_run_does_nothing_and_other_config_is_refused(tiny_models, tiny
 def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_models, tiny_data_dir, tmp_path):
     out = tmp_path / "run"
     # 30 images, batch 15: 2 batches per epoch; the 3rd batch (epoch 2) is NaN.
-    with pytest.raises(train.NonFiniteLossError, match=r"epoch 2: loss term 'kl'.*after epoch 1"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2: loss term 'kl'.*after epoch 1"):
         run(config(model="tiny_test_nan", batch_size=15), out, tiny_data_dir, checkpoint_every=1)
     assert not (out / "metrics.json").exists()
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -360,20 +366,20 @@ def test_progress_bar_only_on_a_terminal():
 
     tty, pipe = Stream(True), Stream(False)
     for stream in (tty, pipe):
-        bar = train._Progress(stream=stream)
+        bar = Progress(stream=stream)
         bar.update(1, 3, 4, 4)
         bar.clear()
     assert "\repoch 1/3 [" in tty.text and pipe.text == ""
 
 
 def test_assumptions_are_documented():
-    assert len(train.ASSUMPTIONS) >= 10
-    assert all(" — " in entry for entry in train.ASSUMPTIONS)
+    assert len(ASSUMPTIONS) >= 10
+    assert all(" — " in entry for entry in ASSUMPTIONS)
 
 
 @pytest.mark.parametrize("model", ["vae", "grad2vae", "cae", "inception_caenn"])
 def test_real_models_one_epoch(tiny_data_dir, tmp_path, model):
-    cfg = train.RunConfig(
+    cfg = RunConfig(
         model=model,
         dataset="fashion_mnist",
         normal_class=1,
@@ -387,8 +393,8 @@ def test_real_models_one_epoch(tiny_data_dir, tmp_path, model):
     metrics = run(cfg, tmp_path / model, tiny_data_dir)
     assert metrics["config"]["latent_dim"] == 32
     assert 0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["auc_reconstruction"] <= 1.0
-    assert len(train.read_scores(tmp_path / model / "scores.csv.gz")) == 40
-    reloaded = train.load_trained_model(tmp_path / model)
+    assert len(read_scores(tmp_path / model / "scores.csv.gz")) == 40
+    reloaded = load_trained_model(tmp_path / model)
     assert reloaded.parameter_count() == metrics["parameters"]
     assert metrics["cpu_malloc"] == "kept" or metrics["cpu_malloc"].startswith("unavailable")
 
@@ -449,7 +455,7 @@ def _history_epochs(out_dir):
 
 def test_sigkill_and_restart_gives_identical_results(tiny_data_dir, tmp_path):
     epochs = 8
-    cfg = train.RunConfig(
+    cfg = RunConfig(
         model="vae",
         dataset="mnist",
         normal_class=1,
@@ -512,7 +518,7 @@ def test_sigkill_and_restart_gives_identical_results(tiny_data_dir, tmp_path):
 
 def _seed_configs(model, seeds, epochs=2):
     return [
-        train.RunConfig(
+        RunConfig(
             model=model,
             dataset="mnist",
             normal_class=3,
@@ -540,7 +546,7 @@ def _separate_and_together(model, tiny_data_dir, tmp_path, seed_batching, seeds=
     configs = _seed_configs(model, seeds)
     for config in configs:
         run(config, tmp_path / "alone" / f"seed{config.seed}", tiny_data_dir)
-    together = train.train_runs(
+    together = train.train_seeds(
         configs,
         [tmp_path / "together" / f"seed{config.seed}" for config in configs],
         data_dir=tiny_data_dir,
@@ -603,7 +609,7 @@ def test_seeds_vmapped_equal_separate_runs_within_rounding(tiny_data_dir, tmp_pa
         # what the runs compute: every test image's scores and every epoch's loss terms. With
         # BatchNorm the bias noise below reaches the running means (eval mode): looser.
         tolerance = 5e-2 if _biases_before_batchnorm(model) else 1e-3
-        scores = [train.read_scores(tmp_path / side / f"seed{config.seed}" / "scores.csv.gz")
+        scores = [read_scores(tmp_path / side / f"seed{config.seed}" / "scores.csv.gz")
                   for side in ("alone", "together")]
         for row_alone, row_grouped in zip(*scores):
             for key in ("score_main", "score_reconstruction"):
@@ -640,7 +646,7 @@ def test_seed_vmap_rejects_random_ops_outside_sample_noise(tiny_data_dir, tmp_pa
     monkeypatch.setattr(VAE, "loss", loss_drawing_its_own_noise)
     configs = _seed_configs("vae", (0, 1), epochs=1)
     with pytest.raises(RuntimeError, match="randomness"):
-        train.train_runs(
+        train.train_seeds(
             configs,
             [tmp_path / f"seed{c.seed}" for c in configs],
             data_dir=tiny_data_dir,
@@ -665,8 +671,8 @@ def test_seed_group_resumes_each_run_from_its_checkpoint(tiny_data_dir, tmp_path
     out_dirs = [tmp_path / "group" / f"seed{c.seed}" for c in configs]
     with pytest.raises(Killed):
         run(configs[0], out_dirs[0], tiny_data_dir, checkpoint_every=1, on_epoch=_kill_at(2))
-    assert (out_dirs[0] / train.CHECKPOINT).exists()
-    results = train.train_runs(
+    assert (out_dirs[0] / CHECKPOINT).exists()
+    results = train.train_seeds(
         configs, out_dirs, data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching="sequential"
     )
     assert [m["resumes"] for m in results] == [1, 0]
@@ -680,17 +686,17 @@ def test_auto_seed_batching_follows_the_device_table(tiny_data_dir, tmp_path, mo
     configs = _seed_configs("vae", (0, 1), epochs=1)
 
     def train_with_auto(folder):
-        return train.train_runs(configs, [tmp_path / folder / f"seed{c.seed}" for c in configs],
+        return train.train_seeds(configs, [tmp_path / folder / f"seed{c.seed}" for c in configs],
                                 data_dir=tiny_data_dir, device="cpu", progress=False)
 
-    assert {m["seed_batching"] for m in train_with_auto("measured")} == {train.AUTO_SEED_BATCHING["cpu"]}
-    monkeypatch.setitem(train.AUTO_SEED_BATCHING, "cpu", "vmap")
+    assert {m["seed_batching"] for m in train_with_auto("measured")} == {AUTO_SEED_BATCHING["cpu"]}
+    monkeypatch.setitem(AUTO_SEED_BATCHING, "cpu", "vmap")
     assert {m["seed_batching"] for m in train_with_auto("vmap")} == {"vmap"}
 
 
 def test_vmap_asked_for_a_model_that_cannot_falls_back_to_steps_in_turn(tiny_data_dir, tmp_path, caplog):
     configs = _seed_configs("grad2vae", (0, 1), epochs=1)
-    results = train.train_runs(configs, [tmp_path / f"seed{c.seed}" for c in configs], data_dir=tiny_data_dir,
+    results = train.train_seeds(configs, [tmp_path / f"seed{c.seed}" for c in configs], data_dir=tiny_data_dir,
                                device="cpu", progress=False, seed_batching="vmap", derivatives="loop")
     assert [(m["seed_batching"], m["derivatives"]) for m in results] == [("sequential", "loop")] * 2
     assert "cannot vmap its loss" in caplog.text
@@ -699,15 +705,15 @@ def test_vmap_asked_for_a_model_that_cannot_falls_back_to_steps_in_turn(tiny_dat
 def test_seed_group_input_errors(tiny_data_dir, tmp_path):
     configs = _seed_configs("vae", (0, 1))
     with pytest.raises(UserError, match="differ only in their seed"):
-        train.train_runs(
+        train.train_seeds(
             [configs[0], dataclasses.replace(configs[1], lr=0.5)],
             [tmp_path / "a", tmp_path / "b"],
             data_dir=tiny_data_dir,
         )
     with pytest.raises(UserError, match="placeholder"):
-        train.train_runs(configs, [tmp_path / "same", tmp_path / "same"], data_dir=tiny_data_dir)
+        train.train_seeds(configs, [tmp_path / "same", tmp_path / "same"], data_dir=tiny_data_dir)
     with pytest.raises(UserError, match="seed-batching"):
-        train.train_runs(configs, [tmp_path / "a", tmp_path / "b"], data_dir=tiny_data_dir, seed_batching="fast")
+        train.train_seeds(configs, [tmp_path / "a", tmp_path / "b"], data_dir=tiny_data_dir, seed_batching="fast")
 
 
 def _models_declaring_seed_vmap():
@@ -747,7 +753,7 @@ def test_vmapped_losses_give_each_model_its_own_loss_and_gradients(model_name, o
         terms["total"].backward()
         alone.append(terms)
     together_models = [fresh(seed) for seed in (1, 2)]
-    terms = train.vmapped_losses(together_models, xs, noise)
+    terms = vmapped_losses(together_models, xs, noise)
     terms["total"].sum().backward()
     for j in range(2):
         for key, value in alone[j].items():
@@ -786,15 +792,15 @@ def test_seed_group_records_each_runs_share_of_the_time(tiny_data_dir, tmp_path,
     # Each lock-step step of the group takes 0.5 s more: 3 batches = 1.5 s of training time for
     # the whole group (plus well under a second of compute), so the three runs' shares sum to
     # about that, not to three times that.
-    step = train._step_sequential
+    step = cohort_module._step_sequential
 
     def slow_step(runs, indexes):
         time.sleep(0.5)
         return step(runs, indexes)
 
-    monkeypatch.setattr(train, "_step_sequential", slow_step)
+    monkeypatch.setattr(cohort_module, "_step_sequential", slow_step)
     configs = _seed_configs("vae", (0, 1, 2), epochs=1)  # 20 images, batch 8: 3 steps
-    results = train.train_runs(configs, [tmp_path / f"seed{c.seed}" for c in configs],
+    results = train.train_seeds(configs, [tmp_path / f"seed{c.seed}" for c in configs],
                                data_dir=tiny_data_dir, device="cpu", progress=False)
     assert all(m["seeds_in_process"] == 3 and m["seed_batching"] == "sequential" for m in results)
     assert 1.5 <= sum(m["train_seconds"] for m in results) < 3.5
@@ -806,15 +812,15 @@ def test_group_killed_mid_run_resumes_from_its_own_checkpoints(tiny_data_dir, tm
     group = [tmp_path / "group" / f"seed{c.seed}" for c in configs]
     options = dict(data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching="sequential")
     with pytest.raises(Killed):  # in seed 4's epoch 2, after its epoch-1 checkpoint
-        train.train_runs(configs, group, checkpoint_every=1, on_epoch=_kill_at(2), **options)
-    assert (group[0] / train.CHECKPOINT).exists()
-    results = train.train_runs(configs, group, **options)
+        train.train_seeds(configs, group, checkpoint_every=1, on_epoch=_kill_at(2), **options)
+    assert (group[0] / CHECKPOINT).exists()
+    results = train.train_seeds(configs, group, **options)
     assert results[0]["resumes"] == 1
     for a, g in zip(alone, group):
         expected, got = _run_files(a), _run_files(g)
         assert got[0]["auc"] == expected[0]["auc"]
         assert all(torch.equal(got[1][name], expected[1][name]) for name in expected[1])
-        assert not (g / train.CHECKPOINT).exists()  # the group finished: no checkpoint left
+        assert not (g / CHECKPOINT).exists()  # the group finished: no checkpoint left
 
 
 @pytest.mark.parametrize("seed_batching", ["sequential", "vmap"])
@@ -824,7 +830,7 @@ def test_one_diverging_seed_fails_the_group_after_the_others_finish(
     configs = _seed_configs("vae", (4, 7))
     alone = tmp_path / "alone"
     run(configs[0], alone, tiny_data_dir)
-    setup = train._Run.__init__
+    setup = Run.__init__
 
     def poison_seed_7(self, config, *args, **kwargs):
         setup(self, config, *args, **kwargs)
@@ -832,17 +838,17 @@ def test_one_diverging_seed_fails_the_group_after_the_others_finish(
             with torch.no_grad():
                 next(self.model.parameters()).fill_(float("nan"))
 
-    monkeypatch.setattr(train._Run, "__init__", poison_seed_7)
+    monkeypatch.setattr(Run, "__init__", poison_seed_7)
     group = [tmp_path / "group" / f"seed{c.seed}" for c in configs]
     options = dict(data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching=seed_batching)
-    with pytest.raises(train.NonFiniteLossError, match="seed7"):
-        train.train_runs(configs, group, **options)
+    with pytest.raises(NonFiniteLossError, match="seed7"):
+        train.train_seeds(configs, group, **options)
     assert not (group[1] / "metrics.json").exists()
     expected, got = _run_files(alone), _run_files(group[0])
     assert got[0]["auc"] == pytest.approx(expected[0]["auc"], abs=0.02)
     # Snakemake removes the outputs of the failed job; its final checkpoint stays, so the
     # finished seed comes back by re-evaluating, without training again.
-    assert (group[0] / train.CHECKPOINT).exists()
+    assert (group[0] / CHECKPOINT).exists()
     for name in ("metrics.json", "history.tsv", "scores.csv.gz", "model.pt"):
         (group[0] / name).unlink()
     monkeypatch.undo()
@@ -850,8 +856,8 @@ def test_one_diverging_seed_fails_the_group_after_the_others_finish(
     def no_training(*args):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(train, "_step_sequential", no_training)
-    monkeypatch.setattr(train, "_step_vmap", no_training)
-    (again,) = train.train_runs(configs[:1], group[:1], **options)
+    monkeypatch.setattr(cohort_module, "_step_sequential", no_training)
+    monkeypatch.setattr(cohort_module, "_step_vmap", no_training)
+    (again,) = train.train_seeds(configs[:1], group[:1], **options)
     assert again["auc"] == got[0]["auc"] and again["resumes"] == got[0]["resumes"] + 1
     assert all(torch.equal(_run_files(group[0])[1][name], got[1][name]) for name in got[1])

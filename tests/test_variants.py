@@ -18,7 +18,7 @@ from grad2vae.aggregate import table1_layout
 from grad2vae.errors import UserError
 from grad2vae.models import check_options, create_model
 from grad2vae.schedule import StepsToValues, make_scheduler
-from grad2vae.train import RunConfig, config_hash, validate_config
+from grad2vae.config import RunConfig, config_hash, validate_config
 
 from conftest import write_synthetic_dataset
 from test_workflow import job_counts, snakemake, write_config
@@ -136,7 +136,7 @@ def test_cli_trains_a_variant_under_its_name_with_absolute_lr_steps(tmp_path, ca
     assert history["lr"].tolist() == [1e-4, 1e-5]
     payload = torch.load(out / "model.pt", weights_only=True)
     assert payload["base_model"] == "cae"
-    from grad2vae.train import load_trained_model
+    from grad2vae.run import load_trained_model
 
     assert type(load_trained_model(out)).__name__ == "BaselineCAE" or load_trained_model(out).name == "cae"
 

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 TEMPLATE = "index.html.j2"
 STYLESHEET = "style.css"
 # Modules whose ASSUMPTIONS tuple the report shows; only `explain` may legitimately be absent.
-ASSUMPTION_MODULES = ("grad2vae.data", "grad2vae.train", "grad2vae.schedule", "grad2vae.devices", "grad2vae.explain")
+ASSUMPTION_MODULES = ("grad2vae.data", "grad2vae.config", "grad2vae.schedule", "grad2vae.devices", "grad2vae.explain")
 OPTIONAL_MODULES = ("grad2vae.explain",)
 MAX_TABLE_ROWS = 200  # rows of an explain CSV shown inline (the whole file is linked)
 

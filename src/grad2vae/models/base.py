@@ -40,7 +40,7 @@ class AnomalyModel(nn.Module):
     - ``sample_noise(batch_size, like)``: the random draws of ``loss`` for one batch, from torch's
       global RNG on ``like``'s device and dtype; None for a deterministic loss (default).
     - ``supports_seed_vmap(device)``: True if ``loss`` may run under ``torch.func.vmap`` over
-      stacked copies of the model (``train.train_runs``, several seeds in one process): no
+      stacked copies of the model (``train.train_seeds``, several seeds in one process): no
       random op outside ``sample_noise``, no ``torch.autograd.grad``, no control flow on tensor
       values. Default False (the seeds then step in turn); tests/test_train.py checks the
       per-step losses and gradients of every model that says True against the model alone.
@@ -60,7 +60,7 @@ class AnomalyModel(nn.Module):
       accepted values (a tuple of strings, the first the default) or ``float``; defaults are
       the model's published behaviour. Empty: nothing to choose.
     - ``protocol_defaults`` (class attribute): training-protocol values of the model's source
-      that differ from the paper's (``train.RunConfig`` field -> value); ``grad2vae train`` uses
+      that differ from the paper's (``config.RunConfig`` field -> value); ``grad2vae train`` uses
       them for the options not given on its command line.
     """
 

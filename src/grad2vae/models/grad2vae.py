@@ -132,7 +132,7 @@ def resolve_derivatives(device: torch.device | str, requested: str = "auto") -> 
 def _channels_last(maps: Tensor) -> Tensor:
     """``maps`` (N, C, H, W) laid out in channels_last memory order: the strides of
     ``contiguous(memory_format=torch.channels_last)``, written with permutes because vmap (several
-    seeds in one process, ``train.train_runs``) does not support memory-format queries."""
+    seeds in one process, ``train.train_seeds``) does not support memory-format queries."""
     return maps.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
 
 
