@@ -489,13 +489,7 @@ def test_explain_from_real_runs_through_the_cli(trained_runs, tiny_data_dir, tmp
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPLAIN_SMK = ROOT / "workflow" / "rules" / "explain.smk"
-COMMON_SMK = ROOT / "workflow" / "rules" / "common.smk"
 
-
-def test_rule_file_names_agree_with_the_module():
-    text = COMMON_SMK.read_text()
-    for pattern in explain.FIGURES_PER_CLASS + explain.FIGURES_PER_DATASET + explain.TABLES:
-        assert f'"{pattern}"' in text, pattern
 
 
 def test_rule_is_snakefmt_formatted():

@@ -15,7 +15,7 @@ import torch
 
 from grad2vae import devices, train
 from grad2vae.config import RunConfig
-from grad2vae.outputs import CHECKPOINT, METRICS
+from grad2vae.layout import CHECKPOINT, METRICS
 
 pytestmark = [
     pytest.mark.gpu,

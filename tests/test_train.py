@@ -30,7 +30,8 @@ import grad2vae.cohort as cohort_module
 from grad2vae.cohort import AUTO_SEED_BATCHING, Progress, vmapped_losses
 from grad2vae.config import ASSUMPTIONS, RunConfig, derive_seed
 from grad2vae.evaluate import NonFiniteLossError, evaluate
-from grad2vae.outputs import CHECKPOINT, read_scores
+from grad2vae.layout import CHECKPOINT
+from grad2vae.outputs import read_scores
 from grad2vae.run import Run, load_trained_model
 
 CONTRIBUTING_KEYS = {

@@ -173,15 +173,6 @@ def test_schema_models_are_the_registry():
     assert sorted(variants["additionalProperties"]["properties"]["model"]["enum"]) == sorted(model_names())
 
 
-def test_idx_names_match_the_data_module():
-    from grad2vae.data import DATASETS, MANIFEST_NAME
-
-    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    for dataset in DATASETS.values():
-        for idx_file in dataset.files.values():
-            assert f'"{idx_file.name}"' in common
-    assert f'MANIFEST = "{MANIFEST_NAME}"' in common
-
 
 def test_lint_and_format():
     result = snakemake("--lint")

@@ -78,14 +78,9 @@ from grad2vae import published as pub
 from grad2vae import stats
 from grad2vae.atomic import atomic_open, write_json
 from grad2vae.errors import UserError
+from grad2vae.layout import METRICS, RUN_DIR, TRAIN_BENCHMARK, TRAIN_LOG
 
 log = logging.getLogger(__name__)
-
-# The on-disk layout, relative to the results dir. The Snakemake rules use the same patterns
-# (workflow/rules/common.smk imports them), so the two can never disagree.
-RUN_DIR = "runs/{dataset}/{model}/class{normal_class}/seed{seed}"
-TRAIN_LOG = "logs/train/{dataset}/{model}/class{normal_class}/seed{seed}.log"
-TRAIN_BENCHMARK = "benchmarks/train/{dataset}/{model}/class{normal_class}/seed{seed}.tsv"
 
 GRID_KEYS = ("datasets", "normal_classes", "models", "seeds")
 KEY_COLUMNS = ["dataset", "normal_class", "model", "seed"]
@@ -251,7 +246,7 @@ def read_run(results_dir: Path, key: dict[str, Any]) -> tuple[dict[str, Any], di
     run_dir = results_dir / RUN_DIR.format(**key)
     log_path = results_dir / TRAIN_LOG.format(**key)
     status = dict(key, status="missing", reason="", run_dir=str(run_dir), log=str(log_path) if log_path.exists() else "")
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / METRICS
     if metrics_path.is_file():
         try:
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))

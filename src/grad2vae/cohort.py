@@ -19,7 +19,7 @@ from grad2vae.errors import UserError
 
 from grad2vae.config import SUBSAMPLE_SEED
 from grad2vae.evaluate import NonFiniteLossError, as_numpy
-from grad2vae.outputs import CHECKPOINT
+from grad2vae.layout import CHECKPOINT
 from grad2vae.run import Run
 
 log = logging.getLogger(__name__)

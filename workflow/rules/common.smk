@@ -1,11 +1,25 @@
 # Helpers shared by all rule files (paths, the expected grid, command arguments).
-# The run-directory layout comes from grad2vae.aggregate, so rules and aggregation agree.
+# Every path and file name comes from grad2vae.layout (torch-free), so rules and code agree.
 
 import json
 import os
 import sys
 
-from grad2vae.aggregate import RUN_DIR, TRAIN_BENCHMARK, TRAIN_LOG
+from grad2vae.layout import (
+    AGGREGATE_FILES,
+    CD_FIGURE,
+    EXPLAIN_FIGURES_PER_CLASS,
+    EXPLAIN_FIGURES_PER_DATASET,
+    EXPLAIN_SUMMARY as EXPLAIN_SUMMARY_NAME,
+    EXPLAIN_TABLES,
+    FIGURE_FILES,
+    IDX_NAMES,
+    MANIFEST_NAME,
+    ROC_FIGURE,
+    RUN_DIR,
+    TRAIN_BENCHMARK,
+    TRAIN_LOG,
+)
 
 RESULTS = config["results_dir"].rstrip("/")
 REPORT_DIR = config["report_dir"].rstrip("/")
@@ -13,7 +27,7 @@ DATA_DIR = config["data"]["dir"].rstrip("/")
 REPORT_HTML = f"{REPORT_DIR}/index.html"
 AGGREGATE_DIR = f"{RESULTS}/aggregate"
 FIGURES_DIR = f"{RESULTS}/figures"
-EXPLAIN_SUMMARY = f"{RESULTS}/explain/summary.json"
+EXPLAIN_SUMMARY = f"{RESULTS}/explain/{EXPLAIN_SUMMARY_NAME}"
 TEMPLATE_DIR = os.path.join(workflow.basedir, "workflow", "report")
 # The trained models: the grid's `models` plus `extra_models` (presets/table1-complete.yaml adds
 # deep_svdd and cae_ocsvm, Table 1's other two columns) plus every variant of `variants`
@@ -73,48 +87,11 @@ def model_protocol(model):
     return protocol
 
 
-# The official IDX file names of both datasets (tests/test_workflow.py checks them against
-# grad2vae.data.DATASETS; not imported here, so that parsing the workflow needs no torch).
-IDX_NAMES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-MANIFEST = "MANIFEST.json"
-
-AGGREGATE_FILES = (
-    "runs.csv",
-    "history.csv.gz",
-    "status.csv",
-    "summary.csv",
-    "averages.csv",
-    "table1.csv",
-    "compute.csv",
-    "parameters.csv",
-    "aggregate.json",
-    "stats.json",
-    "claims.json",
-    "ablations.json",
-    "scores.csv",
-    "entropy_only.csv",
-    "score_findings.json",
-)
-FIGURE_FILES = (
-    "fig6_auc_vs_epoch.png",
-    "fig6_compute.png",
-    "fig6_scores.png",
-    "anomaly_ratio.png",
-    "per_class_auc.png",
-    "parameters.png",
-    "compute.png",
-    "figures.json",
-)
-
-
 def figure_files():
     """What `grad2vae figures` writes: FIGURE_FILES, a critical-difference diagram per dataset."""
-    names = list(FIGURE_FILES) + [f"cd_{dataset}.png" for dataset in config["datasets"]]
+    names = list(FIGURE_FILES) + [
+        CD_FIGURE.format(dataset=d) for d in config["datasets"]
+    ]
     return [f"{FIGURES_DIR}/{name}" for name in names]
 
 
@@ -127,7 +104,7 @@ def up(path, levels=1):
 
 def dataset_files(dataset):
     """The verified files of one dataset that `grad2vae fetch` leaves in the data dir."""
-    return [f"{DATA_DIR}/{dataset}/{name}" for name in IDX_NAMES + (MANIFEST,)]
+    return [f"{DATA_DIR}/{dataset}/{name}" for name in IDX_NAMES + (MANIFEST_NAME,)]
 
 
 def fetch_options(wildcards, output):
@@ -191,7 +168,7 @@ def roc_figure():
     roc_class = config["figures"]["roc_class"]
     if roc_class not in config["normal_classes"]:
         roc_class = config["normal_classes"][0]
-    return f"{FIGURES_DIR}/roc_class{roc_class}.png"
+    return f"{FIGURES_DIR}/{ROC_FIGURE.format(normal_class=roc_class)}"
 
 
 def train_options(wildcards):
@@ -284,18 +261,6 @@ def train_resource(name, seeds=1):
     return value * seeds if name in ("mem_mb", "runtime") else value
 
 
-# One process writes one log; every run of the job gets a copy (aggregate reads it per run).
-TRAIN_SHELL = (
-    "status=0; grad2vae train --model {wildcards.model} --dataset {wildcards.dataset}"
-    " --normal-class {wildcards.normal_class} --seed {params.seeds}"
-    " --data-dir {params.data_dir} --out-dir '{params.run_dir}'"
-    " --latent-dim {params.latent_dim} {params.protocol} {params.execution}"
-    " --no-progress > {log[0]} 2>&1 || status=$?;"
-    " for run_log in {log}; do [ $run_log = {log[0]} ] || cp {log[0]} $run_log; done;"
-    " exit $status"
-)
-
-
 def latent_dim(wildcards):
     return config["latent_dim"][wildcards.dataset]
 
@@ -317,17 +282,6 @@ def config_json():
 
 EXPLAIN_DIR = os.path.dirname(EXPLAIN_SUMMARY)
 EXPLAIN_MODELS = ("grad2vae", "vae")
-# The file names `grad2vae explain` writes (grad2vae.explain.FIGURES_PER_CLASS, ...; repeated
-# here so that parsing the workflow imports no torch; tests/test_explain.py checks they agree).
-EXPLAIN_FIGURES_PER_CLASS = (
-    "fig3_second_derivatives_{dataset}_class{normal_class}.png",
-    "fig4_attention_{dataset}_class{normal_class}.png",
-)
-EXPLAIN_FIGURES_PER_DATASET = (
-    "fig5_attention_{dataset}.png",
-    "deletion_curves_{dataset}.png",
-)
-EXPLAIN_TABLES = ("faithfulness.csv", "deletion_curves.csv")
 
 
 def explain_run_dir(dataset, model, normal_class):

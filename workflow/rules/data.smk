@@ -8,7 +8,7 @@ rule data:
             "{data_dir}/{dataset}/{name}",
             data_dir=DATA_DIR,
             dataset=config["datasets"],
-            name=IDX_NAMES + (MANIFEST,),
+            name=IDX_NAMES + (MANIFEST_NAME,),
         ),
     log:
         f"{RESULTS}/logs/data.log",

@@ -4,6 +4,18 @@
 # one process (160 jobs for k = 5). `--resources gpu=N` caps how many train at once.
 
 
+# One process writes one log; every run of the job gets a copy (aggregate reads it per run).
+TRAIN_SHELL = (
+    "status=0; grad2vae train --model {wildcards.model} --dataset {wildcards.dataset}"
+    " --normal-class {wildcards.normal_class} --seed {params.seeds}"
+    " --data-dir {params.data_dir} --out-dir '{params.run_dir}'"
+    " --latent-dim {params.latent_dim} {params.protocol} {params.execution}"
+    " --no-progress > {log[0]} 2>&1 || status=$?;"
+    " for run_log in {log}; do [ $run_log = {log[0]} ] || cp {log[0]} $run_log; done;"
+    " exit $status"
+)
+
+
 if config["train"]["seeds_per_job"] == 1:
 
     rule train:
