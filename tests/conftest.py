@@ -31,6 +31,28 @@ IDX_FILES = {
 }
 
 
+def tiny_run_config(model: str, **changes):
+    """A run configuration for tests: MNIST normal class 3, seed 0, 2 epochs of batch 16, Adam
+    1e-3 x 0.1 after epoch 1, evaluation at the end only; ``changes`` override any field."""
+    from grad2vae.config import RunConfig
+
+    fields = dict(
+        model=model, dataset="mnist", normal_class=3, seed=0, epochs=2, batch_size=16, lr=1e-3,
+        lr_decay_epoch=1, lr_decay_factor=0.1, eval_every=0, eval_batch_size=50,
+    )  # fmt: skip
+    fields.update(changes)
+    return RunConfig(**fields)
+
+
+def train_on_cpu(config, out_dir, data_dir, **options):
+    """``train.train_one`` on the CPU without a progress bar (``options`` override both)."""
+    from grad2vae.train import train_one
+
+    options.setdefault("device", "cpu")
+    options.setdefault("progress", False)
+    return train_one(config, out_dir, data_dir=data_dir, **options)
+
+
 def _class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each class is a distinct bright horizontal bar plus noise: learnable in a few steps."""
     images = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.int64)

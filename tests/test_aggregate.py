@@ -349,7 +349,6 @@ def test_extra_models_join_the_grid_and_the_oracle_is_a_labelled_pseudo_model(tm
 
 
 def test_stats_json_on_the_full_ten_class_grid(tmp_path):
-    from grad2vae import stats
 
     write_complete_grid(tmp_path / "results")
     config = {**grid(classes=list(range(10)), models=MODELS, seeds=[0, 1]), "extra_models": ["deep_svdd", "cae_ocsvm"]}

@@ -17,12 +17,11 @@ from grad2vae.models.cae_ocsvm import GRID_KEYS, SCALE_KEY, grid_key, oracle_auc
 from grad2vae.config import RunConfig
 from grad2vae.outputs import read_scores
 
+from conftest import tiny_run_config
+
 
 def tiny_config(model: str) -> RunConfig:
-    return RunConfig(
-        model=model, dataset="mnist", normal_class=3, seed=0, epochs=2, batch_size=16,
-        eval_every=1, eval_batch_size=50,
-    )  # fmt: skip
+    return tiny_run_config(model, eval_every=1, lr_decay_epoch=50, lr_decay_factor=0.01)
 
 
 def test_cli_trains_and_reports_both_protocols(tiny_data_dir, tmp_path):

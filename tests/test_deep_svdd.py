@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from grad2vae import data, train
+from grad2vae import data
 from grad2vae.cli import main
 from grad2vae.models import create_model
 from grad2vae.models.deep_svdd import CENTER_EPS, WEIGHT_DECAY, DeepSVDD, global_contrast_normalization
@@ -20,29 +20,16 @@ from grad2vae.config import RunConfig, SUBSAMPLE_SEED
 from grad2vae.outputs import read_scores
 from grad2vae.run import load_trained_model
 
+from conftest import tiny_run_config, train_on_cpu
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(dataset="mnist", **changes) -> RunConfig:
-    base = dict(
-        model="deep_svdd",
-        dataset=dataset,
-        normal_class=3,
-        seed=0,
-        epochs=2,
-        batch_size=16,
-        lr=1e-3,
-        lr_decay_epoch=1,
-        lr_decay_factor=0.1,
-        eval_every=0,
-        eval_batch_size=50,
-    )
-    base.update(changes)
-    return RunConfig(**base)
+    return tiny_run_config("deep_svdd", dataset=dataset, **changes)
 
 
-def run(cfg, out_dir, data_dir, **kwargs):
-    return train.train_one(cfg, out_dir, data_dir=data_dir, device="cpu", progress=False, **kwargs)
+run = train_on_cpu
 
 
 def test_cli_trains_and_scores_with_the_readme_setup(tiny_data_dir, tmp_path):
@@ -171,3 +158,16 @@ def test_weight_decay_term_gives_adams_coupled_weight_decay():
         opt_a.step(), opt_b.step()
     for pa, pb in zip(a.net.parameters(), b.net.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
+
+
+def test_pretraining_logs_every_epoch_and_shows_the_bar(caplog, capsys):
+    """Issue 16: the 150-epoch autoencoder pretraining printed nothing for minutes."""
+    torch.manual_seed(0)
+    model = create_model("deep_svdd", 16, dataset="mnist")
+    caplog.set_level("INFO", logger="grad2vae.models.deep_svdd")
+    model.pretrain(torch.rand(20, 1, 28, 28), epochs=3, batch_size=8, lr=1e-4, lr_decay_epoch=2,
+                   lr_decay_factor=0.1, generator=torch.Generator().manual_seed(0), progress=True)  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if "pretraining: epoch" in r.getMessage()]
+    assert [line.split()[3] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert "lr=0.0001" in lines[0] and "lr=1e-05" in lines[2] and "loss=" in lines[0] and "ETA" in lines[0]
+    assert "pretrain epoch 3/3 [" in capsys.readouterr().err

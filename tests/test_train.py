@@ -27,12 +27,15 @@ from grad2vae.cli import main
 from grad2vae.errors import UserError
 from grad2vae.models.base import AnomalyModel
 import grad2vae.cohort as cohort_module
-from grad2vae.cohort import AUTO_SEED_BATCHING, Progress, vmapped_losses
+from grad2vae.cohort import AUTO_SEED_BATCHING, vmapped_losses
+from grad2vae.progress import Progress
 from grad2vae.config import ASSUMPTIONS, RunConfig, derive_seed
 from grad2vae.evaluate import NonFiniteLossError, evaluate
 from grad2vae.layout import CHECKPOINT
 from grad2vae.outputs import read_scores
 from grad2vae.run import Run, load_trained_model
+
+from conftest import tiny_run_config, train_on_cpu
 
 CONTRIBUTING_KEYS = {
     "model",
@@ -119,28 +122,12 @@ def tiny_models(monkeypatch):
 
 def config(**changes) -> RunConfig:
     # batch 8 on 30 training images: 4 batches per epoch, the last one smaller.
-    base = dict(
-        model="tiny_test_vae",
-        dataset="mnist",
-        normal_class=3,
-        seed=0,
-        latent_dim=4,
-        epochs=4,
-        batch_size=8,
-        lr=1e-2,
-        lr_decay_epoch=2,
-        lr_decay_factor=0.1,
-        eval_every=1,
-        eval_batch_size=32,
-    )
-    base.update(changes)
-    return RunConfig(**base)
+    fields = dict(latent_dim=4, epochs=4, batch_size=8, lr=1e-2, lr_decay_epoch=2, eval_every=1,
+                  eval_batch_size=32)  # fmt: skip
+    return tiny_run_config(**{"model": "tiny_test_vae", **fields, **changes})
 
 
-def run(cfg, out_dir, data_dir, **kwargs):
-    kwargs.setdefault("device", "cpu")
-    kwargs.setdefault("progress", False)
-    return train.train_one(cfg, out_dir, data_dir=data_dir, **kwargs)
+run = train_on_cpu
 
 
 def read_tsv(path):

@@ -61,7 +61,6 @@ import json
 import logging
 import math
 import platform
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -78,6 +77,7 @@ from grad2vae import published as pub
 from grad2vae import stats
 from grad2vae.atomic import atomic_open, write_json
 from grad2vae.errors import UserError
+from grad2vae.gitstate import git_commit_label
 from grad2vae.layout import METRICS, RUN_DIR, TRAIN_BENCHMARK, TRAIN_LOG
 
 log = logging.getLogger(__name__)
@@ -772,19 +772,6 @@ def statistics_payload(runs: pd.DataFrame, grid: dict[str, list], figure_dir: Pa
 # provenance
 
 
-def git_commit(cwd: Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out + ("-dirty" if dirty else "")
-
-
 def provenance(runs: pd.DataFrame) -> dict[str, Any]:
     def counts(column: str) -> dict[str, int]:
         if runs.empty or column not in runs:
@@ -806,7 +793,7 @@ def provenance(runs: pd.DataFrame) -> dict[str, Any]:
             "platform": platform.platform(),
             "pandas": pd.__version__,
             "numpy": np.__version__,
-            "git_commit": git_commit(),
+            "git_commit": git_commit_label(Path.cwd()),
         },
     }
 

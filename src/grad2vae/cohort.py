@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 import types
 from typing import Any, Callable
@@ -20,40 +19,10 @@ from grad2vae.errors import UserError
 from grad2vae.config import SUBSAMPLE_SEED
 from grad2vae.evaluate import NonFiniteLossError, as_numpy
 from grad2vae.layout import CHECKPOINT
+from grad2vae.progress import Progress
 from grad2vae.run import Run
 
 log = logging.getLogger(__name__)
-
-class Progress:
-    """A one-line \\r progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, enabled: bool | None = None, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self._last = 0.0
-        self._shown = False
-
-    def update(self, epoch: int, epochs: int, batch: int, batches: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if batch < batches and now - self._last < 0.2:
-            return
-        self._last = now
-        width = 30
-        filled = int(width * batch / max(batches, 1))
-        self.stream.write(
-            f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] {batch}/{batches}"
-        )
-        self.stream.flush()
-        self._shown = True
-
-    def clear(self) -> None:
-        if self.enabled and self._shown:
-            self.stream.write("\r" + " " * 79 + "\r")
-            self.stream.flush()
-            self._shown = False
-
 
 #: how ``train_seeds`` steps several seeds in one process (see its docstring)
 SEED_BATCHING = ("auto", "vmap", "sequential")
@@ -197,7 +166,7 @@ def train_in_lockstep(
     )
     shares_process = len(configs) > 1
     runs = [
-        Run(config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process, derivatives)
+        Run(config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process, derivatives, progress)
         for config, out_dir in zip(configs, out_dirs)
     ]
     n_train = len(train_x)

@@ -10,7 +10,6 @@ import io
 import logging
 import os
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -76,28 +75,6 @@ def write_scores(path: Path, split, scores: dict[str, np.ndarray]) -> None:
 def read_scores(path: str | os.PathLike) -> list[dict[str, str]]:
     with gzip.open(path, "rt", encoding="ascii") as handle:
         return list(csv.DictReader(handle))
-
-
-def git_commit() -> tuple[str, bool | None]:
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        return commit or "unknown", bool(status.strip())
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", None
 
 
 def _version(package: str) -> str | None:

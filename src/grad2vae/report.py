@@ -35,9 +35,10 @@ import pandas as pd
 from grad2vae import __version__, entropy_only
 from grad2vae import ablations as ablation_study
 from grad2vae import published as pub
-from grad2vae.aggregate import PRINTED_AVERAGE, git_commit, model_label, model_order
+from grad2vae.aggregate import PRINTED_AVERAGE, model_label, model_order
 from grad2vae.atomic import atomic_path, write_text
 from grad2vae.errors import UserError
+from grad2vae.gitstate import git_commit_label
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +558,7 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
         "report_environment": {
             "grad2vae": __version__,
             "python": sys.version.split()[0],
-            "git_commit": git_commit(),
+            "git_commit": git_commit_label(Path.cwd()),
             "generated_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "results_dir": str(results_dir),
         },

@@ -32,10 +32,11 @@ from grad2vae.evaluate import (
     score_means,
     training_flops,
 )
+from grad2vae.gitstate import git_state
+from grad2vae.progress import fmt_duration
 from grad2vae.layout import CHECKPOINT, HISTORY, LOCK, METRICS, MODEL, SCORES
 from grad2vae.outputs import (
     environment_versions,
-    git_commit,
     write_history,
     write_scores,
 )
@@ -188,7 +189,10 @@ class Run:
     ``begin_epoch`` -> ``batch_index`` / ``record`` per batch -> ``end_epoch`` (non-finite check,
     evaluation, history, checkpoint); finally ``finish`` writes scores, model and metrics."""
 
-    def __init__(self, config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process, derivatives):
+    def __init__(
+        self, config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process, derivatives,
+        progress=None,
+    ):  # fmt: skip
         from grad2vae.models import create_model
 
         self.config, self.out_dir, self.device = config, out_dir, device
@@ -238,6 +242,7 @@ class Run:
                 lr_decay_factor=config.lr_decay_factor,
                 lr_steps=config.lr_steps,
                 generator=torch.Generator().manual_seed(derive_seed(config.seed, "pretrain")),
+                progress=progress,
             )
         # Several runs in one process: each keeps torch's global RNG state (training noise) of
         # its own between its turns, as if it were alone.
@@ -404,7 +409,7 @@ class Run:
         with atomic.atomic_path(out_dir / MODEL) as tmp:
             torch.save(model_payload, tmp)
 
-        commit, dirty = git_commit()
+        commit, dirty = git_state()
         history = self.history
         train_total = sum(row["train_seconds"] for row in history)
         eval_total = sum(row["eval_seconds"] for row in history)
@@ -443,7 +448,7 @@ class Run:
             "pretrain": self.pretrain_info,
             "auc_extra": auc_extra,
             "versions": environment_versions(),
-            "git_commit": commit,
+            "git_commit": commit or "unknown",
             "git_dirty": dirty,
             "config": config.to_dict(),
             "config_hash": self.chash,
@@ -517,12 +522,3 @@ def load_trained_model(run_dir: str | os.PathLike, device: str | torch.device = 
     )
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval()
-
-
-def fmt_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"

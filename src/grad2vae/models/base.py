@@ -46,10 +46,11 @@ class AnomalyModel(nn.Module):
       per-step losses and gradients of every model that says True against the model alone.
 
     - ``pretrain(train_x, *, epochs, batch_size, lr, lr_decay_epoch, lr_decay_factor, lr_steps,
-      generator)`` is called by the trainer once, before the first epoch (not again on resume: its result is
+      generator, progress)`` is called by the trainer once, before the first epoch (not again on resume: its result is
       in the model's state and the checkpoint), with the run's protocol values; Deep SVDD
       pretrains its autoencoder, fits its preprocessing constants and sets its centre here.
-      Returns a JSON-able summary recorded in ``metrics.json`` (``pretrain``), or None.
+      Returns a JSON-able summary recorded in ``metrics.json`` (``pretrain``), or None. A long
+      pretraining logs one line per epoch and shows the bar (``progress.Progress``) as training.
     - ``extra_scores(x, generator)`` returns more named scores (higher = more anomalous), computed
       only at the final evaluation; the trainer records each one's AUC in ``metrics.json``
       (``auc_extra``). Used for expensive diagnostics (the CAE + OC-SVM oracle grid).
@@ -106,6 +107,7 @@ class AnomalyModel(nn.Module):
         lr_decay_factor: float,
         lr_steps: tuple[tuple[int, float], ...] = (),
         generator: torch.Generator | None = None,
+        progress: bool | None = None,
     ) -> dict[str, Any] | None:
         return None
 

@@ -32,6 +32,7 @@ ignored: the source fixes the representation size (32 MNIST, 128 Fashion-MNIST).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -43,7 +44,10 @@ from torch import Tensor, nn
 from grad2vae.errors import UserError
 from grad2vae.models import register
 from grad2vae.models.base import AnomalyModel
+from grad2vae.progress import Progress, fmt_duration
 from grad2vae.schedule import make_scheduler
+
+log = logging.getLogger(__name__)
 
 #: Adam weight decay of the one-class objective and of the autoencoder pretraining (README)
 WEIGHT_DECAY = 0.5e-6
@@ -262,6 +266,7 @@ class DeepSVDD(AnomalyModel):
         lr_decay_factor: float,
         lr_steps: tuple[tuple[int, float], ...] = (),
         generator: torch.Generator | None = None,
+        progress: bool | None = None,
     ) -> dict[str, Any]:
         start = time.perf_counter()
         self.fit_preprocessing(train_x)
@@ -273,21 +278,34 @@ class DeepSVDD(AnomalyModel):
         optimizer = torch.optim.Adam(ae.parameters(), lr=lr, weight_decay=AE_WEIGHT_DECAY)
         scheduler = make_scheduler(optimizer, lr_decay_epoch, lr_decay_factor, lr_steps)
         n = len(xp)
+        batches = math.ceil(n / batch_size)
         losses: list[Tensor] = []
+        bar = Progress(progress, label="pretrain epoch")
         try:
             with torch.enable_grad():
-                for _epoch in range(epochs):
+                for epoch in range(1, epochs + 1):
+                    epoch_start = time.perf_counter()
+                    lr_now = optimizer.param_groups[0]["lr"]
                     order = torch.randperm(n, generator=generator).to(xp.device)
                     total = torch.zeros((), device=xp.device)
-                    for begin in range(0, n, batch_size):
+                    for batch, begin in enumerate(range(0, n, batch_size), start=1):
                         xb = xp[order[begin : begin + batch_size]]
                         loss = (self.reconstruct(xb) - xb).square().flatten(1).sum(1).mean()
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         optimizer.step()
                         total = total + loss.detach() * len(xb)
+                        bar.update(epoch, epochs, batch, batches)
+                    bar.clear()
                     scheduler.step()
                     losses.append(total / n)
+                    # the same line as a training epoch's (one host sync per epoch, as training's)
+                    seconds = time.perf_counter() - epoch_start
+                    log.info(
+                        "deep_svdd pretraining: epoch %d/%d loss=%.4g lr=%.3g %.1fs ETA %s",
+                        epoch, epochs, losses[-1].item(), lr_now, seconds,
+                        fmt_duration((time.perf_counter() - start) / epoch * (epochs - epoch)),
+                    )  # fmt: skip
         finally:
             ae.requires_grad_(False)
             ae.eval()
