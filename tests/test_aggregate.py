@@ -15,7 +15,10 @@ import pandas as pd
 import pytest
 
 from grad2vae import published as pub
-from grad2vae.aggregate import RUN_DIR, TRAIN_LOG, aggregate, expected_grid, published_column_average
+from grad2vae.aggregate import aggregate
+from grad2vae.collect import expected_grid
+from grad2vae.layout import RUN_DIR, TRAIN_LOG
+from grad2vae.tables import published_column_average
 from grad2vae.cli import main as cli_main
 
 MODELS = ["grad2vae", "vae", "cae", "inception_caenn"]
@@ -318,7 +321,7 @@ def write_complete_grid(results: Path, classes=range(10), seeds=(0, 1), datasets
 
 def test_extra_models_join_the_grid_and_the_oracle_is_a_labelled_pseudo_model(tmp_path):
     from grad2vae import stats
-    from grad2vae.aggregate import ORACLE_LABEL
+    from grad2vae.labels import ORACLE_LABEL
 
     write_complete_grid(tmp_path / "results", classes=[0, 1], seeds=[0, 1])
     config = {**grid(classes=[0, 1], models=MODELS, seeds=[0, 1]), "extra_models": ["deep_svdd", "cae_ocsvm"]}

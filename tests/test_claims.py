@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grad2vae import claims
+from grad2vae import claims, score_findings, training_claims, verdicts
 from grad2vae import published as pub
 
 
@@ -33,17 +33,17 @@ def class_table(columns: dict[str, list[float]]) -> pd.DataFrame:
 @pytest.mark.parametrize(
     "results, verdict",
     [
-        ({"mnist": "holds", "fashion_mnist": "holds"}, claims.SUPPORTED),
-        ({"mnist": "fails", "fashion_mnist": "fails"}, claims.NOT_SUPPORTED),
-        ({"mnist": "fails", "fashion_mnist": "unknown"}, claims.NOT_SUPPORTED),
-        ({"mnist": "holds", "fashion_mnist": "fails"}, claims.PARTLY),
-        ({"mnist": "holds", "fashion_mnist": "mixed"}, claims.PARTLY),
-        ({"mnist": "holds", "fashion_mnist": "unknown"}, claims.CANNOT),
-        ({}, claims.CANNOT),
+        ({"mnist": "holds", "fashion_mnist": "holds"}, verdicts.SUPPORTED),
+        ({"mnist": "fails", "fashion_mnist": "fails"}, verdicts.NOT_SUPPORTED),
+        ({"mnist": "fails", "fashion_mnist": "unknown"}, verdicts.NOT_SUPPORTED),
+        ({"mnist": "holds", "fashion_mnist": "fails"}, verdicts.PARTLY),
+        ({"mnist": "holds", "fashion_mnist": "mixed"}, verdicts.PARTLY),
+        ({"mnist": "holds", "fashion_mnist": "unknown"}, verdicts.CANNOT),
+        ({}, verdicts.CANNOT),
     ],
 )
 def test_combine_per_dataset_results(results, verdict):
-    assert claims.combine(results)[0] == verdict
+    assert verdicts.combine(results)[0] == verdict
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,8 +51,8 @@ def test_combine_per_dataset_results(results, verdict):
 
 
 def test_fig6_holds_when_grad2vae_is_twice_as_fast_and_nobody_else_reaches_95():
-    result = claims.fig6_dataset({"grad2vae": ramp(10), "vae": ramp(20), "cae": ramp(99), "inception_caenn": ramp(51)})
-    assert result["result"] == claims.HOLDS
+    result = training_claims.fig6_dataset({"grad2vae": ramp(10), "vae": ramp(20), "cae": ramp(99), "inception_caenn": ramp(51)})
+    assert result["result"] == verdicts.HOLDS
     assert result["first_epoch"] == {"grad2vae": 10, "vae": 20, "cae": None, "inception_caenn": 51}  # after 50
 
 
@@ -65,17 +65,17 @@ def test_fig6_holds_when_grad2vae_is_twice_as_fast_and_nobody_else_reaches_95():
     ],
 )
 def test_fig6_fails(curves, part):
-    result = claims.fig6_dataset(curves)
-    assert result["result"] == claims.FAILS and result[part] == claims.FAILS
+    result = training_claims.fig6_dataset(curves)
+    assert result["result"] == verdicts.FAILS and result[part] == verdicts.FAILS
 
 
 def test_fig6_on_short_curves_cannot_be_judged_but_an_early_winner_still_counts():
     short = {"grad2vae": ramp(99, length=2), "vae": ramp(99, length=2), "cae": ramp(99, length=2)}
-    assert claims.fig6_dataset(short)["result"] == claims.UNKNOWN  # the quick preset: 2 epochs
+    assert training_claims.fig6_dataset(short)["result"] == verdicts.UNKNOWN  # the quick preset: 2 epochs
     # Grad2VAE above 95 % at epoch 1, the VAE not in its 2 epochs: (a) holds (1 <= (2 + 1) / 2)
     early = dict(short, grad2vae=ramp(1, length=2))
-    result = claims.fig6_dataset(early)
-    assert result["half_the_vae"] == claims.HOLDS and result["others"] == claims.UNKNOWN
+    result = training_claims.fig6_dataset(early)
+    assert result["half_the_vae"] == verdicts.HOLDS and result["others"] == verdicts.UNKNOWN
 
 
 def test_fig6_claim_uses_the_mean_curve_and_reports_each_run():
@@ -88,11 +88,11 @@ def test_fig6_claim_uses_the_mean_curve_and_reports_each_run():
                              "epoch": epoch, "auc": auc})  # fmt: skip
     history = pd.DataFrame(rows)
     runs = pd.DataFrame({"dataset": ["mnist"] * 3, "model": ["grad2vae", "vae", "cae"], "auc": [0.97] * 3})
-    result = claims.fig6(history, runs, ["mnist"])
+    result = training_claims.fig6(history, runs, ["mnist"])
     mnist = result["evidence"]["datasets"]["mnist"]
     # mean over the two classes exceeds 95 % only once both do: epochs 4 and 9
     assert mnist["first_epoch"]["grad2vae"] == 4 and mnist["first_epoch"]["vae"] == 9
-    assert result["verdict"] == claims.SUPPORTED
+    assert result["verdict"] == verdicts.SUPPORTED
     per_run = {r["model"]: r for r in result["evidence"]["per_run"]}
     assert per_run["grad2vae"]["first_epoch_min"] == 3 and per_run["grad2vae"]["first_epoch_max"] == 4
     assert per_run["cae"]["runs_above"] == 0
@@ -104,21 +104,21 @@ def test_fig6_claim_uses_the_mean_curve_and_reports_each_run():
 
 def test_no_class_bias_holds_and_fails():
     flat = class_table({"grad2vae": [96, 97, 96.5], "vae": [90, 99, 95]})
-    assert claims.class_bias_dataset(flat)["result"] == claims.HOLDS
+    assert claims.class_bias_dataset(flat)["result"] == verdicts.HOLDS
     biased = class_table({"grad2vae": [80, 99, 96.5], "vae": [94, 96, 95]})
     result = claims.class_bias_dataset(biased)
-    assert result["result"] == claims.FAILS and result["worst_class"]["grad2vae"] == 0
+    assert result["result"] == verdicts.FAILS and result["worst_class"]["grad2vae"] == 0
     assert result["spread"]["grad2vae"] == pytest.approx(19.0)
     # one of the two criteria only: in part
     one = class_table({"grad2vae": [90, 99.5, 96.5], "vae": [85, 88, 87]})  # better worst, wider spread
-    assert claims.class_bias_dataset(one)["result"] == claims.MIXED
+    assert claims.class_bias_dataset(one)["result"] == verdicts.MIXED
 
 
 def test_no_class_bias_holds_on_the_printed_table1():
     runs = pd.DataFrame(columns=["dataset", "model", "normal_class", "seed", "auc"])
     result = claims.no_class_bias(runs, ["mnist", "fashion_mnist"], ["grad2vae"])
-    assert result["evidence"]["on_printed_table1"]["verdict"] == claims.SUPPORTED
-    assert result["verdict"] == claims.CANNOT  # no runs of ours
+    assert result["evidence"]["on_printed_table1"]["verdict"] == verdicts.SUPPORTED
+    assert result["verdict"] == verdicts.CANNOT  # no runs of ours
 
 
 def test_class_remarks_hold_on_the_printed_table_only_when_classes_count_from_one():
@@ -145,12 +145,12 @@ def test_class_remarks_on_runs_holds_fails_and_needs_all_classes():
         )  # fmt: skip
 
     printed = pub_table("fashion_mnist")[["deep_svdd", "inception_caenn"]]
-    assert claims.class_remarks(runs_from(printed))["verdict"] == claims.SUPPORTED
+    assert claims.class_remarks(runs_from(printed))["verdict"] == verdicts.SUPPORTED
     flipped = printed.copy()
     flipped.loc[1] = 50.0  # Trouser becomes their worst class
-    assert claims.class_remarks(runs_from(flipped))["verdict"] == claims.NOT_SUPPORTED
+    assert claims.class_remarks(runs_from(flipped))["verdict"] == verdicts.NOT_SUPPORTED
     partial = runs_from(printed)
-    assert claims.class_remarks(partial[partial["normal_class"] < 9])["verdict"] == claims.CANNOT
+    assert claims.class_remarks(partial[partial["normal_class"] < 9])["verdict"] == verdicts.CANNOT
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,10 +166,10 @@ def test_best_average_holds_fails_and_names_missing_competitors():
                          "auc": level + 0.01 * rng.random(), "auc_mse": 1.0 - level})  # fmt: skip
     runs = pd.DataFrame(rows)
     result = claims.best_average(runs, ["mnist"], ["grad2vae", "vae", "cae"])
-    assert result["verdict"] == claims.SUPPORTED
+    assert result["verdict"] == verdicts.SUPPORTED
     assert set(result["evidence"]["paper_competitors_not_run"]) == {"CAE OCSVM", "Deep SVDD", "Inception CAENN"}
     # under mse, Grad2VAE is the worst: the claim fails under that score
-    assert result["by_score"]["mse"]["verdict"] == claims.NOT_SUPPORTED
+    assert result["by_score"]["mse"]["verdict"] == verdicts.NOT_SUPPORTED
     assert result["by_score"]["mse"]["scored_by"] == {"grad2vae": "mse", "vae": "mse", "cae": "mse"}
     # on the paper's own Table 1, Grad2VAE has the best average on both datasets
     assert result["evidence"]["on_printed_table1"]["datasets"]["mnist"]["best_average"]
@@ -177,7 +177,7 @@ def test_best_average_holds_fails_and_names_missing_competitors():
 
 def test_scored_view_falls_back_to_the_main_score_for_models_without_it():
     runs = pd.DataFrame({"model": ["grad2vae", "cae"], "auc": [0.9, 0.8], "auc_bce_zero_noise": [0.7, None]})
-    view, scored_by = claims.scored_view(runs, "bce_zero_noise")
+    view, scored_by = verdicts.scored_view(runs, "bce_zero_noise")
     assert view["auc"].tolist() == [0.7, 0.8] and scored_by == {"grad2vae": "bce_zero_noise", "cae": "main"}
 
 
@@ -185,10 +185,10 @@ def test_mstd_readings():
     avgs = pd.DataFrame({"dataset": ["mnist", "fashion_mnist"], "model": ["grad2vae"] * 2,
                          "mstd": [0.1, 0.11], "max_class_std": [0.2, 0.1]})  # fmt: skip
     result = claims.mstd(avgs, ["mnist", "fashion_mnist"], n_seeds=10)
-    assert result["verdict"] == claims.PARTLY  # mean of stds <= 0.117, largest std not
-    assert claims.mstd(avgs.assign(max_class_std=0.1), ["mnist", "fashion_mnist"], 10)["verdict"] == claims.SUPPORTED
-    assert claims.mstd(avgs.assign(mstd=1.0, max_class_std=2.0), ["mnist"], 10)["verdict"] == claims.NOT_SUPPORTED
-    assert claims.mstd(avgs, ["mnist"], n_seeds=1)["verdict"] == claims.CANNOT
+    assert result["verdict"] == verdicts.PARTLY  # mean of stds <= 0.117, largest std not
+    assert claims.mstd(avgs.assign(max_class_std=0.1), ["mnist", "fashion_mnist"], 10)["verdict"] == verdicts.SUPPORTED
+    assert claims.mstd(avgs.assign(mstd=1.0, max_class_std=2.0), ["mnist"], 10)["verdict"] == verdicts.NOT_SUPPORTED
+    assert claims.mstd(avgs, ["mnist"], n_seeds=1)["verdict"] == verdicts.CANNOT
 
 
 def test_parameter_ratios():
@@ -197,11 +197,11 @@ def test_parameter_ratios():
 
     paper = {"grad2vae": 3.38e6, "cae": 0.266e6, "vae": 3.25e6, "inception_caenn": 0.335e6}
     result = claims.parameter_ratios(params(paper))
-    assert result["verdict"] == claims.SUPPORTED
+    assert result["verdict"] == verdicts.SUPPORTED
     assert result["evidence"]["ratios"]["vae"]["from_paper_counts"] == pytest.approx(1.04, abs=0.005)
     ours = dict(paper, cae=0.8e6)  # our CAE is [25]'s 0.8 M network
-    assert claims.parameter_ratios(params(ours))["verdict"] == claims.PARTLY
-    assert claims.parameter_ratios(params({"grad2vae": 1.0})).get("verdict") == claims.CANNOT
+    assert claims.parameter_ratios(params(ours))["verdict"] == verdicts.PARTLY
+    assert claims.parameter_ratios(params({"grad2vae": 1.0})).get("verdict") == verdicts.CANNOT
 
 
 def test_acceleration_per_compute_holds_and_fails():
@@ -211,10 +211,10 @@ def test_acceleration_per_compute_holds_and_fails():
                              "cumulative_seconds": epochs * 1.0}, index=epochs)  # fmt: skip
 
     fast = {"grad2vae": frame([0.85, 0.92, 0.96], 1.0), "vae": frame([0.7, 0.8, 0.85, 0.91, 0.96], 1.0)}
-    assert claims.compute_dataset(fast)["result"] == claims.HOLDS
+    assert training_claims.compute_dataset(fast)["result"] == verdicts.HOLDS
     # the same curves, but a Grad2VAE epoch costs 5 VAE epochs: the VAE gets everywhere first
     costly = dict(fast, grad2vae=frame([0.85, 0.92, 0.96], 5.0))
-    assert claims.compute_dataset(costly)["result"] == claims.FAILS
+    assert training_claims.compute_dataset(costly)["result"] == verdicts.FAILS
 
 
 def test_all_claims_are_json_and_in_the_paper_words():
@@ -229,7 +229,7 @@ def test_all_claims_are_json_and_in_the_paper_words():
         "parameter_ratios", "acceleration_per_compute",
     ]  # fmt: skip
     for item in result:
-        assert item["verdict"] in claims.VERDICTS and item["words"] and item["definition"] and item["why"]
+        assert item["verdict"] in verdicts.VERDICTS and item["words"] and item["definition"] and item["why"]
     json.dumps(result)
 
 
@@ -243,7 +243,7 @@ def test_score_findings_say_whether_the_ordering_survives_each_score():
     )  # fmt: skip
     runs = pd.DataFrame({"dataset": "mnist", "model": ["grad2vae", "vae"], "mean_reconstruction_anomalous": [104.0, 134.0],
                          "mean_reconstruction_normal": [100.0, 100.0]})  # fmt: skip
-    found = claims.score_findings(per_score, runs, ["mnist"])["mnist"]
+    found = score_findings.score_findings(per_score, runs, ["mnist"])["mnist"]
     assert found["ordering"]["mse"]["same_order_as_main"] is False
     assert found["ordering"]["bce_excess"]["same_order_as_main"] is True
     assert found["anomalous_over_normal_error"] == {"grad2vae": 1.04, "vae": 1.34}

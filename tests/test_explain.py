@@ -474,7 +474,7 @@ def test_explain_from_real_runs_through_the_cli(trained_runs, tiny_data_dir, tmp
     assert "z_2 and z_3" in summary["figures"][0]["caption"]  # units 2 and d = 3
 
     # the report picks every figure and the table up from summary.json
-    from grad2vae.report import gather_explain
+    from grad2vae.report_sections import gather_explain
 
     shown = gather_explain(out / "summary.json", tmp_path / "report")
     assert shown["problems"] == []

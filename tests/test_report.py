@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from markupsafe import escape
 
-from grad2vae.aggregate import TRAIN_LOG
+from grad2vae.layout import TRAIN_LOG
 from grad2vae.cli import main as cli_main
 from grad2vae.report import gather_assumptions
 

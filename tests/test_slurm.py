@@ -42,7 +42,7 @@ import pytest
 import yaml
 
 from conftest import unavailable, write_synthetic_dataset
-from grad2vae.aggregate import RUN_DIR, TRAIN_LOG
+from grad2vae.layout import RUN_DIR, TRAIN_LOG
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm-single-node"

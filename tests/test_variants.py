@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from grad2vae.ablations import ablations, variant_bases
-from grad2vae.aggregate import table1_layout
+from grad2vae.tables import table1_layout
 from grad2vae.errors import UserError
 from grad2vae.models import check_options, create_model
 from grad2vae.schedule import StepsToValues, make_scheduler

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grad2vae.aggregate import RUN_DIR, TRAIN_LOG
+from grad2vae.layout import RUN_DIR, TRAIN_LOG
 
 from conftest import write_synthetic_dataset
 from test_report import check_report_in_browser, parse

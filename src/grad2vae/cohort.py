@@ -14,9 +14,8 @@ import torch
 from torch import Tensor
 
 from grad2vae import devices
-from grad2vae.errors import UserError
-
 from grad2vae.config import SUBSAMPLE_SEED
+from grad2vae.errors import UserError
 from grad2vae.evaluate import NonFiniteLossError, as_numpy
 from grad2vae.layout import CHECKPOINT
 from grad2vae.progress import Progress
@@ -59,7 +58,9 @@ class _LossOf(torch.nn.Module):
         return self.model.loss(x, noise)
 
 
-def vmapped_losses(models: list[torch.nn.Module], xs: Tensor, noise: Tensor | None) -> dict[str, Tensor]:
+def vmapped_losses(
+    models: list[torch.nn.Module], xs: Tensor, noise: Tensor | None
+) -> dict[str, Tensor]:
     """``models[j].loss(xs[j], noise[j])`` for every j in one call: the models' parameters stacked
     along a new first dimension (``torch.stack`` keeps the graph, so a backward fills each
     model's own ``.grad``) and the loss vmapped over (parameters, buffers, batch, noise). Every
@@ -68,10 +69,14 @@ def vmapped_losses(models: list[torch.nn.Module], xs: Tensor, noise: Tensor | No
     updated in the stacked copy and written back to each model."""
     template = _LossOf(models[0])
     per_model = [dict(_LossOf(model).named_parameters()) for model in models]
-    params = {name: torch.stack([parameters[name] for parameters in per_model]) for name in per_model[0]}
+    params = {
+        name: torch.stack([parameters[name] for parameters in per_model]) for name in per_model[0]
+    }
     per_model_buffers = [dict(_LossOf(model).named_buffers()) for model in models]
     with torch.no_grad():
-        buffers = {name: torch.stack([b[name] for b in per_model_buffers]) for name in per_model_buffers[0]}
+        buffers = {
+            name: torch.stack([b[name] for b in per_model_buffers]) for name in per_model_buffers[0]
+        }
 
     def one_model(params, buffers, x, noise):
         return torch.func.functional_call(template, (params, buffers), (x, noise))
@@ -123,13 +128,27 @@ def _seed_step(runs: list[Run], seed_batching: str) -> tuple[str | None, Callabl
         seed_batching = AUTO_SEED_BATCHING.get(device.type, "vmap") if supported else "sequential"
     elif seed_batching == "vmap" and not supported:
         # the workflow's seed_batching applies to every model; those without vmap step in turn
-        log.warning("%s cannot vmap its loss on %s: its seeds step in turn", runs[0].config.model, device.type)
+        log.warning(
+            "%s cannot vmap its loss on %s: its seeds step in turn",
+            runs[0].config.model,
+            device.type,
+        )
         seed_batching = "sequential"
     return seed_batching, _step_vmap if seed_batching == "vmap" else _step_sequential
 
 
 def train_in_lockstep(
-    configs, out_dirs, data_dir, device, *, checkpoint_every, threads, progress, on_epoch, seed_batching, group_size,
+    configs,
+    out_dirs,
+    data_dir,
+    device,
+    *,
+    checkpoint_every,
+    threads,
+    progress,
+    on_epoch,
+    seed_batching,
+    group_size,
     derivatives,
 ) -> list[dict[str, Any]]:
     from grad2vae import data
@@ -166,7 +185,17 @@ def train_in_lockstep(
     )
     shares_process = len(configs) > 1
     runs = [
-        Run(config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process, derivatives, progress)
+        Run(
+            config,
+            out_dir,
+            shared,
+            device,
+            checkpoint_every,
+            on_epoch,
+            shares_process,
+            derivatives,
+            progress,
+        )
         for config, out_dir in zip(configs, out_dirs)
     ]
     n_train = len(train_x)
@@ -234,7 +263,9 @@ def train_in_lockstep(
     return metrics
 
 
-def memory_cohorts(runs: list["Run"], device: torch.device, batch_size: int, train_x: Tensor) -> list[list["Run"]]:
+def memory_cohorts(
+    runs: list["Run"], device: torch.device, batch_size: int, train_x: Tensor
+) -> list[list["Run"]]:
     """The runs in the cohorts that step together, one cohort after another: runs resumed from
     the same epoch together, split further into as many seeds as fit in the device's memory
     (``devices.seeds_per_cohort``; a log line says so). Stepped in turn, results do not depend on
@@ -255,4 +286,3 @@ def memory_cohorts(runs: list["Run"], device: torch.device, batch_size: int, tra
                 )  # fmt: skip
         cohorts += [cohort[i : i + size] for i in range(0, len(cohort), size)]
     return cohorts
-

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from grad2vae.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,9 @@ class RunConfig:
     # with ``model_options``. None / {}: ``model`` itself, as published.
     base_model: str | None = None
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    lr_steps: tuple[tuple[int, float], ...] = ()  # after epoch E set lr to V (schedule.py); () = decay
+    lr_steps: tuple[
+        tuple[int, float], ...
+    ] = ()  # after epoch E set lr to V (schedule.py); () = decay
 
     def __post_init__(self) -> None:
         if self.latent_dim is None and self.dataset in DEFAULT_LATENT_DIM:
@@ -169,7 +170,9 @@ def validate_config(config: RunConfig) -> RunConfig:
     from grad2vae.data import DATASETS
 
     if config.dataset not in DATASETS:
-        raise UserError(f"unknown dataset {config.dataset!r}; known datasets: {', '.join(DATASETS)}")
+        raise UserError(
+            f"unknown dataset {config.dataset!r}; known datasets: {', '.join(DATASETS)}"
+        )
     n_classes = len(DATASETS[config.dataset].classes)
     if isinstance(config.normal_class, bool) or not 0 <= int(config.normal_class) < n_classes:
         raise UserError(
@@ -177,11 +180,19 @@ def validate_config(config: RunConfig) -> RunConfig:
             f"use 0..{n_classes - 1}"
         )
     checks = [
-        ("latent_dim", config.latent_dim is not None and config.latent_dim >= 1, "--latent-dim must be >= 1"),
+        (
+            "latent_dim",
+            config.latent_dim is not None and config.latent_dim >= 1,
+            "--latent-dim must be >= 1",
+        ),
         ("epochs", config.epochs >= 1, "--epochs must be >= 1"),
         ("batch_size", config.batch_size >= 1, "--batch-size must be >= 1"),
         ("lr", config.lr > 0 and math.isfinite(config.lr), "--lr must be a positive number"),
-        ("lr_decay_epoch", config.lr_decay_epoch >= 0, "--lr-decay-epoch must be >= 0 (0: no decay)"),
+        (
+            "lr_decay_epoch",
+            config.lr_decay_epoch >= 0,
+            "--lr-decay-epoch must be >= 0 (0: no decay)",
+        ),
         (
             "lr_decay_factor",
             config.lr_decay_factor > 0 and math.isfinite(config.lr_decay_factor),
@@ -230,4 +241,3 @@ def check_data_present(data_dir: str | os.PathLike, dataset: str) -> Path:
 
 #: the options a model's ``protocol_defaults`` may set (RunConfig fields)
 SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "lr_decay_epoch", "lr_decay_factor")
-

@@ -26,8 +26,8 @@ def entropy_auc(data_dir: str | os.PathLike, dataset: str, normal_class: int, te
     from sklearn.metrics import roc_auc_score
 
     from grad2vae import data
-    from grad2vae.models.scoring import binary_entropy
     from grad2vae.config import SUBSAMPLE_SEED
+    from grad2vae.models.scoring import binary_entropy
 
     split = data.load_split(data_dir, dataset, normal_class, test_limit=test_limit, seed=SUBSAMPLE_SEED)
     entropy = binary_entropy(split.test_x.double()).numpy()

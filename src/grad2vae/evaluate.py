@@ -14,6 +14,7 @@ from grad2vae.errors import UserError
 
 log = logging.getLogger(__name__)
 
+
 class NonFiniteLossError(UserError):
     """Training produced a non-finite loss (or score): the run stops, its checkpoint stays."""
 
@@ -57,9 +58,13 @@ def evaluate(
                         scores = model.extra_scores(batch, generator)
                     clash = main_keys & set(scores)
                     if clash:
-                        raise RuntimeError(f"{type(model).__name__}.extra_scores() repeats {sorted(clash)}")
+                        raise RuntimeError(
+                            f"{type(model).__name__}.extra_scores() repeats {sorted(clash)}"
+                        )
                     for key, value in scores.items():
-                        collected_extra.setdefault(key, []).append(value.detach().reshape(-1).float().cpu())
+                        collected_extra.setdefault(key, []).append(
+                            value.detach().reshape(-1).float().cpu()
+                        )
     finally:
         model.train(was_training)
     missing = {"main", "reconstruction"} - set(collected)
@@ -77,7 +82,9 @@ def auc_column(score: str) -> str:
     return "auc" if score == "main" else f"auc_{score}"
 
 
-def auc_of(scores: dict[str, np.ndarray], labels: np.ndarray, epoch: int | None = None) -> dict[str, float]:
+def auc_of(
+    scores: dict[str, np.ndarray], labels: np.ndarray, epoch: int | None = None
+) -> dict[str, float]:
     """AUC-ROC (anomaly = positive) of every score, keyed by ``auc_column``; a non-finite score
     means the model diverged (NonFiniteLossError)."""
     from sklearn.metrics import roc_auc_score
@@ -136,7 +143,11 @@ def training_flops(model, batch: Tensor, n_train: int) -> dict[str, Any]:
         per_step = int(counter.get_total_flops())
     except Exception as error:  # noqa: BLE001 - a diagnostic must never fail a finished run
         log.warning("training FLOPs not counted: %s", error)
-        return {"train_flops_per_step": None, "train_flops_batch": len(batch), "train_flops_per_epoch": None}
+        return {
+            "train_flops_per_step": None,
+            "train_flops_batch": len(batch),
+            "train_flops_per_epoch": None,
+        }
     return {
         "train_flops_per_step": per_step,
         "train_flops_batch": len(batch),
@@ -148,4 +159,3 @@ def as_numpy(values) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     return np.asarray(values)
-

@@ -580,7 +580,7 @@ def output_files(
 
 def run_dir(results_dir: Path, dataset: str, model: str, normal_class: int, seed: int) -> Path:
     """A run's folder, laid out as the trainer and the aggregation lay it out."""
-    from grad2vae.aggregate import RUN_DIR
+    from grad2vae.layout import RUN_DIR
 
     key = dict(dataset=dataset, model=model, normal_class=normal_class, seed=seed)
     return Path(results_dir) / RUN_DIR.format(**key)

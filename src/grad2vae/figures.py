@@ -43,9 +43,12 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from grad2vae import published as pub  # noqa: E402
-from grad2vae.aggregate import RUN_DIR, model_label, model_order, real_runs, statistics_payload  # noqa: E402
+from grad2vae.aggregate import statistics_payload  # noqa: E402
 from grad2vae.atomic import atomic_path, write_json  # noqa: E402
+from grad2vae.collect import real_runs  # noqa: E402
 from grad2vae.errors import UserError  # noqa: E402
+from grad2vae.labels import model_label, model_order  # noqa: E402
+from grad2vae.layout import RUN_DIR, SCORES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +245,7 @@ def anomaly_ratio(history: pd.DataFrame, grid: dict, colours: dict, path: Path, 
 
 def fig6_compute(history: pd.DataFrame, runs: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi: int) -> dict:
     """Fig. 6 against compute: mean AUC over cumulative training FLOPs and training seconds."""
-    from grad2vae.claims import compute_curves
+    from grad2vae.training_claims import compute_curves
 
     curves = compute_curves(history, runs)
     datasets = grid["datasets"]
@@ -348,7 +351,7 @@ def roc(results_dir: Path, runs: pd.DataFrame, grid: dict, colours: dict, normal
             if part.empty:
                 continue
             seed = int(part["seed"].min())
-            scores_path = results_dir / RUN_DIR.format(dataset=dataset, model=model, normal_class=normal_class, seed=seed) / "scores.csv.gz"
+            scores_path = results_dir / RUN_DIR.format(dataset=dataset, model=model, normal_class=normal_class, seed=seed) / SCORES
             try:
                 with gzip.open(scores_path, "rt") as handle:
                     scores = pd.read_csv(handle)

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from grad2vae import atomic
-
 from grad2vae.evaluate import as_numpy
 
 log = logging.getLogger(__name__)
+
 
 def _fmt(value: Any) -> str:
     if value is None:
@@ -59,14 +59,18 @@ def write_scores(path: Path, split, scores: dict[str, np.ndarray]) -> None:
     differs from the row number under a limit)."""
     labels = as_numpy(split.test_labels).astype(np.int64)
     classes = as_numpy(split.test_classes).astype(np.int64)
-    keys = ["main", "reconstruction"] + [key for key in scores if key not in ("main", "reconstruction")]
+    keys = ["main", "reconstruction"] + [
+        key for key in scores if key not in ("main", "reconstruction")
+    ]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["index", "test_class", "label", *(f"score_{key}" for key in keys)])
     indices = getattr(split, "test_indices", None)
     indices = as_numpy(indices).astype(np.int64) if indices is not None else np.arange(len(labels))
     for row, (index, cls, label) in enumerate(zip(indices, classes, labels)):
-        writer.writerow([int(index), int(cls), int(label), *(repr(float(scores[key][row])) for key in keys)])
+        writer.writerow(
+            [int(index), int(cls), int(label), *(repr(float(scores[key][row])) for key in keys)]
+        )
     with atomic.atomic_open(path, "wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as handle:
             handle.write(text.getvalue().encode("ascii"))
@@ -99,4 +103,3 @@ def environment_versions() -> dict[str, Any]:
         "grad2vae": __version__,
         "platform": platform.platform(),
     }
-

@@ -24,30 +24,51 @@ import datetime
 import importlib
 import json
 import logging
-import math
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from grad2vae import __version__, entropy_only
+from grad2vae import __version__
 from grad2vae import ablations as ablation_study
 from grad2vae import published as pub
-from grad2vae.aggregate import PRINTED_AVERAGE, model_label, model_order
-from grad2vae.atomic import atomic_path, write_text
+from grad2vae.atomic import write_text
 from grad2vae.errors import UserError
 from grad2vae.gitstate import git_commit_label
+from grad2vae.labels import model_label, model_order
+from grad2vae.report_sections import (
+    copy_file,
+    fmt_int,
+    fmt_mean_std,
+    fmt_num,
+    fmt_signed,
+    fresh_dir,
+    gather_ablations,
+    gather_claims,
+    gather_explain,
+    gather_scores,
+    gather_statistics,
+    is_finite_number,
+    read_csv,
+    sign_class,
+)
+from grad2vae.tables import PRINTED_AVERAGE
 
 log = logging.getLogger(__name__)
 
+
 TEMPLATE = "index.html.j2"
+
+
 STYLESHEET = "style.css"
+
+
 # Modules whose ASSUMPTIONS tuple the report shows; only `explain` may legitimately be absent.
 ASSUMPTION_MODULES = ("grad2vae.data", "grad2vae.config", "grad2vae.schedule", "grad2vae.devices", "grad2vae.explain")
+
+
 OPTIONAL_MODULES = ("grad2vae.explain",)
-MAX_TABLE_ROWS = 200  # rows of an explain CSV shown inline (the whole file is linked)
 
 
 def default_template_dir() -> Path:
@@ -65,51 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# formatting helpers (jinja filters)
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return value is not None and value != "" and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def fmt_num(value: Any, digits: int = 2) -> str:
-    return f"{float(value):.{digits}f}" if _finite(value) else "—"
-
-
-def fmt_signed(value: Any, digits: int = 2) -> str:
-    return f"{float(value):+.{digits}f}" if _finite(value) else "—"
-
-
-def sign_class(value: Any) -> str:
-    if not _finite(value):
-        return "na"
-    return "pos" if float(value) > 0 else ("neg" if float(value) < 0 else "zero")
-
-
-def fmt_mean_std(mean: Any, std: Any, digits: int = 2) -> str:
-    if not _finite(mean):
-        return "—"
-    return f"{float(mean):.{digits}f} ± {float(std):.{digits}f}" if _finite(std) else f"{float(mean):.{digits}f}"
-
-
-def fmt_int(value: Any) -> str:
-    return f"{int(float(value)):,}" if _finite(value) else "—"
-
-
-# --------------------------------------------------------------------------------------------
 # gathering
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path} not found; run `grad2vae aggregate` first")
-    try:
-        return pd.read_csv(path, keep_default_na=True)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -175,253 +152,43 @@ def protocol_deviations(workflow_config: dict[str, Any], runs: pd.DataFrame) -> 
     return out
 
 
-def _safe_child(base: Path, relative: str) -> Path | None:
-    """``base / relative`` if it stays inside ``base`` (no absolute paths, no ``..`` escapes)."""
-    candidate = (base / relative).resolve()
-    try:
-        candidate.relative_to(base.resolve())
-    except ValueError:
-        return None
-    return candidate
-
-
-def _copy(source: Path, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
-
-
-def _fresh_dir(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-
-
-def gather_explain(summary_path: Path, report_dir: Path) -> dict[str, Any] | None:
-    """Copy the explain outputs into REPORT/explain/ and describe them; None if there are none."""
-    if not summary_path.is_file():
-        return None
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise UserError(f"{summary_path} is not valid JSON ({error})") from None
-    base = summary_path.parent
-    target = report_dir / "explain"
-    _fresh_dir(target)
-    figures, tables, problems = [], [], []
-    for index, entry in enumerate(summary.get("figures", []) or []):
-        source = _safe_child(base, str(entry.get("file", "")))
-        if source is None or not source.is_file():
-            problems.append(f"figure {entry.get('file')!r} listed in {summary_path.name} was not found")
-            continue
-        name = f"{index:02d}-{source.name}"
-        _copy(source, target / name)
-        figures.append({"src": f"explain/{name}", "title": entry.get("title", source.stem), "caption": entry.get("caption", "")})
-    for index, entry in enumerate(summary.get("tables", []) or []):
-        source = _safe_child(base, str(entry.get("file", "")))
-        if source is None or not source.is_file():
-            problems.append(f"table {entry.get('file')!r} listed in {summary_path.name} was not found")
-            continue
-        name = f"{index:02d}-{source.name}"
-        _copy(source, target / name)
-        try:
-            frame = pd.read_csv(source)
-        except (ValueError, pd.errors.EmptyDataError) as error:
-            problems.append(f"table {source.name} could not be read ({error})")
-            continue
-        shown = frame.head(MAX_TABLE_ROWS)
-        rows = [[_cell(v) for v in row] for row in shown.itertuples(index=False)]
-        tables.append(
-            {
-                "href": f"explain/{name}", "title": entry.get("title", source.stem), "caption": entry.get("caption", ""),
-                "columns": [str(c) for c in frame.columns], "rows": rows, "total_rows": len(frame),
-            }
-        )
-    return {"figures": figures, "tables": tables, "problems": problems}
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return fmt_num(value, 4) if not float(value).is_integer() else str(int(value))
-    return "" if value is None else str(value)
-
-
-def _p(value: Any) -> str:
-    """A p-value for display: 3 significant digits, '—' when not computed."""
-    if not _finite(value):
-        return "—"
-    value = float(value)
-    return f"{value:.3g}" if value >= 0.001 else f"{value:.2e}"
-
-
-def _comparison(comparison: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
-    """Display rows of one stats.Comparison.to_dict(): ranks (best first) and every pair."""
-    methods = comparison["methods"]
-    ranks = comparison["average_ranks"]
-    means = comparison["mean_auc"]
-    alpha = comparison["alpha"]
-    rank_rows = [
-        {"method": labels.get(m, m), "rank": fmt_num(ranks[m]), "mean": fmt_num(means[m])}
-        for m in sorted(methods, key=lambda m: (ranks[m], m))
-    ]
-    pairs = []
-    for i, a in enumerate(methods):
-        for b in methods[i + 1:]:
-            holm_p = comparison["holm_p"][a][b]
-            difference = means[a] - means[b]
-            pairs.append(
-                {"a": labels.get(a, a), "b": labels.get(b, b), "diff": fmt_signed(difference), "diff_class": sign_class(difference),
-                 "p": _p(comparison["wilcoxon_p"][a][b]), "holm": _p(holm_p),
-                 "significant": _finite(holm_p) and float(holm_p) <= alpha}
-            )
-    friedman = comparison.get("friedman") or {}
-    return {
-        "name": comparison.get("name", ""),
-        "n_classes": len(comparison.get("classes", [])),
-        "classes": comparison.get("classes", []),
-        "k": len(methods),
-        "alpha": alpha,
-        "rank_rows": rank_rows,
-        "pairs": pairs,
-        "friedman_statistic": fmt_num(friedman.get("statistic"), 3),
-        "friedman_p": _p(friedman.get("p")),
-        "friedman_run": _finite(friedman.get("statistic")),
-        "friedman_significant": _finite(friedman.get("p")) and float(friedman["p"]) <= alpha,
-        "minimum_holm_p": _p(comparison.get("minimum_holm_p")),
-        "critical_difference": fmt_num(comparison.get("nemenyi_critical_difference"), 2),
-    }
-
-
-def gather_statistics(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
-    """The statistics section from stats.json (``grad2vae aggregate``) and the cd_* figures."""
-    path = agg_dir / "stats.json"
-    if not path.is_file():
-        return {"available": False, "reason": f"{path.name} not found; run `grad2vae aggregate` again", "datasets": []}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    labels = data.get("labels", {})
-    paper_labels = {key: column["label"] for key, column in pub.published_columns().items()}
-    diagrams = {f.get("dataset"): f for f in figures.get("stats", [])}
-    datasets = []
-    for dataset, section in data.get("datasets", {}).items():
-        entry = {
-            "dataset": dataset,
-            "label": section.get("label", dataset),
-            "ours": _comparison(section["ours"], labels) if section.get("ours") else None,
-            "published": _comparison(section["published"], paper_labels) if section.get("published") else None,
-            "skipped": section.get("skipped", []),
-            "notes": section.get("notes", []),
-            "diagram": diagrams.get(dataset),
-        }
-        datasets.append(entry)
-    return {
-        "available": True,
-        "alpha": data.get("alpha"),
-        "method": data.get("method", ""),
-        "oracle_note": data.get("oracle_note", ""),
-        "datasets": datasets,
-    }
-
-
-def gather_claims(agg_dir: Path) -> dict[str, Any]:
-    """The claims section: claims.json (``grad2vae aggregate``) as it is, plus the evidence of
-    each claim as indented JSON for display."""
-    path = agg_dir / "claims.json"
-    if not path.is_file():
-        return {"available": False, "reason": f"{path.name} not found; run `grad2vae aggregate` again", "items": []}
-    items = json.loads(path.read_text(encoding="utf-8"))
-    for item in items:
-        item["evidence_json"] = json.dumps(item.get("evidence"), indent=1, ensure_ascii=False)
-        item["other_scores"] = [
-            {"score": score, "verdict": judged["verdict"], "why": judged["why"]}
-            for score, judged in (item.get("by_score") or {}).items() if score != "main"
-        ]  # fmt: skip
-    return {"available": True, "items": items}
-
-
-def gather_ablations(agg_dir: Path) -> dict[str, Any]:
-    """The Ablations section from ablations.json: per dataset, each variant beside its default
-    (display strings) and the sentence on which choices matter; empty without variants."""
-    path = agg_dir / "ablations.json"
-    payload = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"datasets": {}}
-    datasets = []
-    for dataset, section in (payload.get("datasets") or {}).items():
-        rows = [
-            {
-                "variant": model_label(row["variant"]),
-                "base": model_label(row["base"]),
-                "changes": row["changes"],
-                "variant_auc": fmt_mean_std(row.get("variant_auc_pct"), row.get("variant_mstd")),
-                "base_auc": fmt_mean_std(row.get("base_auc_pct"), row.get("base_mstd")),
-                "difference": fmt_signed(row.get("difference_pct")),
-                "difference_class": sign_class(row.get("difference_pct")),
-                "n_classes": row.get("n_classes"),
-                "p": _p(row.get("p")),
-                "p_holm": _p(row.get("p_holm")),
-                "significant": bool(row.get("significant")),
-            }
-            for row in section.get("rows", [])
-        ]
-        datasets.append({"dataset": dataset, "label": pub.dataset_label(dataset), "rows": rows, "sentence": section.get("sentence", "")})
-    return {"datasets": datasets, "method": payload.get("method", "")}
-
-
-def gather_scores(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
-    """The section "Which score, and what the attention path does": per dataset, the average AUC
-    of every model under every score (scores.csv) and the sentences of score_findings.json."""
-    table = _read_csv(agg_dir / "scores.csv") if (agg_dir / "scores.csv").is_file() else pd.DataFrame()
-    findings_path = agg_dir / "score_findings.json"
-    findings = json.loads(findings_path.read_text(encoding="utf-8")) if findings_path.is_file() else {}
-    payload = json.loads((agg_dir / "aggregate.json").read_text(encoding="utf-8"))
-    datasets = []
-    for dataset in payload["grid"]["datasets"]:
-        part = table[table["dataset"] == dataset] if not table.empty else table
-        scores = list(dict.fromkeys(part["score"])) if not part.empty else []
-        rows = []
-        for model in (list(dict.fromkeys(part["model"])) if not part.empty else []):
-            values = part[part["model"] == model].set_index("score")["auc_pct_mean"]
-            label = entropy_only.LABEL if model == entropy_only.NAME else model_label(model)
-            rows.append({"model": label, "cells": [fmt_num(values.get(score)) for score in scores]})
-        datasets.append({"dataset": dataset, "label": pub.dataset_label(dataset), "scores": scores, "rows": rows,
-                         "sentences": (findings.get(dataset) or {}).get("sentences", [])})  # fmt: skip
-    return {"datasets": datasets, "entropy_note": payload.get("entropy_only", ""), "figures": figures.get("scores", [])}
-
-
 def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary: Path, report_dir: Path) -> dict[str, Any]:
     payload_path = agg_dir / "aggregate.json"
     if not payload_path.is_file():
         raise UserError(f"{payload_path} not found; run `grad2vae aggregate` first")
     payload = json.loads(payload_path.read_text(encoding="utf-8"))
     grid = payload["grid"]
-    runs = _read_csv(agg_dir / "runs.csv")
-    status = _read_csv(agg_dir / "status.csv")
-    averages = _read_csv(agg_dir / "averages.csv")
-    table1 = _read_csv(agg_dir / "table1.csv")
-    compute = _read_csv(agg_dir / "compute.csv")
-    parameters = _read_csv(agg_dir / "parameters.csv")
+    runs = read_csv(agg_dir / "runs.csv")
+    status = read_csv(agg_dir / "status.csv")
+    averages = read_csv(agg_dir / "averages.csv")
+    table1 = read_csv(agg_dir / "table1.csv")
+    compute = read_csv(agg_dir / "compute.csv")
+    parameters = read_csv(agg_dir / "parameters.csv")
 
     # figures: copy the PNGs listed in figures.json into REPORT/figures/
     manifest_path = figures_dir / "figures.json"
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path} not found; run `grad2vae figures` first")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    _fresh_dir(report_dir / "figures")
+    fresh_dir(report_dir / "figures")
     figures: dict[str, list[dict[str, str]]] = {}
     for entry in manifest.get("figures", []):
         source = figures_dir / entry["file"]
         if not source.is_file():
             raise UserError(f"{source} is listed in {manifest_path} but missing; run `grad2vae figures` again")
-        _copy(source, report_dir / "figures" / source.name)
+        copy_file(source, report_dir / "figures" / source.name)
         figures.setdefault(entry.get("section", "other"), []).append(
             {"src": f"figures/{source.name}", "title": entry.get("title", ""), "caption": entry.get("caption", ""),
              "dataset": entry.get("dataset", "")}
         )
 
     # the tables as downloadable CSVs
-    _fresh_dir(report_dir / "data")
+    fresh_dir(report_dir / "data")
     downloads = []
     for name in ("table1.csv", "runs.csv", "summary.csv", "averages.csv", "status.csv", "compute.csv", "parameters.csv",
                  "stats.json", "claims.json", "ablations.json", "scores.csv", "entropy_only.csv"):
         if (agg_dir / name).is_file():
-            _copy(agg_dir / name, report_dir / "data" / name)
+            copy_file(agg_dir / name, report_dir / "data" / name)
             downloads.append({"href": f"data/{name}", "name": name})
 
     # Table 1 rows, with the layout (column groups) from aggregate.json
@@ -440,9 +207,9 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
                 expected = n_classes if is_average else n_seeds
                 cell.update(
                     ours=fmt_mean_std(row.get(f"{model}_mean"), row.get(f"{model}_std")),
-                    n=int(n) if _finite(n) else 0,
+                    n=int(n) if is_finite_number(n) else 0,
                     expected=expected,
-                    incomplete=_finite(n) and int(n) < expected,
+                    incomplete=is_finite_number(n) and int(n) < expected,
                 )
             if column:
                 cell["published"] = fmt_num(row.get(f"published_{column}"))
@@ -471,7 +238,7 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
                 "model": model_label(row["model"]),
                 "ours": fmt_num(row.get("auc_pct_mean")),
                 "ours_reconstruction": fmt_num(row.get("auc_reconstruction_pct_mean")),
-                "oracle": fmt_num(row.get("auc_oracle_pct_mean")) if _finite(row.get("auc_oracle_pct_mean")) else "",
+                "oracle": fmt_num(row.get("auc_oracle_pct_mean")) if is_finite_number(row.get("auc_oracle_pct_mean")) else "",
                 "mstd": fmt_num(row.get("mstd"), 3),
                 "max_class_std": fmt_num(row.get("max_class_std"), 3),
                 "published_label": pub.published_columns().get(row.get("published_column") or "", {}).get("label", ""),
@@ -566,8 +333,6 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
 
 
 # --------------------------------------------------------------------------------------------
-
-
 def render(context: dict[str, Any], template_dir: Path) -> str:
     import jinja2
 
@@ -604,7 +369,7 @@ def build_report(
     )
     context["title"] = title
     page = render(context, template_dir)
-    _copy(template_dir / STYLESHEET, report_dir / STYLESHEET)
+    copy_file(template_dir / STYLESHEET, report_dir / STYLESHEET)
     write_text(report_dir / "index.html", page)  # last: the page only ever links existing assets
     return report_dir / "index.html"
 

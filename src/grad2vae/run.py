@@ -19,10 +19,8 @@ import torch
 from torch import Tensor
 
 from grad2vae import atomic, devices
-from grad2vae.errors import UserError
-from grad2vae.schedule import make_scheduler
-
 from grad2vae.config import RunConfig, config_hash, derive_seed
+from grad2vae.errors import UserError
 from grad2vae.evaluate import (
     NonFiniteLossError,
     auc_column,
@@ -33,13 +31,14 @@ from grad2vae.evaluate import (
     training_flops,
 )
 from grad2vae.gitstate import git_state
-from grad2vae.progress import fmt_duration
 from grad2vae.layout import CHECKPOINT, HISTORY, LOCK, METRICS, MODEL, SCORES
 from grad2vae.outputs import (
     environment_versions,
     write_history,
     write_scores,
 )
+from grad2vae.progress import fmt_duration
+from grad2vae.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,9 @@ def rng_state(device: torch.device, batch_generator: torch.Generator) -> dict[st
     return state
 
 
-def set_rng_state(state: dict[str, Any], device: torch.device, batch_generator: torch.Generator) -> None:
+def set_rng_state(
+    state: dict[str, Any], device: torch.device, batch_generator: torch.Generator
+) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
@@ -92,7 +93,9 @@ def read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read {path} ({error}); delete it to run again") from None
 
 
-def different_config_error(out_dir: Path, what: str, theirs: dict | None, ours: RunConfig) -> UserError:
+def different_config_error(
+    out_dir: Path, what: str, theirs: dict | None, ours: RunConfig
+) -> UserError:
     differing = ""
     if isinstance(theirs, dict):
         mine = ours.to_dict()
@@ -122,9 +125,13 @@ def finished_metrics(out_dir: str | os.PathLike, config: RunConfig) -> dict[str,
         try:
             checkpoint = load_payload(checkpoint_path)
         except Exception as error:  # noqa: BLE001 - any unreadable checkpoint
-            raise UserError(f"cannot read {checkpoint_path} ({error}); delete it to start over") from None
+            raise UserError(
+                f"cannot read {checkpoint_path} ({error}); delete it to start over"
+            ) from None
         if checkpoint.get("config_hash") != wanted:
-            raise different_config_error(out_dir, "an unfinished run", checkpoint.get("config"), config)
+            raise different_config_error(
+                out_dir, "an unfinished run", checkpoint.get("config"), config
+            )
     return None
 
 
@@ -227,7 +234,12 @@ class Run:
             self.checkpoint_epoch = self.start_epoch - 1
             self.resumes = int(checkpoint.get("resumes", 0)) + 1
             self.pretrain_info = checkpoint.get("pretrain")
-            log.info("%s: resuming after epoch %d from %s", out_dir, self.start_epoch - 1, checkpoint_path)
+            log.info(
+                "%s: resuming after epoch %d from %s",
+                out_dir,
+                self.start_epoch - 1,
+                checkpoint_path,
+            )
         # Drop rows of epochs after the checkpoint (a killed run's history.tsv may be ahead of it).
         write_history(out_dir / HISTORY, self.history)
         if self.start_epoch == 1:
@@ -253,7 +265,11 @@ class Run:
         self.failure: NonFiniteLossError | None = None
 
     def _global_rng(self) -> dict[str, Any]:
-        state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+        state = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+        }
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -280,9 +296,9 @@ class Run:
         self.epoch = epoch
         self.lr = float(self.optimizer.param_groups[0]["lr"])
         self.model.train()
-        self.permutation = torch.randperm(len(self.shared.train_x), generator=self.batch_generator).to(
-            self.device
-        )
+        self.permutation = torch.randperm(
+            len(self.shared.train_x), generator=self.batch_generator
+        ).to(self.device)
         # Per loss term, on the device (no sync per batch): the size-weighted sum, and the first
         # batch (1-based) where the term was not finite (inf: never).
         self.names: list[str] = []
@@ -298,7 +314,10 @@ class Run:
         if self.sums is None:
             self.names, self.sums, self.first_bad = list(terms), values * size, bad_at
         else:
-            self.sums, self.first_bad = self.sums + values * size, torch.minimum(self.first_bad, bad_at)
+            self.sums, self.first_bad = (
+                self.sums + values * size,
+                torch.minimum(self.first_bad, bad_at),
+            )
 
     def end_epoch(self, train_seconds: float, batches: int) -> None:
         """Everything after an epoch's batches; raises NonFiniteLossError (nothing written)."""
@@ -326,7 +345,9 @@ class Run:
                 "Try another seed or a lower --lr."
             )
         eval_start = time.perf_counter()
-        evaluated = epoch == config.epochs or (config.eval_every > 0 and epoch % config.eval_every == 0)
+        evaluated = epoch == config.epochs or (
+            config.eval_every > 0 and epoch % config.eval_every == 0
+        )
         aucs: dict[str, float | None] = {"auc": None, "auc_reconstruction": None}
         eval_seconds = 0.0
         if evaluated:
@@ -355,7 +376,9 @@ class Run:
         self.epoch_times.append(seconds)
         remaining = (config.epochs - epoch) * (sum(self.epoch_times) / len(self.epoch_times))
         losses = " ".join(f"{name}={value:.4g}" for name, value in means.items())
-        auc_text = f" auc={aucs['auc']:.4f} auc_rec={aucs['auc_reconstruction']:.4f}" if evaluated else ""
+        auc_text = (
+            f" auc={aucs['auc']:.4f} auc_rec={aucs['auc_reconstruction']:.4f}" if evaluated else ""
+        )
         log.info(
             "%sepoch %d/%d %s lr=%.3g%s %.1fs ETA %s",
             f"seed {config.seed}: " if self.rng is not None else "",
@@ -391,14 +414,22 @@ class Run:
         finish_start = time.perf_counter()
         if self.last_scores is None:  # resumed from a checkpoint at the last epoch: evaluate again
             self.last_scores, self.last_extra = evaluate(
-                model, self.shared.eval_split, self.eval_seed, batch_size=config.eval_batch_size, extra=True
+                model,
+                self.shared.eval_split,
+                self.eval_seed,
+                batch_size=config.eval_batch_size,
+                extra=True,
             )
         final = auc_of(self.last_scores, labels, config.epochs)
         auc_extra = extra_aucs(self.last_extra, labels)
         write_scores(out_dir / SCORES, self.shared.split, self.last_scores)
         model_payload = {
             "model": config.model,
-            **({"base_model": config.base_model, "model_options": config.model_options} if config.base_model else {}),
+            **(
+                {"base_model": config.base_model, "model_options": config.model_options}
+                if config.base_model
+                else {}
+            ),
             "latent_dim": config.latent_dim,
             "dataset": config.dataset,
             "normal_class": config.normal_class,
@@ -416,7 +447,11 @@ class Run:
         metrics = {
             "model": config.model,
             # a variant's registered model and options (``variants:``); absent for a plain model
-            **({"base_model": config.base_model, "model_options": config.model_options} if config.base_model else {}),
+            **(
+                {"base_model": config.base_model, "model_options": config.model_options}
+                if config.base_model
+                else {}
+            ),
             "dataset": config.dataset,
             "normal_class": config.normal_class,
             "seed": config.seed,
@@ -424,7 +459,11 @@ class Run:
             "auc": final["auc"],
             "auc_reconstruction": final["auc_reconstruction"],
             # every other score of model.scores() (diagnostics beside the main score, issue 13)
-            "auc_scores": {key: final[auc_column(key)] for key in self.last_scores if key not in ("main", "reconstruction")},
+            "auc_scores": {
+                key: final[auc_column(key)]
+                for key in self.last_scores
+                if key not in ("main", "reconstruction")
+            },
             "score_means": score_means(self.last_scores, labels),
             "epochs": config.epochs,
             "wall_seconds": sum(row["seconds"] for row in history)
@@ -439,7 +478,9 @@ class Run:
             **execution,
             "derivatives": getattr(model, "derivatives_used", None),  # Grad2VAE's method, else None
             "parameters": int(model.parameter_count()),
-            **training_flops(model, self.shared.train_x[: config.batch_size], n_train=len(self.shared.train_x)),
+            **training_flops(
+                model, self.shared.train_x[: config.batch_size], n_train=len(self.shared.train_x)
+            ),
             "train_images": len(self.shared.train_x),
             "test_images": int(len(labels)),
             "test_anomalies": int(labels.sum()),
@@ -486,7 +527,17 @@ class Run:
 
 
 def save_checkpoint(
-    path, config, chash, epoch, model, optimizer, scheduler, history, device, batch_generator, resumes,
+    path,
+    config,
+    chash,
+    epoch,
+    model,
+    optimizer,
+    scheduler,
+    history,
+    device,
+    batch_generator,
+    resumes,
     pretrain=None,
 ) -> None:
     payload = {

@@ -39,22 +39,28 @@ from typing import Any, Callable
 import torch
 
 from grad2vae import devices
-from grad2vae.errors import UserError
 
-from grad2vae.cohort import SEED_BATCHING, train_in_lockstep
+# Moved to grad2vae.cohort / grad2vae.run; re-exported until bench.py and explain.py import them
+# from there (they are being split at the same time).
+from grad2vae.cohort import (  # noqa: E402,F401
+    AUTO_SEED_BATCHING,
+    SEED_BATCHING,
+    train_in_lockstep,
+    vmapped_step,
+)
 from grad2vae.config import (
     SCHEDULE_FIELDS,
     RunConfig,
     check_data_present,
     validate_config,
 )
+from grad2vae.errors import UserError
 from grad2vae.layout import CHECKPOINT
-from grad2vae.run import RunLock, finished_metrics
-
-# Moved to grad2vae.cohort / grad2vae.run; re-exported until bench.py and explain.py import them
-# from there (they are being split at the same time).
-from grad2vae.cohort import AUTO_SEED_BATCHING, vmapped_step  # noqa: E402,F401
-from grad2vae.run import load_trained_model  # noqa: E402,F401
+from grad2vae.run import (
+    RunLock,
+    finished_metrics,
+    load_trained_model,  # noqa: E402,F401
+)
 
 log = logging.getLogger(__name__)
 
