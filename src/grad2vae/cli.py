@@ -16,7 +16,7 @@ from grad2vae.errors import UserError
 
 # subcommand -> (module, one-line summary shown in `grad2vae --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch": ("grad2vae.data", "download and verify MNIST and Fashion-MNIST (SHA-256 checked)"),
+    "fetch": ("grad2vae.fetch", "download and verify MNIST and Fashion-MNIST (SHA-256 checked)"),
     "params": ("grad2vae.params", "print every model's parameter count beside the paper's"),
     "train": ("grad2vae.train", "train and evaluate one run: model x dataset x normal class x seed"),
     "aggregate": ("grad2vae.aggregate", "collect runs into the tidy table and Table 1"),

@@ -65,7 +65,7 @@ STYLESHEET = "style.css"
 
 
 # Modules whose ASSUMPTIONS tuple the report shows; only `explain` may legitimately be absent.
-ASSUMPTION_MODULES = ("grad2vae.data", "grad2vae.config", "grad2vae.schedule", "grad2vae.devices", "grad2vae.explain")
+ASSUMPTION_MODULES = ("grad2vae.data", "grad2vae.fetch", "grad2vae.config", "grad2vae.schedule", "grad2vae.devices", "grad2vae.explain")
 
 
 OPTIONAL_MODULES = ("grad2vae.explain",)
