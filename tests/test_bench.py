@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from grad2vae import bench
+from grad2vae import bench, bench_report, bench_timing
 from grad2vae.cli import main
 from grad2vae.errors import UserError
 
@@ -96,7 +96,7 @@ def test_tiny_mode_writes_json_with_every_key(tiny_result):
 
 
 def test_report_formats_the_tiny_result(tiny_result):
-    text = bench.format_report(tiny_result)
+    text = bench_report.format_report(tiny_result)
     assert "grad2vae[explicit]" in text and "TINY MODE" in text and "grid estimate" in text
     assert "several seeds in one process" in text
 
@@ -155,35 +155,35 @@ def test_grid_estimate_arithmetic():
         row("grad2vae", "explicit", 10.0, 2.0),
         row("grad2vae", "vectorized", 20.0, 2.0),
     ]
-    grid = bench.grid_estimate(rows, bench.Settings(), auto_method="explicit")
+    grid = bench_report.grid_estimate(rows, bench_timing.Settings(), auto_method="explicit")
     # 100 runs per (dataset, model), 100 epochs and 100 evaluations each
     assert grid["hours_per_model"]["vae"] == pytest.approx(100 * 100 * 4.0 / 3600)
     assert grid["hours_per_model"]["grad2vae"] == pytest.approx(100 * 100 * 12.0 / 3600)
     assert grid["hours_with_grad2vae_loop"] == pytest.approx(100 * 100 * (4.0 + 36.0) / 3600)
     assert grid["runs"] == 200 and grid["grad2vae_method"] == {"mnist": "explicit"}
     # auto's method not measured: the fastest measured one stands in
-    grid = bench.grid_estimate(rows[:2] + rows[3:], bench.Settings(), auto_method="explicit")
+    grid = bench_report.grid_estimate(rows[:2] + rows[3:], bench_timing.Settings(), auto_method="explicit")
     assert grid["grad2vae_method"] == {"mnist": "vectorized"}
     assert grid["hours_per_model"]["grad2vae"] == pytest.approx(100 * 100 * 22.0 / 3600)
     assert grid["hours_seeds_per_job"] is None  # no seed groups measured
 
 
 def test_grid_estimate_with_seeds_vmapped():
-    settings = bench.Settings(train_images=1000, batch_size=100)  # 10 steps per epoch
+    settings = bench_timing.Settings(train_images=1000, batch_size=100)  # 10 steps per epoch
     rows = [{"dataset": "mnist", "model": "vae", "variant": "vae", "derivatives": None,
              "seconds_per_epoch": 2.5, "ms_per_step": 200.0, "seconds_per_eval": 1.0}]
     groups = {"mnist": {"vae": {"speedup": 4.0}}}
-    vmapped = bench.grid_estimate(rows, settings, "explicit", groups, seed_batching="vmap")
+    vmapped = bench_report.grid_estimate(rows, settings, "explicit", groups, seed_batching="vmap")
     # the 2.0 s of steps per epoch take 0.5 s; data feeding (0.5 s) and evaluation stay
     assert vmapped["hours_seeds_per_job"] == pytest.approx(100 * (100 * 1.0 + 100 * 1.0) / 3600)
     assert vmapped["hours"] == pytest.approx(100 * (100 * 2.5 + 100 * 1.0) / 3600)
-    in_turn = bench.grid_estimate(rows, settings, "explicit", groups, seed_batching="sequential")
+    in_turn = bench_report.grid_estimate(rows, settings, "explicit", groups, seed_batching="sequential")
     assert in_turn["hours_seeds_per_job"] == pytest.approx(in_turn["hours"])
 
 
 def test_straightforward_dataset_gives_the_trainers_tensors():
     images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
-    dataset = bench.StraightforwardDataset(images)
+    dataset = bench_timing.StraightforwardDataset(images)
     expected = torch.from_numpy(images).float().unsqueeze(1) / 255
     got = torch.stack([dataset[i] for i in range(len(dataset))])
     torch.testing.assert_close(got, expected)

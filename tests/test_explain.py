@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import unavailable
-from grad2vae import explain
-from grad2vae.explain import (
+from grad2vae import attention_maps, explain, explain_runs
+from grad2vae.attention_maps import (
     curve_area,
     deletion_order,
     faithfulness,
@@ -260,10 +260,10 @@ def test_curve_area_is_mean_of_a_constant_curve():
 def test_blank_and_blur_fill():
     x = torch.ones(1, 1, 28, 28)
     order = torch.arange(784).unsqueeze(0)
-    blanked = explain.blank(x, order, 10)
+    blanked = attention_maps.blank(x, order, 10)
     assert blanked.flatten()[:10].eq(0).all() and blanked.flatten()[10:].eq(1).all()
-    torch.testing.assert_close(explain.blur(x), x)  # blurring a constant image changes nothing
-    filled = explain.blank(x, order, 5, fill=torch.full_like(x, 0.5))
+    torch.testing.assert_close(attention_maps.blur(x), x)  # blurring a constant image changes nothing
+    filled = attention_maps.blank(x, order, 5, fill=torch.full_like(x, 0.5))
     assert filled.flatten()[:5].eq(0.5).all()
 
 
@@ -303,11 +303,11 @@ def fake_pipeline(monkeypatch, tmp_path):
     for dataset in ("mnist",):
         for model in ("grad2vae", "vae"):
             for c in (9, 2):
-                folder = explain.run_dir(tmp_path, dataset, model, c, 0)
+                folder = explain_runs.run_dir(tmp_path, dataset, model, c, 0)
                 folder.mkdir(parents=True)
                 (folder / "metrics.json").write_text("{}")
                 (folder / "model.pt").write_bytes(b"")
-    monkeypatch.setattr(explain, "load_run", fake_load_run)
+    monkeypatch.setattr(explain_runs, "load_run", fake_load_run)
     fake_data = types.ModuleType("grad2vae.data")
     fake_data.DATASETS = {"mnist": [str(k) for k in range(10)]}
     fake_data.load_split = lambda data_dir, dataset, normal_class, **kw: _fake_split(normal_class)
@@ -349,7 +349,7 @@ def test_explain_writes_figures_table_and_summary(fake_pipeline):
     out = tmp_path / "explain"
     assert explain.run(_args(tmp_path)) == 0
     summary = _check_summary(out)
-    expected = explain.output_files(["mnist"], [9, 2])
+    expected = explain_runs.output_files(["mnist"], [9, 2])
     assert [f["file"] for f in summary["figures"]] == expected["figures"]
     for name in expected["figures"] + expected["tables"] + expected["summary"]:
         assert (out / name).is_file(), name
@@ -409,7 +409,7 @@ def test_each_figure_shows_its_own_classes(fake_pipeline):
     assert explain.run(_args(tmp_path, **{"fig3-classes": "9", "fig4-classes": "2", "fig5-classes": "2"})) == 0
     summary = _check_summary(out)
     files = [f["file"] for f in summary["figures"]]
-    assert files == explain.output_files(["mnist"], [9, 2], fig3_classes=[9], fig4_classes=[2])["figures"]
+    assert files == explain_runs.output_files(["mnist"], [9, 2], fig3_classes=[9], fig4_classes=[2])["figures"]
     assert "fig3_second_derivatives_mnist_class9.png" in files and "fig3_second_derivatives_mnist_class2.png" not in files
     assert "fig4_attention_mnist_class2.png" in files and "fig4_attention_mnist_class9.png" not in files
     fig5 = next(f for f in summary["figures"] if f["file"] == "fig5_attention_mnist.png")
@@ -432,7 +432,7 @@ def test_default_explain_classes_are_the_papers_counted_from_one():
 
 def test_module_documents_assumptions_and_help():
     assert explain.__doc__ and "faithfulness" in explain.__doc__.lower()
-    assert explain.ASSUMPTIONS and all(" — " in entry for entry in explain.ASSUMPTIONS)
+    assert attention_maps.ASSUMPTIONS and all(" — " in entry for entry in attention_maps.ASSUMPTIONS)
 
 
 @pytest.fixture(scope="module")
@@ -443,7 +443,7 @@ def trained_runs(tiny_data_dir, tmp_path_factory):
 
     results = tmp_path_factory.mktemp("explain_runs") / "results"
     for model in ("grad2vae", "vae"):
-        out = explain.run_dir(results, "mnist", model, 2, 0)
+        out = explain_runs.run_dir(results, "mnist", model, 2, 0)
         assert main([
             "train", "--model", model, "--dataset", "mnist", "--normal-class", "2", "--seed", "0",
             "--data-dir", str(tiny_data_dir), "--out-dir", str(out), "--epochs", "1",
@@ -466,7 +466,7 @@ def test_explain_from_real_runs_through_the_cli(trained_runs, tiny_data_dir, tmp
         "--faithfulness-per-class", "1", "--steps", "2", "--random-repeats", "1", "--device", "cpu",
     ]) == 0
     summary = _check_summary(out)
-    assert len(summary["figures"]) == len(explain.output_files(["mnist"], [2])["figures"])
+    assert len(summary["figures"]) == len(explain_runs.output_files(["mnist"], [2])["figures"])
     import pandas as pd
 
     table = pd.read_csv(out / "faithfulness.csv")
@@ -558,7 +558,7 @@ def test_snakemake_rule_plans_explain_from_saved_runs(trained_runs, tiny_data_di
     assert "explain: skipped (not in the training grid): class 9" in dry.stderr
     jobs = dry.stdout + dry.stderr
     assert "rule explain:" in jobs and "rule train:" not in jobs  # nothing is retrained
-    for name in explain.output_files(["mnist"], [2])["figures"]:
+    for name in explain_runs.output_files(["mnist"], [2])["figures"]:
         assert name in jobs
     config["explain"]["enabled"] = False
     dry = _snakemake(copy, config, "-n", str(summary))
@@ -573,7 +573,7 @@ def test_snakemake_rule_explains_the_saved_runs_into_the_report(trained_runs, ti
     done = _snakemake(copy, config, str(summary))
     assert done.returncode == 0, done.stdout + done.stderr + (results / "logs" / "explain.log").read_text()
     written = _check_summary(results / "explain")
-    assert [f["file"] for f in written["figures"]] == explain.output_files(["mnist"], [2])["figures"]
+    assert [f["file"] for f in written["figures"]] == explain_runs.output_files(["mnist"], [2])["figures"]
     assert (results / "logs" / "explain.log").is_file()
     # aggregate, figures and report run on the two runs; the page has the explain section
     report = tmp_path / "report" / "index.html"

@@ -44,11 +44,13 @@ import seaborn as sns  # noqa: E402
 
 from grad2vae import published as pub  # noqa: E402
 from grad2vae.aggregate import statistics_payload  # noqa: E402
-from grad2vae.atomic import atomic_path, write_json  # noqa: E402
+from grad2vae.atomic import write_json  # noqa: E402
 from grad2vae.collect import real_runs  # noqa: E402
 from grad2vae.errors import UserError  # noqa: E402
 from grad2vae.labels import model_label, model_order  # noqa: E402
 from grad2vae.layout import RUN_DIR, SCORES  # noqa: E402
+from grad2vae.plotting import save_png  # noqa: E402
+from grad2vae.tables import read_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +75,12 @@ def palette(models: list[str]) -> dict[str, Any]:
     return {model: colours[i] for i, model in enumerate(models)}
 
 
-def _save(fig: plt.Figure, path: Path, dpi: int) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-
 
 def _no_data(ax: plt.Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.35")
     ax.set_xticks([])
     ax.set_yticks([])
 
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path} not found; run `grad2vae aggregate` first")
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +116,7 @@ def fig6(history: pd.DataFrame, grid: dict, colours: dict, max_epoch: int, path:
         ax.set_title(pub.dataset_label(dataset))
     fig.suptitle(f"AUC over the first {max_epoch} epochs (mean over classes and seeds, band = ±1 sd)", fontsize=11)
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save_png(fig, path, dpi)
     shown = f"epochs 1-{last_epoch}" if last_epoch else "no epochs"
     return {
         "file": path.name,
@@ -182,7 +171,7 @@ def fig6_scores(history: pd.DataFrame, entropy: pd.DataFrame, grid: dict, colour
             if drawn and row == 0:
                 ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save_png(fig, path, dpi)
     return {
         "file": path.name,
         "section": "scores",
@@ -229,7 +218,7 @@ def anomaly_ratio(history: pd.DataFrame, grid: dict, colours: dict, path: Path, 
             _no_data(ax, "no score means in the histories")
         ax.set_title(pub.dataset_label(dataset))
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save_png(fig, path, dpi)
     return {
         "file": path.name,
         "section": "scores",
@@ -270,7 +259,7 @@ def fig6_compute(history: pd.DataFrame, runs: pd.DataFrame, grid: dict, colours:
                 _no_data(ax, "no runs with training FLOPs")
             ax.set_title(f"{pub.dataset_label(dataset)} — AUC against {label}", fontsize=9)
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save_png(fig, path, dpi)
     return {
         "file": path.name,
         "section": "fig6",
@@ -320,7 +309,7 @@ def per_class(summary: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi:
         # outside the axes: inside, it hid the low AUCs it is there to explain
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save_png(fig, path, dpi)
     return {
         "file": path.name,
         "section": "per_class",
@@ -373,7 +362,7 @@ def roc(results_dir: Path, runs: pd.DataFrame, grid: dict, colours: dict, normal
             _no_data(ax, f"no complete run for class {normal_class}")
         ax.set_title(f"{pub.dataset_label(dataset)} — normal class {pub.class_label(dataset, normal_class)}")
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save_png(fig, path, dpi)
     seeds = ", ".join(str(s) for s in sorted(used_seeds)) or "none"
     return {
         "file": path.name,
@@ -416,7 +405,7 @@ def parameters(params: pd.DataFrame, grid: dict, path: Path, dpi: int) -> dict:
         _no_data(ax, "no parameter counts")
     ax.set_title("Parameters: ours beside the paper's")
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save_png(fig, path, dpi)
     return {
         "file": path.name,
         "section": "parameters",
@@ -461,7 +450,7 @@ def compute(compute_table: pd.DataFrame, grid: dict, colours: dict, path: Path, 
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save_png(fig, path, dpi)
     return {
         "file": path.name,
         "section": "compute",
@@ -486,7 +475,7 @@ def critical_difference(runs: pd.DataFrame, grid: dict, out_dir: Path, dpi: int)
             fig, ax = plt.subplots(figsize=(7.5, 1.6))
             _no_data(ax, "No critical-difference diagram:\n" + "\n".join(_wrap(reason, 90)))
             ax.set_title(pub.dataset_label(dataset), fontsize=9)
-            _save(fig, path, dpi)
+            save_png(fig, path, dpi)
             caption = f"Not drawn: {reason}"
         else:
             ours = section["ours"]
@@ -519,11 +508,11 @@ def draw_all(results_dir: Path, agg_dir: Path, out_dir: Path, roc_class: int | N
     payload = json.loads(payload_path.read_text(encoding="utf-8"))
     grid = payload["grid"]
     grid["models"] = model_order(grid["models"])
-    runs = _read_csv(agg_dir / "runs.csv")
-    summary = _read_csv(agg_dir / "summary.csv")
-    params = _read_csv(agg_dir / "parameters.csv")
-    compute_table = _read_csv(agg_dir / "compute.csv")
-    entropy = _read_csv(agg_dir / "entropy_only.csv") if (agg_dir / "entropy_only.csv").is_file() else pd.DataFrame()
+    runs = read_table(agg_dir / "runs.csv")
+    summary = read_table(agg_dir / "summary.csv")
+    params = read_table(agg_dir / "parameters.csv")
+    compute_table = read_table(agg_dir / "compute.csv")
+    entropy = read_table(agg_dir / "entropy_only.csv") if (agg_dir / "entropy_only.csv").is_file() else pd.DataFrame()
     history_path = agg_dir / "history.csv.gz"
     history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size > 30 else pd.DataFrame()
     if roc_class is None or roc_class not in grid["normal_classes"]:

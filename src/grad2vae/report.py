@@ -50,10 +50,9 @@ from grad2vae.report_sections import (
     gather_scores,
     gather_statistics,
     is_finite_number,
-    read_csv,
     sign_class,
 )
-from grad2vae.tables import PRINTED_AVERAGE
+from grad2vae.tables import PRINTED_AVERAGE, read_table
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +63,11 @@ TEMPLATE = "index.html.j2"
 STYLESHEET = "style.css"
 
 
-# Modules whose ASSUMPTIONS tuple the report shows; only `explain` may legitimately be absent.
-ASSUMPTION_MODULES = ("grad2vae.data", "grad2vae.fetch", "grad2vae.config", "grad2vae.schedule", "grad2vae.devices", "grad2vae.explain")
+# Modules whose ASSUMPTIONS tuple the report shows; only `attention_maps` (explain) may legitimately be absent.
+ASSUMPTION_MODULES = ("grad2vae.data", "grad2vae.fetch", "grad2vae.config", "grad2vae.schedule", "grad2vae.devices", "grad2vae.attention_maps")
 
 
-OPTIONAL_MODULES = ("grad2vae.explain",)
+OPTIONAL_MODULES = ("grad2vae.attention_maps",)
 
 
 def default_template_dir() -> Path:
@@ -158,12 +157,12 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
         raise UserError(f"{payload_path} not found; run `grad2vae aggregate` first")
     payload = json.loads(payload_path.read_text(encoding="utf-8"))
     grid = payload["grid"]
-    runs = read_csv(agg_dir / "runs.csv")
-    status = read_csv(agg_dir / "status.csv")
-    averages = read_csv(agg_dir / "averages.csv")
-    table1 = read_csv(agg_dir / "table1.csv")
-    compute = read_csv(agg_dir / "compute.csv")
-    parameters = read_csv(agg_dir / "parameters.csv")
+    runs = read_table(agg_dir / "runs.csv")
+    status = read_table(agg_dir / "status.csv")
+    averages = read_table(agg_dir / "averages.csv")
+    table1 = read_table(agg_dir / "table1.csv")
+    compute = read_table(agg_dir / "compute.csv")
+    parameters = read_table(agg_dir / "parameters.csv")
 
     # figures: copy the PNGs listed in figures.json into REPORT/figures/
     manifest_path = figures_dir / "figures.json"

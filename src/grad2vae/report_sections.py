@@ -16,6 +16,7 @@ from grad2vae import published as pub
 from grad2vae.atomic import atomic_path
 from grad2vae.errors import UserError
 from grad2vae.labels import model_label
+from grad2vae.tables import read_table
 
 MAX_TABLE_ROWS = 200  # rows of an explain CSV shown inline (the whole file is linked)
 
@@ -288,7 +289,7 @@ def gather_scores(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> di
     """The section "Which score, and what the attention path does": per dataset, the average AUC
     of every model under every score (scores.csv) and the sentences of score_findings.json."""
     table = (
-        read_csv(agg_dir / "scores.csv") if (agg_dir / "scores.csv").is_file() else pd.DataFrame()
+        read_table(agg_dir / "scores.csv") if (agg_dir / "scores.csv").is_file() else pd.DataFrame()
     )
     findings_path = agg_dir / "score_findings.json"
     findings = (
@@ -313,10 +314,3 @@ def gather_scores(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> di
     }
 
 
-def read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path} not found; run `grad2vae aggregate` first")
-    try:
-        return pd.read_csv(path, keep_default_na=True)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 from grad2vae import entropy_only, stats
 from grad2vae import published as pub
 from grad2vae.collect import real_runs
+from grad2vae.errors import UserError
 from grad2vae.labels import ORACLE_LABEL, ORACLE_MODEL, model_label
 
 log = logging.getLogger(__name__)
@@ -431,3 +433,14 @@ def json_scalar(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV that `grad2vae aggregate` wrote (empty frame for an empty file); a UserError that
+    says to run the aggregation when it is missing."""
+    if not path.is_file():
+        raise UserError(f"{path} not found; run `grad2vae aggregate` first")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()

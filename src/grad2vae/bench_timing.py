@@ -1,0 +1,352 @@
+"""What `grad2vae bench` measures: the settings, the variants timed side by side (models and
+derivative methods), steps, seed groups, evaluation, data feeding and FLOP counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from grad2vae import bench_gpu
+from grad2vae.bench_gpu import synchronize, training_step
+
+#: the four models of the paper's grid (config.yaml ``models``)
+GRID_MODELS = ("grad2vae", "vae", "cae", "inception_caenn")
+
+
+#: latent size per dataset (paper Sect. 4.2), as grad2vae.config.DEFAULT_LATENT_DIM
+GRID_DATASETS = {"mnist": 16, "fashion_mnist": 32}
+
+
+GRID = {"classes": 10, "seeds": 10, "epochs": 100, "eval_every": 1}
+
+#: the derivative method every other one is compared with
+REFERENCE_METHOD = "loop"
+
+
+@dataclasses.dataclass
+class Settings:
+    batch_size: int = 128
+    train_images: int = 6000
+    test_images: int = 10000
+    eval_images: int = 10000
+    eval_batch_size: int = 1000
+    datasets: dict[str, int] = dataclasses.field(default_factory=lambda: dict(GRID_DATASETS))
+    models: tuple[str, ...] = GRID_MODELS
+    methods: tuple[str, ...] = ("loop", "vectorized", "closed_form", "explicit")
+    warmup: int = 1
+    repeats: int = 3
+    steps: int = 1
+    loader_repeats: int = 3
+    check_images: int = 4
+    matmul_size: int = 2048
+    seeds_per_process: int = 4  # 0: skip the several-seeds-per-process comparison
+    seed: int = 0
+    tiny: bool = False
+    tf32: bool = False  # time TF32 on against off (CUDA only; training keeps it off)
+    compile: bool = False  # time torch.compile(mode="reduce-overhead") against eager
+    compile_models: tuple[str, ...] = bench_gpu.COMPILE_MODELS
+
+    @classmethod
+    def tiny_mode(cls) -> "Settings":
+        return cls(
+            batch_size=4,
+            train_images=8,
+            test_images=8,
+            eval_images=8,
+            eval_batch_size=8,
+            datasets={"mnist": 2},
+            warmup=1,
+            repeats=1,
+            steps=1,
+            loader_repeats=1,
+            check_images=2,
+            matmul_size=128,
+            seeds_per_process=2,
+            tiny=True,
+        )
+
+
+@dataclasses.dataclass
+class Variant:
+    label: str
+    model_name: str
+    method: str | None  # Grad2VAE's derivative method, else None
+    build: Callable[[], torch.nn.Module]
+
+
+def build_variants(settings: Settings, dataset: str, latent_dim: int) -> list[Variant]:
+    from grad2vae.models import create_model
+    from grad2vae.models.grad2vae import Grad2VAE
+
+    chosen = []
+    for name in settings.models:
+        if name == "grad2vae":
+            for method in settings.methods:
+                chosen.append(
+                    Variant(
+                        f"grad2vae[{method}]",
+                        name,
+                        method,
+                        lambda m=method: Grad2VAE(latent_dim, derivatives=m),
+                    )
+                )
+        else:
+            chosen.append(
+                Variant(
+                    name, name, None, lambda n=name: create_model(n, latent_dim, dataset=dataset)
+                )
+            )
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces that are timed
+def time_steps(model, optimizer, batch: torch.Tensor, steps: int) -> float:
+    """Seconds per optimisation step, averaged over ``steps`` steps."""
+    synchronize(batch.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        training_step(model, optimizer, batch)
+    synchronize(batch.device)
+    return (time.perf_counter() - start) / steps
+
+
+def time_seed_groups(
+    device: torch.device,
+    settings: Settings,
+    dataset: str,
+    latent_dim: int,
+    train_x: torch.Tensor,
+    log: Callable[[str], None],
+) -> dict[str, dict]:
+    """Several seeds in one process: one vmapped step of k models (``cohort.vmapped_step``, what
+    ``train_seeds`` does with seed_batching vmap) against the same k models stepped one after
+    another, per model that supports it on this device, in interleaved rounds. Returns per model
+    the seconds per step of all k seeds both ways and the speed-up (in turn / vmapped)."""
+    from grad2vae.cohort import vmapped_step
+    from grad2vae.models import create_model
+
+    seeds = settings.seeds_per_process
+    generator = torch.Generator().manual_seed(settings.seed)
+    index = torch.randint(0, len(train_x), (seeds, settings.batch_size), generator=generator)
+    xs = train_x[index.to(train_x.device)]  # (seeds, batch, 1, 28, 28): each seed its own batch
+    results = {}
+    for name in settings.models:
+        models = []
+        for seed in range(seeds):
+            torch.manual_seed(settings.seed + seed)
+            models.append(create_model(name, latent_dim, dataset=dataset).to(device).train())
+        if not models[0].supports_seed_vmap(device):
+            log(f"  {name}: no vmapped seeds on {device.type} (its loss does not support vmap)")
+            continue
+        optimizers = [torch.optim.Adam(model.parameters(), lr=1e-3) for model in models]
+        label = (
+            name
+            if getattr(models[0], "derivatives", None) is None
+            else f"{name}[{resolve(models[0], device)}]"
+        )
+
+        def in_turn():
+            for model, optimizer, x in zip(models, optimizers, xs):
+                training_step(model, optimizer, x)
+
+        def together():
+            noises = [model.sample_noise(len(x), like=x) for model, x in zip(models, xs)]
+            vmapped_step(models, optimizers, xs, noises)
+
+        times: dict[str, list[float]] = {"in_turn": [], "vmap": []}
+        for round_index in range(settings.repeats + 1):  # round 0 is the warm-up
+            for key, step in (("in_turn", in_turn), ("vmap", together)):
+                synchronize(device)
+                start = time.perf_counter()
+                for _ in range(settings.steps):
+                    step()
+                synchronize(device)
+                if round_index:
+                    times[key].append((time.perf_counter() - start) / settings.steps)
+        in_turn_s, vmap_s = statistics.median(times["in_turn"]), statistics.median(times["vmap"])
+        results[label] = {
+            "seeds": seeds,
+            "peak_memory_bytes_in_turn": bench_gpu.peak_memory(device, in_turn),
+            "peak_memory_bytes_vmap": bench_gpu.peak_memory(device, together),
+            "seconds_per_step_in_turn": in_turn_s,
+            "seconds_per_step_vmap": vmap_s,
+            "speedup": in_turn_s / vmap_s,
+            "speedup_paired": statistics.median(
+                a / b for a, b in zip(times["in_turn"], times["vmap"])
+            ),
+            "rounds": times,
+        }
+        log(
+            f"  {label}: {seeds} seeds, in turn {1000 * in_turn_s:.0f} ms, vmapped {1000 * vmap_s:.0f} ms per step"
+        )
+        models.clear()  # free this model's seeds before the next model's
+        optimizers.clear()
+    return results
+
+
+def resolve(model, device: torch.device) -> str:
+    """Grad2VAE's derivative method on ``device`` (what "auto" picks unless set)."""
+    from grad2vae.models.grad2vae import resolve_derivatives
+
+    return resolve_derivatives(device, model.derivatives)
+
+
+def count_step_flops(model, optimizer, batch: torch.Tensor) -> int:
+    """FLOPs of one training step (forward + backward, including every double-backward op)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        training_step(model, optimizer, batch)
+    synchronize(batch.device)
+    return int(counter.get_total_flops())
+
+
+def time_matmul(device: torch.device, n: int, a: torch.Tensor | None = None) -> float:
+    """FLOP/s of one n x n float32 matrix product (the device's dense rate under current load)."""
+    if a is None:
+        a = torch.randn(n, n, device=device)
+    synchronize(device)
+    start = time.perf_counter()
+    reps = 3
+    for _ in range(reps):
+        torch.mm(a, a)
+    synchronize(device)
+    return reps * 2 * n**3 / (time.perf_counter() - start)
+
+
+def time_evaluation(
+    model, train_x: torch.Tensor, test_x: torch.Tensor, batch_size: int, seed: int
+) -> dict:
+    """Seconds of ``fit_scorer`` (training images) and of ``scores`` (``test_x``), as the
+    trainer's ``evaluate`` runs them (eval mode, no_grad fit, enable_grad scores)."""
+    device = train_x.device
+    model.eval()
+    try:
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.fit_scorer(train_x)
+        synchronize(device)
+        fit = time.perf_counter() - start
+        generator = torch.Generator(device).manual_seed(seed)
+        start = time.perf_counter()
+        for first in range(0, len(test_x), batch_size):
+            with torch.enable_grad():
+                scores = model.scores(test_x[first : first + batch_size], generator)
+            for value in scores.values():
+                value.detach().cpu()
+        synchronize(device)
+        return {"fit_seconds": fit, "scores_seconds": time.perf_counter() - start}
+    finally:
+        model.train()
+
+
+class StraightforwardDataset(torch.utils.data.Dataset):
+    """What ``torchvision.datasets.MNIST(transform=ToTensor())`` does per item: one uint8 image
+    -> float tensor (1, 28, 28) in [0, 1] on every access (via PIL when torchvision is there)."""
+
+    def __init__(self, images_uint8: np.ndarray):
+        self.images = images_uint8
+        try:
+            from PIL import Image
+            from torchvision.transforms import ToTensor
+
+            self._to_tensor = lambda array: ToTensor()(Image.fromarray(array, mode="L"))
+            self.kind = "torchvision ToTensor on PIL images"
+        except ImportError:
+            self._to_tensor = lambda array: torch.from_numpy(array).float().div_(255).unsqueeze(0)
+            self.kind = (
+                "per-item uint8 -> float / 255 (torchvision not installed; same work as ToTensor)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self._to_tensor(self.images[index])
+
+
+def feed_ours(train_x: torch.Tensor, batch_size: int, generator: torch.Generator) -> float:
+    """Seconds to produce every batch of one epoch as ``cohort.train_in_lockstep`` does."""
+    device = train_x.device
+    synchronize(device)
+    start = time.perf_counter()
+    permutation = torch.randperm(len(train_x), generator=generator).to(device)
+    total = torch.zeros((), device=device)
+    for first in range(0, len(train_x), batch_size):
+        batch = train_x[permutation[first : first + batch_size]]
+        total = total + batch[0, 0, 0, 0]  # touch it, as the model would
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def feed_straightforward(
+    dataset: StraightforwardDataset, batch_size: int, device: torch.device, seed: int
+) -> float:
+    """Seconds to produce every batch of one epoch with a shuffling DataLoader, moved to device."""
+    synchronize(device)
+    start = time.perf_counter()
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    total = torch.zeros((), device=device)
+    for batch in loader:
+        batch = batch.to(device, non_blocking=True)
+        total = total + batch[0, 0, 0, 0]
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement of the derivative methods
+def check_derivatives(
+    latent_dim: int, methods: tuple[str, ...], device: torch.device, n: int, seed: int
+) -> dict:
+    """Each method against the loop on the same weights and noise (float32, ``n`` images): max
+    relative difference of the second derivatives, of the loss and of every parameter gradient."""
+    from grad2vae.models.grad2vae import Grad2VAE
+
+    torch.manual_seed(seed)
+    reference = Grad2VAE(latent_dim, derivatives=REFERENCE_METHOD).to(device)
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(n, 1, 28, 28, generator=generator).to(device)
+    eps = torch.randn(n, latent_dim, generator=generator).to(device)
+
+    def run(method: str):
+        model = Grad2VAE(latent_dim, derivatives=method).to(device)
+        model.load_state_dict(state)
+        out = model(x, eps)
+        from grad2vae.models.vae import bce_per_sample, kl_per_sample
+
+        loss = (
+            bce_per_sample(out["logits"], x).mean()
+            + kl_per_sample(out["mu"], out["logvar"]).mean()
+            + bce_per_sample(out["attention_logits"], x).mean()
+        )
+        loss.backward()
+        grads = [p.grad.detach().clone() for p in model.parameters()]
+        return out["second_derivatives"].detach(), loss.detach(), grads
+
+    h_ref, loss_ref, grads_ref = run(REFERENCE_METHOD)
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+    result = {}
+    for method in methods:
+        h, loss, grads = run(method)
+        entry = {
+            "second_derivatives_rel": rel(h, h_ref),
+            "loss_rel": rel(loss, loss_ref),
+            "gradient_rel_max": max(rel(g, r) for g, r in zip(grads, grads_ref)),
+        }
+        entry["agrees"] = all(value <= 1e-4 for value in entry.values())
+        result[method] = entry
+    return result
