@@ -28,6 +28,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check src tests scripts/outputs-digest
+	$(BIN)/ruff format --check src tests scripts/outputs-digest
 
 clean-results:
 	rm -rf results/* report/*

@@ -78,7 +78,9 @@ def write_synthetic_dataset(root, dataset: str, train_per_class: int, test_per_c
     }
     for key, filename in IDX_FILES.items():
         (folder / filename).write_bytes(encode_idx(arrays[key]))
-    (folder / "MANIFEST.json").write_text(json.dumps({"dataset": dataset, "source": "synthetic-test"}))
+    (folder / "MANIFEST.json").write_text(
+        json.dumps({"dataset": dataset, "source": "synthetic-test"})
+    )
     return folder
 
 

@@ -16,10 +16,10 @@ import pytest
 
 from grad2vae import published as pub
 from grad2vae.aggregate import aggregate
+from grad2vae.cli import main as cli_main
 from grad2vae.collect import expected_grid
 from grad2vae.layout import RUN_DIR, TRAIN_LOG
 from grad2vae.tables import published_column_average
-from grad2vae.cli import main as cli_main
 
 MODELS = ["grad2vae", "vae", "cae", "inception_caenn"]
 PARAMETERS = {"grad2vae": 3_375_890, "vae": 3_258_305, "cae": 802_819, "inception_caenn": 333_699}
@@ -39,13 +39,17 @@ def write_fake_run(
     auc_extra: dict | None = None,
 ) -> Path:
     """A finished run: metrics.json, history.tsv (AUC rising to ``auc``), scores.csv.gz, model.pt."""
-    run = Path(results) / RUN_DIR.format(dataset=dataset, model=model, normal_class=normal_class, seed=seed)
+    run = Path(results) / RUN_DIR.format(
+        dataset=dataset, model=model, normal_class=normal_class, seed=seed
+    )
     run.mkdir(parents=True, exist_ok=True)
     auc_reconstruction = auc - 0.05 if auc_reconstruction is None else auc_reconstruction
     lines = ["epoch\tlr\tseconds\tloss_reconstruction\tloss_total\tauc\tauc_reconstruction"]
     for epoch in range(1, epochs + 1):
         value = auc - 0.1 * (epochs - epoch) / epochs
-        lines.append(f"{epoch}\t0.001\t1.5\t{100 / epoch:.3f}\t{110 / epoch:.3f}\t{value:.6f}\t{value - 0.05:.6f}")
+        lines.append(
+            f"{epoch}\t0.001\t1.5\t{100 / epoch:.3f}\t{110 / epoch:.3f}\t{value:.6f}\t{value - 0.05:.6f}"
+        )
     (run / "history.tsv").write_text("\n".join(lines) + "\n")
     rng = np.random.default_rng([seed, normal_class, len(model), len(dataset)])
     classes = np.arange(n_test) % 10
@@ -57,12 +61,22 @@ def write_fake_run(
             handle.write(f"{i},{classes[i]},{labels[i]},{scores[i]:.6f},{0.9 * scores[i]:.6f}\n")
     (run / "model.pt").write_bytes(b"")
     metrics = {
-        "model": model, "dataset": dataset, "normal_class": normal_class, "seed": seed,
-        "main_score": "reconstruction error", "auc": auc, "auc_reconstruction": auc_reconstruction,
-        "epochs": epochs, "wall_seconds": 10.0 * epochs, "seconds_per_epoch": 10.0,
-        "device": "NVIDIA H100 80GB HBM3" if device == "cuda" else "Some CPU", "device_type": device,
-        "parameters": PARAMETERS.get(model, 1000), "versions": {"torch": "2.14.1", "python": "3.11.7"},
-        "git_commit": "0123abc", "config": {"latent_dim": 16 if dataset == "mnist" else 32, "epochs": epochs},
+        "model": model,
+        "dataset": dataset,
+        "normal_class": normal_class,
+        "seed": seed,
+        "main_score": "reconstruction error",
+        "auc": auc,
+        "auc_reconstruction": auc_reconstruction,
+        "epochs": epochs,
+        "wall_seconds": 10.0 * epochs,
+        "seconds_per_epoch": 10.0,
+        "device": "NVIDIA H100 80GB HBM3" if device == "cuda" else "Some CPU",
+        "device_type": device,
+        "parameters": PARAMETERS.get(model, 1000),
+        "versions": {"torch": "2.14.1", "python": "3.11.7"},
+        "git_commit": "0123abc",
+        "config": {"latent_dim": 16 if dataset == "mnist" else 32, "epochs": epochs},
         "config_hash": "cafe",
     }
     if auc_extra is not None:
@@ -72,7 +86,12 @@ def write_fake_run(
 
 
 def grid(datasets=("mnist",), classes=(0, 1), models=("grad2vae",), seeds=(0, 1, 2)) -> dict:
-    return {"datasets": list(datasets), "normal_classes": list(classes), "models": list(models), "seeds": list(seeds)}
+    return {
+        "datasets": list(datasets),
+        "normal_classes": list(classes),
+        "models": list(models),
+        "seeds": list(seeds),
+    }
 
 
 def run_aggregate(tmp_path: Path, config: dict) -> tuple[dict, Path]:
@@ -100,12 +119,27 @@ def test_published_table_is_complete_and_consistent():
     assert pub.published_auc("fashion_mnist", "deep_svdd", 1) == 99.77
     assert pub.published_average("fashion_mnist", "grad2vae") == 96.37
     assert pub.class_label("fashion_mnist", 9) == "Boot"
-    assert pub.parameters_millions() == {"cae": 0.266, "vae": 3.25, "inception_caenn": 0.335, "grad2vae": 3.38}
-    assert pub.column_for_model("cae_ocsvm") == "cae_ocsvm" and pub.column_for_model("deep_svdd") == "deep_svdd"
-    assert pub.column_for_model("cae") is None and pub.column_for_model("vae") is None  # not in Table 1
+    assert pub.parameters_millions() == {
+        "cae": 0.266,
+        "vae": 3.25,
+        "inception_caenn": 0.335,
+        "grad2vae": 3.38,
+    }
+    assert (
+        pub.column_for_model("cae_ocsvm") == "cae_ocsvm"
+        and pub.column_for_model("deep_svdd") == "deep_svdd"
+    )
+    assert (
+        pub.column_for_model("cae") is None and pub.column_for_model("vae") is None
+    )  # not in Table 1
     setup = pub.learning_setup()
-    assert (setup["batch_size"], setup["epochs"], setup["lr"], setup["lr_decay_epoch"], setup["lr_decay_factor"]) == (
-        128, 100, 0.001, 50, 0.01)
+    assert (
+        setup["batch_size"],
+        setup["epochs"],
+        setup["lr"],
+        setup["lr_decay_epoch"],
+        setup["lr_decay_factor"],
+    ) == (128, 100, 0.001, 50, 0.01)
     assert setup["latent_dim"] == {"mnist": 16, "fashion_mnist": 32}
     assert pub.mstd_claims() == {"grad2vae_max": 0.117, "deep_svdd": 3.8, "inception_caenn": 3.9}
     assert "10.1007/978-3-031-06427-2_56" in pub.citation()
@@ -126,8 +160,19 @@ def test_mean_std_difference_and_mstd(tmp_path):
 
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 6
-    assert {"dataset", "normal_class", "model", "seed", "auc", "auc_reconstruction", "epochs", "wall_seconds",
-            "device", "device_type", "parameters"} <= set(runs.columns)
+    assert {
+        "dataset",
+        "normal_class",
+        "model",
+        "seed",
+        "auc",
+        "auc_reconstruction",
+        "epochs",
+        "wall_seconds",
+        "device",
+        "device_type",
+        "parameters",
+    } <= set(runs.columns)
 
     summary = pd.read_csv(out / "summary.csv").set_index("normal_class")
     assert summary.loc[0, "auc_pct_mean"] == pytest.approx(92.0)
@@ -157,18 +202,33 @@ def test_table1_full_grid_uses_the_printed_average(tmp_path):
     results = tmp_path / "results"
     for c in range(10):
         for seed in (0, 1):
-            write_fake_run(results, "mnist", "grad2vae", c, seed, auc=0.95 + 0.002 * c + 0.001 * seed)
+            write_fake_run(
+                results, "mnist", "grad2vae", c, seed, auc=0.95 + 0.002 * c + 0.001 * seed
+            )
             write_fake_run(results, "mnist", "cae_ocsvm", c, seed, auc=0.85)
             write_fake_run(results, "mnist", "cae", c, seed, auc=0.80)
-    _payload, out = run_aggregate(tmp_path, grid(classes=range(10), models=["grad2vae", "cae_ocsvm", "cae"], seeds=[0, 1]))
+    _payload, out = run_aggregate(
+        tmp_path, grid(classes=range(10), models=["grad2vae", "cae_ocsvm", "cae"], seeds=[0, 1])
+    )
     table = pd.read_csv(out / "table1.csv")
     assert list(table["class_label"]) == [str(c) for c in range(10)] + ["Average"]
     # columns in the paper's order, ours beside the published column
     columns = list(table.columns)
-    assert columns.index("published_cae_ocsvm") < columns.index("cae_ocsvm_mean") < columns.index("published_deep_svdd")
-    assert columns.index("published_inception_caenn") < columns.index("published_grad2vae") < columns.index("grad2vae_mean")
+    assert (
+        columns.index("published_cae_ocsvm")
+        < columns.index("cae_ocsvm_mean")
+        < columns.index("published_deep_svdd")
+    )
+    assert (
+        columns.index("published_inception_caenn")
+        < columns.index("published_grad2vae")
+        < columns.index("grad2vae_mean")
+    )
     # the Baseline CAE is not in Table 1: ours only, after the paper's columns, no difference
-    assert columns.index("grad2vae_difference") < columns.index("cae_mean") and "cae_difference" not in columns
+    assert (
+        columns.index("grad2vae_difference") < columns.index("cae_mean")
+        and "cae_difference" not in columns
+    )
     row3 = table.iloc[3]
     assert row3["grad2vae_mean"] == pytest.approx(100 * (0.95 + 0.006 + 0.0005))
     assert row3["grad2vae_std"] == pytest.approx(100 * math.sqrt(0.0005**2 * 2))
@@ -194,7 +254,9 @@ def test_partial_grid_lists_missing_and_failed(tmp_path):
     # failed: a train log, no metrics.json
     log = results / TRAIN_LOG.format(dataset="mnist", model="grad2vae", normal_class=1, seed=0)
     log.parent.mkdir(parents=True)
-    log.write_text("loading\nTraceback (most recent call last):\nRuntimeError: CUDA out of memory\nmore\n")
+    log.write_text(
+        "loading\nTraceback (most recent call last):\nRuntimeError: CUDA out of memory\nmore\n"
+    )
     # failed: files in the run dir, no metrics.json (killed), no log
     killed = results / RUN_DIR.format(dataset="mnist", model="vae", normal_class=1, seed=0)
     killed.mkdir(parents=True)
@@ -202,10 +264,14 @@ def test_partial_grid_lists_missing_and_failed(tmp_path):
     # outside the grid: ignored, but reported
     write_fake_run(results, "mnist", "grad2vae", 0, 7, auc=0.1)
 
-    payload, out = run_aggregate(tmp_path, grid(classes=[0, 1, 2], models=["grad2vae", "vae"], seeds=[0]))
+    payload, out = run_aggregate(
+        tmp_path, grid(classes=[0, 1, 2], models=["grad2vae", "vae"], seeds=[0])
+    )
     assert payload["counts"] == {"complete": 2, "failed": 2, "missing": 2}
     assert payload["expected_runs"] == 6
-    assert len(payload["extra_runs_ignored"]) == 1 and payload["extra_runs_ignored"][0].endswith("seed7")
+    assert len(payload["extra_runs_ignored"]) == 1 and payload["extra_runs_ignored"][0].endswith(
+        "seed7"
+    )
     status = pd.read_csv(out / "status.csv", keep_default_na=False)
     failed = status[status["status"] == "failed"].set_index("model")
     assert failed.loc["grad2vae", "reason"] == "RuntimeError: CUDA out of memory"
@@ -223,14 +289,24 @@ def test_partial_grid_lists_missing_and_failed(tmp_path):
     average = table.iloc[3]
     assert average["grad2vae_n"] == 1  # one class present
     assert average["published_grad2vae"] == pytest.approx(97.62)  # same class as ours
-    assert average["published_deep_svdd"] == pytest.approx(np.mean([99.10, 99.70, 95.40]))  # the grid's classes
+    assert average["published_deep_svdd"] == pytest.approx(
+        np.mean([99.10, 99.70, 95.40])
+    )  # the grid's classes
 
     history = pd.read_csv(out / "history.csv.gz")
-    assert len(history) == 2 * 3 and list(history.columns[:4]) == ["dataset", "normal_class", "model", "seed"]
+    assert len(history) == 2 * 3 and list(history.columns[:4]) == [
+        "dataset",
+        "normal_class",
+        "model",
+        "seed",
+    ]
 
 
 def test_published_column_average():
-    assert published_column_average("mnist", "grad2vae", list(range(10))) == (98.23, "the paper's printed Average row")
+    assert published_column_average("mnist", "grad2vae", list(range(10))) == (
+        98.23,
+        "the paper's printed Average row",
+    )
     value, basis = published_column_average("fashion_mnist", "cae_ocsvm", [0, 1])
     assert value == pytest.approx((88.0 + 97.3) / 2) and "2 matching" in basis
 
@@ -251,7 +327,9 @@ def test_cae_ocsvm_oracle_is_kept_apart(tmp_path):
     table = pd.read_csv(out / "table1.csv")
     assert table.loc[0, "cae_ocsvm_mean"] == pytest.approx(80.0)
     averages = pd.read_csv(out / "averages.csv")
-    assert averages.loc[0, "auc_oracle_pct_mean"] == pytest.approx(100 * (0.5 + 0.004 * (len(GRID_KEYS) - 1)))
+    assert averages.loc[0, "auc_oracle_pct_mean"] == pytest.approx(
+        100 * (0.5 + 0.004 * (len(GRID_KEYS) - 1))
+    )
 
 
 def test_compute_and_parameters(tmp_path):
@@ -259,15 +337,21 @@ def test_compute_and_parameters(tmp_path):
     write_fake_run(results, "mnist", "grad2vae", 0, 0, device="cuda", epochs=4)  # 40 s
     write_fake_run(results, "mnist", "grad2vae", 0, 1, device="cuda", epochs=5)  # 50 s
     write_fake_run(results, "mnist", "cae", 0, 0, device="cpu", epochs=3)  # 30 s
-    _payload, out = run_aggregate(tmp_path, grid(classes=[0], models=["grad2vae", "cae"], seeds=[0, 1]))
+    _payload, out = run_aggregate(
+        tmp_path, grid(classes=[0], models=["grad2vae", "cae"], seeds=[0, 1])
+    )
     compute = pd.read_csv(out / "compute.csv").set_index("model")
     assert compute.loc["grad2vae", "gpu_hours"] == pytest.approx(90 / 3600)
     assert compute.loc["grad2vae", "runs"] == 2
-    assert compute.loc["cae", "gpu_hours"] == 0 and compute.loc["cae", "wall_hours"] == pytest.approx(30 / 3600)
+    assert compute.loc["cae", "gpu_hours"] == 0 and compute.loc[
+        "cae", "wall_hours"
+    ] == pytest.approx(30 / 3600)
     params = pd.read_csv(out / "parameters.csv").set_index("model")
     assert params.loc["grad2vae", "parameters"] == PARAMETERS["grad2vae"]
     assert params.loc["grad2vae", "paper_millions"] == 3.38
-    assert params.loc["grad2vae", "ratio_to_paper"] == pytest.approx(PARAMETERS["grad2vae"] / 1e6 / 3.38)
+    assert params.loc["grad2vae", "ratio_to_paper"] == pytest.approx(
+        PARAMETERS["grad2vae"] / 1e6 / 3.38
+    )
 
 
 def test_grid_from_config_overrides_and_discovery(tmp_path):
@@ -275,8 +359,12 @@ def test_grid_from_config_overrides_and_discovery(tmp_path):
     write_fake_run(results, "fashion_mnist", "vae", 3, 4)
     write_fake_run(results, "fashion_mnist", "grad2vae", 5, 4)
     discovered = expected_grid(results, {}, {})
-    assert discovered == {"datasets": ["fashion_mnist"], "normal_classes": [3, 5], "models": ["vae", "grad2vae"],
-                          "seeds": [4]}  # the paper's order (Fig. 6: ..., vanilla VAE, ..., Grad2VAE)
+    assert discovered == {
+        "datasets": ["fashion_mnist"],
+        "normal_classes": [3, 5],
+        "models": ["vae", "grad2vae"],
+        "seeds": [4],
+    }  # the paper's order (Fig. 6: ..., vanilla VAE, ..., Grad2VAE)
     config = grid(classes=[0, 1], models=["vae", "cae", "grad2vae"], seeds=[0])
     chosen = expected_grid(results, config, {"seeds": [4, 5]})
     assert chosen["seeds"] == [4, 5] and chosen["models"] == ["cae", "vae", "grad2vae"]
@@ -287,8 +375,13 @@ def test_command_line(tmp_path, capsys):
     write_fake_run(results, "mnist", "cae", 0, 0)
     config = tmp_path / "workflow_config.json"
     config.write_text(json.dumps(grid(classes=[0, 1], models=["cae"], seeds=[0])))
-    assert cli_main(["aggregate", "--results-dir", str(results), "--workflow-config", str(config)]) == 0
-    assert json.loads((results / "aggregate" / "aggregate.json").read_text())["counts"]["missing"] == 1
+    assert (
+        cli_main(["aggregate", "--results-dir", str(results), "--workflow-config", str(config)])
+        == 0
+    )
+    assert (
+        json.loads((results / "aggregate" / "aggregate.json").read_text())["counts"]["missing"] == 1
+    )
     assert not list((results / "aggregate").glob(".tmp-*"))  # written atomically
     # nothing to aggregate and no grid: a user error, not a traceback
     assert cli_main(["aggregate", "--results-dir", str(tmp_path / "empty")]) == 2
@@ -307,9 +400,18 @@ def oracle_grid(best: float) -> dict:
     return {key: best - 0.001 * (len(GRID_KEYS) - 1 - i) for i, key in enumerate(GRID_KEYS)}
 
 
-def write_complete_grid(results: Path, classes=range(10), seeds=(0, 1), datasets=("mnist",)) -> None:
+def write_complete_grid(
+    results: Path, classes=range(10), seeds=(0, 1), datasets=("mnist",)
+) -> None:
     """Every model; AUCs that order the methods the same way on every class (grad2vae best)."""
-    quality = {"grad2vae": 0.95, "inception_caenn": 0.93, "deep_svdd": 0.91, "vae": 0.89, "cae": 0.87, "cae_ocsvm": 0.80}
+    quality = {
+        "grad2vae": 0.95,
+        "inception_caenn": 0.93,
+        "deep_svdd": 0.91,
+        "vae": 0.89,
+        "cae": 0.87,
+        "cae_ocsvm": 0.80,
+    }
     for dataset in datasets:
         for c in classes:
             for model in ALL_MODELS:
@@ -324,25 +426,41 @@ def test_extra_models_join_the_grid_and_the_oracle_is_a_labelled_pseudo_model(tm
     from grad2vae.labels import ORACLE_LABEL
 
     write_complete_grid(tmp_path / "results", classes=[0, 1], seeds=[0, 1])
-    config = {**grid(classes=[0, 1], models=MODELS, seeds=[0, 1]), "extra_models": ["deep_svdd", "cae_ocsvm"]}
+    config = {
+        **grid(classes=[0, 1], models=MODELS, seeds=[0, 1]),
+        "extra_models": ["deep_svdd", "cae_ocsvm"],
+    }
     payload, out = run_aggregate(tmp_path, config)
     assert set(payload["grid"]["models"]) == set(ALL_MODELS)
-    assert payload["counts"] == {"complete": 2 * 6 * 2, "failed": 0, "missing": 0}  # the oracle is not a run
+    assert payload["counts"] == {
+        "complete": 2 * 6 * 2,
+        "failed": 0,
+        "missing": 0,
+    }  # the oracle is not a run
     runs = pd.read_csv(out / "runs.csv")
     oracle = runs[runs["model"] == stats.ORACLE_MODEL]
-    assert len(oracle) == 4 and set(oracle["protocol"]) == {"oracle: selects hyperparameters on the test labels"}
+    assert len(oracle) == 4 and set(oracle["protocol"]) == {
+        "oracle: selects hyperparameters on the test labels"
+    }
     assert set(runs.loc[runs["model"] == "cae_ocsvm", "protocol"]) == {"default"}
-    assert oracle["auc"].to_numpy() == pytest.approx(runs.loc[runs["model"] == "cae_ocsvm", "auc"].to_numpy() + 0.1)
+    assert oracle["auc"].to_numpy() == pytest.approx(
+        runs.loc[runs["model"] == "cae_ocsvm", "auc"].to_numpy() + 0.1
+    )
     assert stats.ORACLE_MODEL not in set(pd.read_csv(out / "status.csv")["model"])
     assert stats.ORACLE_MODEL not in set(pd.read_csv(out / "compute.csv")["model"])
     layout = payload["table1_layout"]
     kinds = [(g["kind"], g["model"]) for g in layout]
     assert kinds[:2] == [("compared", "cae_ocsvm"), ("oracle", stats.ORACLE_MODEL)]
     assert ("compared", "deep_svdd") in kinds and not any(k == "published_only" for k, _ in kinds)
-    assert layout[1]["label"] == ORACLE_LABEL and "selects hyperparameters on the test labels" in ORACLE_LABEL
+    assert (
+        layout[1]["label"] == ORACLE_LABEL
+        and "selects hyperparameters on the test labels" in ORACLE_LABEL
+    )
     table = pd.read_csv(out / "table1.csv")
     mnist0 = table[(table["dataset"] == "mnist") & (table["class_label"] == "0")].iloc[0]
-    assert mnist0["deep_svdd_mean"] == pytest.approx(91.05) and mnist0["published_deep_svdd"] == 99.10
+    assert (
+        mnist0["deep_svdd_mean"] == pytest.approx(91.05) and mnist0["published_deep_svdd"] == 99.10
+    )
     assert mnist0["deep_svdd_difference"] == pytest.approx(91.05 - 99.10)
     assert mnist0["cae_ocsvm_mean"] == pytest.approx(80.05)
     assert mnist0[f"{stats.ORACLE_MODEL}_mean"] == pytest.approx(90.05)
@@ -354,7 +472,10 @@ def test_extra_models_join_the_grid_and_the_oracle_is_a_labelled_pseudo_model(tm
 def test_stats_json_on_the_full_ten_class_grid(tmp_path):
 
     write_complete_grid(tmp_path / "results")
-    config = {**grid(classes=list(range(10)), models=MODELS, seeds=[0, 1]), "extra_models": ["deep_svdd", "cae_ocsvm"]}
+    config = {
+        **grid(classes=list(range(10)), models=MODELS, seeds=[0, 1]),
+        "extra_models": ["deep_svdd", "cae_ocsvm"],
+    }
     _payload, out = run_aggregate(tmp_path, config)
     data = json.loads((out / "stats.json").read_text())
     assert data["alpha"] == 0.05 and "test labels" in data["oracle_note"]
@@ -362,7 +483,8 @@ def test_stats_json_on_the_full_ten_class_grid(tmp_path):
     ours = mnist["ours"]
     assert set(ours["methods"]) == set(ALL_MODELS)  # the oracle is not ranked
     assert ours["average_ranks"] == pytest.approx(
-        {"grad2vae": 1, "inception_caenn": 2, "deep_svdd": 3, "vae": 4, "cae": 5, "cae_ocsvm": 6})
+        {"grad2vae": 1, "inception_caenn": 2, "deep_svdd": 3, "vae": 4, "cae": 5, "cae_ocsvm": 6}
+    )
     assert ours["classes"] == list(range(10))
     # identical ranking on all 10 classes: Friedman chi2 = 12N/(k(k+1)) * sum R^2 - 3N(k+1)
     k, n = 6, 10
@@ -371,9 +493,19 @@ def test_stats_json_on_the_full_ten_class_grid(tmp_path):
     # one method wins on all 10 classes: Wilcoxon p = 2/2^10, Holm over 15 pairs
     assert ours["wilcoxon_p"]["grad2vae"]["cae"] == pytest.approx(2 / 1024)
     assert ours["minimum_holm_p"] == pytest.approx(15 * 2 / 1024)
-    assert max(ours["holm_p"][a][b] for a in ALL_MODELS for b in ALL_MODELS if a != b) == pytest.approx(15 * 2 / 1024)
-    assert mnist["claim_ours"]["verdict"] == "supported" and "published 98.23" in mnist["claim_ours"]["sentence"]
-    assert set(mnist["published"]["methods"]) == {"cae_ocsvm", "deep_svdd", "inception_caenn", "grad2vae"}
+    assert max(
+        ours["holm_p"][a][b] for a in ALL_MODELS for b in ALL_MODELS if a != b
+    ) == pytest.approx(15 * 2 / 1024)
+    assert (
+        mnist["claim_ours"]["verdict"] == "supported"
+        and "published 98.23" in mnist["claim_ours"]["sentence"]
+    )
+    assert set(mnist["published"]["methods"]) == {
+        "cae_ocsvm",
+        "deep_svdd",
+        "inception_caenn",
+        "grad2vae",
+    }
     assert "claim_published" in mnist and mnist["skipped"] == []
     assert not any("grid has" in note for note in mnist["notes"])  # all 10 classes
 
@@ -381,7 +513,11 @@ def test_stats_json_on_the_full_ten_class_grid(tmp_path):
 @pytest.mark.parametrize(
     "classes, models, expected",
     [
-        ([0, 1], MODELS, "smallest possible two-sided Wilcoxon p-value is 2/2^2"),  # the quick preset
+        (
+            [0, 1],
+            MODELS,
+            "smallest possible two-sided Wilcoxon p-value is 2/2^2",
+        ),  # the quick preset
         ([0, 1], ["grad2vae", "vae"], "Friedman test not run: it needs at least 3 methods"),
         ([1], MODELS, "need at least 2 methods and 2 normal classes"),  # the end-to-end test
     ],
@@ -398,9 +534,16 @@ def test_stats_say_why_a_test_was_not_run(tmp_path, classes, models, expected):
 
 def test_stats_on_a_partial_grid_leave_out_incomplete_classes(tmp_path):
     write_complete_grid(tmp_path / "results", classes=[0, 1, 2], seeds=[0])
-    run_dir = tmp_path / "results" / RUN_DIR.format(dataset="mnist", model="vae", normal_class=2, seed=0)
+    run_dir = (
+        tmp_path / "results" / RUN_DIR.format(dataset="mnist", model="vae", normal_class=2, seed=0)
+    )
     (run_dir / "metrics.json").unlink()
-    _payload, out = run_aggregate(tmp_path, {**grid(classes=[0, 1, 2], models=ALL_MODELS, seeds=[0])})
+    _payload, out = run_aggregate(
+        tmp_path, {**grid(classes=[0, 1, 2], models=ALL_MODELS, seeds=[0])}
+    )
     section = json.loads((out / "stats.json").read_text())["datasets"]["mnist"]
     assert section["ours"]["classes"] == [0, 1]
-    assert any("left out because some method has no run" in note and "2" in note for note in section["notes"])
+    assert any(
+        "left out because some method has no run" in note and "2" in note
+        for note in section["notes"]
+    )

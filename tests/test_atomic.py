@@ -22,7 +22,7 @@ def test_existing_file_survives_failed_rewrite(tmp_path):
         with atomic_open(target) as handle:
             handle.write("{broken")
             raise RuntimeError("killed")
-    assert target.read_text().strip().startswith("{\n  \"a\": 1")
+    assert target.read_text().strip().startswith('{\n  "a": 1')
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 

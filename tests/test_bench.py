@@ -85,14 +85,25 @@ def test_tiny_mode_writes_json_with_every_key(tiny_result):
     assert set(loader["per_model"]) == variants
     grid = result["grid"]
     assert grid["runs"] == 4 * 10 * 10 * 1  # the tiny mode measures one dataset
-    assert grid["hours"] > 0 and set(grid["hours_per_model"]) == {"grad2vae", "vae", "cae", "inception_caenn"}
+    assert grid["hours"] > 0 and set(grid["hours_per_model"]) == {
+        "grad2vae",
+        "vae",
+        "cae",
+        "inception_caenn",
+    }
     assert result["verdict"]["per_dataset"]["mnist"] in checks
     groups = result["seed_groups"]["mnist"]
     # every grid model supports vmapped seeds on the CPU (Grad2VAE with auto = explicit)
     assert set(groups) == {"grad2vae[explicit]", "vae", "cae", "inception_caenn"}
     for group in groups.values():
-        assert group["seeds"] == 2 and group["seconds_per_step_vmap"] > 0 and group["seconds_per_step_in_turn"] > 0
-        assert group["speedup"] == pytest.approx(group["seconds_per_step_in_turn"] / group["seconds_per_step_vmap"])
+        assert (
+            group["seeds"] == 2
+            and group["seconds_per_step_vmap"] > 0
+            and group["seconds_per_step_in_turn"] > 0
+        )
+        assert group["speedup"] == pytest.approx(
+            group["seconds_per_step_in_turn"] / group["seconds_per_step_vmap"]
+        )
 
 
 def test_report_formats_the_tiny_result(tiny_result):
@@ -162,7 +173,9 @@ def test_grid_estimate_arithmetic():
     assert grid["hours_with_grad2vae_loop"] == pytest.approx(100 * 100 * (4.0 + 36.0) / 3600)
     assert grid["runs"] == 200 and grid["grad2vae_method"] == {"mnist": "explicit"}
     # auto's method not measured: the fastest measured one stands in
-    grid = bench_report.grid_estimate(rows[:2] + rows[3:], bench_timing.Settings(), auto_method="explicit")
+    grid = bench_report.grid_estimate(
+        rows[:2] + rows[3:], bench_timing.Settings(), auto_method="explicit"
+    )
     assert grid["grad2vae_method"] == {"mnist": "vectorized"}
     assert grid["hours_per_model"]["grad2vae"] == pytest.approx(100 * 100 * 22.0 / 3600)
     assert grid["hours_seeds_per_job"] is None  # no seed groups measured
@@ -170,14 +183,25 @@ def test_grid_estimate_arithmetic():
 
 def test_grid_estimate_with_seeds_vmapped():
     settings = bench_timing.Settings(train_images=1000, batch_size=100)  # 10 steps per epoch
-    rows = [{"dataset": "mnist", "model": "vae", "variant": "vae", "derivatives": None,
-             "seconds_per_epoch": 2.5, "ms_per_step": 200.0, "seconds_per_eval": 1.0}]
+    rows = [
+        {
+            "dataset": "mnist",
+            "model": "vae",
+            "variant": "vae",
+            "derivatives": None,
+            "seconds_per_epoch": 2.5,
+            "ms_per_step": 200.0,
+            "seconds_per_eval": 1.0,
+        }
+    ]
     groups = {"mnist": {"vae": {"speedup": 4.0}}}
     vmapped = bench_report.grid_estimate(rows, settings, "explicit", groups, seed_batching="vmap")
     # the 2.0 s of steps per epoch take 0.5 s; data feeding (0.5 s) and evaluation stay
     assert vmapped["hours_seeds_per_job"] == pytest.approx(100 * (100 * 1.0 + 100 * 1.0) / 3600)
     assert vmapped["hours"] == pytest.approx(100 * (100 * 2.5 + 100 * 1.0) / 3600)
-    in_turn = bench_report.grid_estimate(rows, settings, "explicit", groups, seed_batching="sequential")
+    in_turn = bench_report.grid_estimate(
+        rows, settings, "explicit", groups, seed_batching="sequential"
+    )
     assert in_turn["hours_seeds_per_job"] == pytest.approx(in_turn["hours"])
 
 
@@ -192,8 +216,20 @@ def test_straightforward_dataset_gives_the_trainers_tensors():
 def train_argv(data_dir, out_dir, *options: str) -> list[str]:
     """`grad2vae train` of a grad2vae run on MNIST class 1, seed 0, plus ``options``."""
     return [
-        "train", "--model", "grad2vae", "--dataset", "mnist", "--normal-class", "1", "--seed", "0",
-        "--data-dir", str(data_dir), "--out-dir", str(out_dir), *options,
+        "train",
+        "--model",
+        "grad2vae",
+        "--dataset",
+        "mnist",
+        "--normal-class",
+        "1",
+        "--seed",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(out_dir),
+        *options,
     ]
 
 
@@ -201,10 +237,25 @@ def train_argv(data_dir, out_dir, *options: str) -> list[str]:
 def test_train_flag_picks_the_derivative_method_and_records_it(method, tiny_data_dir, tmp_path):
     out = tmp_path / "run"
     argv = train_argv(
-        tiny_data_dir, out,
-        "--latent-dim", "2", "--epochs", "1", "--batch-size", "4", "--train-limit", "8",
-        "--test-limit", "20", "--device", "cpu", "--threads", "1", "--no-progress",
-        "--derivatives", method,
+        tiny_data_dir,
+        out,
+        "--latent-dim",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--train-limit",
+        "8",
+        "--test-limit",
+        "20",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--derivatives",
+        method,
     )
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())

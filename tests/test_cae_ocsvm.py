@@ -8,16 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run_config
 from sklearn.svm import OneClassSVM
 
 from grad2vae import train
 from grad2vae.cli import main
+from grad2vae.config import RunConfig
 from grad2vae.models import create_model
 from grad2vae.models.cae_ocsvm import GRID_KEYS, SCALE_KEY, grid_key, oracle_auc
-from grad2vae.config import RunConfig
 from grad2vae.outputs import read_scores
-
-from conftest import tiny_run_config
 
 
 def tiny_config(model: str) -> RunConfig:
@@ -26,13 +25,29 @@ def tiny_config(model: str) -> RunConfig:
 
 def test_cli_trains_and_reports_both_protocols(tiny_data_dir, tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "--model", "cae_ocsvm", "--dataset", "mnist", "--normal-class", "3", "--seed", "0"]
+    argv = [
+        "train",
+        "--model",
+        "cae_ocsvm",
+        "--dataset",
+        "mnist",
+        "--normal-class",
+        "3",
+        "--seed",
+        "0",
+    ]
     argv += ["--data-dir", str(tiny_data_dir), "--out-dir", str(out), "--train-limit", "64"]
     argv += ["--test-limit", "100", "--epochs", "1", "--no-progress"]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["lr"] == 1e-3 and metrics["config"]["batch_size"] == 128  # the grid's protocol
-    assert metrics["preprocessing"]["ocsvm_default"] == {"kernel": "rbf", "nu": 0.5, "gamma": "auto"}
+    assert (
+        metrics["config"]["lr"] == 1e-3 and metrics["config"]["batch_size"] == 128
+    )  # the grid's protocol
+    assert metrics["preprocessing"]["ocsvm_default"] == {
+        "kernel": "rbf",
+        "nu": 0.5,
+        "gamma": "auto",
+    }
     extra = metrics["auc_extra"]
     assert set(extra) == set(GRID_KEYS) | {SCALE_KEY} and len(GRID_KEYS) == 90
     best, key = oracle_auc(extra)
@@ -44,9 +59,15 @@ def test_cli_trains_and_reports_both_protocols(tiny_data_dir, tmp_path):
 
 
 def test_same_seed_same_autoencoder_as_cae(tiny_data_dir, tmp_path):
-    a = train.train_one(tiny_config("cae"), tmp_path / "cae", data_dir=tiny_data_dir, device="cpu", progress=False)
+    a = train.train_one(
+        tiny_config("cae"), tmp_path / "cae", data_dir=tiny_data_dir, device="cpu", progress=False
+    )
     b = train.train_one(
-        tiny_config("cae_ocsvm"), tmp_path / "ocsvm", data_dir=tiny_data_dir, device="cpu", progress=False
+        tiny_config("cae_ocsvm"),
+        tmp_path / "ocsvm",
+        data_dir=tiny_data_dir,
+        device="cpu",
+        progress=False,
     )
     assert a["auc_reconstruction"] == b["auc_reconstruction"]
     state_a = torch.load(tmp_path / "cae" / "model.pt", weights_only=True)["state_dict"]
@@ -55,7 +76,9 @@ def test_same_seed_same_autoencoder_as_cae(tiny_data_dir, tmp_path):
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     rows_a = read_scores(tmp_path / "cae" / "scores.csv.gz")
     rows_b = read_scores(tmp_path / "ocsvm" / "scores.csv.gz")
-    assert [r["score_reconstruction"] for r in rows_a] == [r["score_reconstruction"] for r in rows_b]
+    assert [r["score_reconstruction"] for r in rows_a] == [
+        r["score_reconstruction"] for r in rows_b
+    ]
 
 
 def _fitted(seed=0):
@@ -73,17 +96,26 @@ def test_scores_are_negated_sklearn_decisions_and_grid_matches_rbf():
     features = model.features_and_reconstruction_scores(test_x)[0].double().numpy()
     train_features = model.train_features.double().numpy()
     scores = model.scores(test_x)
-    default = OneClassSVM(kernel="rbf", nu=0.5, gamma=1 / 128).fit(train_features)  # 'auto' = 1/n_features
-    np.testing.assert_allclose(scores["main"].numpy(), -default.decision_function(features), rtol=1e-9, atol=1e-9)
+    default = OneClassSVM(kernel="rbf", nu=0.5, gamma=1 / 128).fit(
+        train_features
+    )  # 'auto' = 1/n_features
+    np.testing.assert_allclose(
+        scores["main"].numpy(), -default.decision_function(features), rtol=1e-9, atol=1e-9
+    )
     extra = model.extra_scores(test_x)
     assert set(extra) == set(GRID_KEYS) | {SCALE_KEY}
     for nu, exponent in [(0.1, -7), (0.5, 0), (0.9, 2)]:
         direct = OneClassSVM(kernel="rbf", nu=nu, gamma=2.0**exponent).fit(train_features)
         np.testing.assert_allclose(
-            extra[grid_key(nu, exponent)].numpy(), -direct.decision_function(features), rtol=1e-6, atol=1e-8
+            extra[grid_key(nu, exponent)].numpy(),
+            -direct.decision_function(features),
+            rtol=1e-6,
+            atol=1e-8,
         )
     scale = OneClassSVM(kernel="rbf", nu=0.5, gamma="scale").fit(train_features)
-    np.testing.assert_allclose(extra[SCALE_KEY].numpy(), -scale.decision_function(features), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        extra[SCALE_KEY].numpy(), -scale.decision_function(features), rtol=1e-9, atol=1e-9
+    )
 
 
 def test_oracle_needs_the_whole_grid_and_takes_the_maximum():

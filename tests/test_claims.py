@@ -23,7 +23,9 @@ def ramp(reach_at: int, length: int = 60, low: float = 0.8, high: float = 0.97) 
 
 
 def class_table(columns: dict[str, list[float]]) -> pd.DataFrame:
-    return pd.DataFrame(columns, index=pd.Index(range(len(next(iter(columns.values())))), name="normal_class"))
+    return pd.DataFrame(
+        columns, index=pd.Index(range(len(next(iter(columns.values())))), name="normal_class")
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,9 +53,16 @@ def test_combine_per_dataset_results(results, verdict):
 
 
 def test_fig6_holds_when_grad2vae_is_twice_as_fast_and_nobody_else_reaches_95():
-    result = training_claims.fig6_dataset({"grad2vae": ramp(10), "vae": ramp(20), "cae": ramp(99), "inception_caenn": ramp(51)})
+    result = training_claims.fig6_dataset(
+        {"grad2vae": ramp(10), "vae": ramp(20), "cae": ramp(99), "inception_caenn": ramp(51)}
+    )
     assert result["result"] == verdicts.HOLDS
-    assert result["first_epoch"] == {"grad2vae": 10, "vae": 20, "cae": None, "inception_caenn": 51}  # after 50
+    assert result["first_epoch"] == {
+        "grad2vae": 10,
+        "vae": 20,
+        "cae": None,
+        "inception_caenn": 51,
+    }  # after 50
 
 
 @pytest.mark.parametrize(
@@ -61,7 +70,10 @@ def test_fig6_holds_when_grad2vae_is_twice_as_fast_and_nobody_else_reaches_95():
     [
         ({"grad2vae": ramp(11), "vae": ramp(20), "cae": ramp(99)}, "half_the_vae"),  # 11 > 20 / 2
         ({"grad2vae": ramp(5), "vae": ramp(20), "cae": ramp(50)}, "others"),  # CAE reaches it at 50
-        ({"grad2vae": ramp(99), "vae": ramp(20), "cae": ramp(99)}, "half_the_vae"),  # never, over 60 epochs
+        (
+            {"grad2vae": ramp(99), "vae": ramp(20), "cae": ramp(99)},
+            "half_the_vae",
+        ),  # never, over 60 epochs
     ],
 )
 def test_fig6_fails(curves, part):
@@ -71,7 +83,9 @@ def test_fig6_fails(curves, part):
 
 def test_fig6_on_short_curves_cannot_be_judged_but_an_early_winner_still_counts():
     short = {"grad2vae": ramp(99, length=2), "vae": ramp(99, length=2), "cae": ramp(99, length=2)}
-    assert training_claims.fig6_dataset(short)["result"] == verdicts.UNKNOWN  # the quick preset: 2 epochs
+    assert (
+        training_claims.fig6_dataset(short)["result"] == verdicts.UNKNOWN
+    )  # the quick preset: 2 epochs
     # Grad2VAE above 95 % at epoch 1, the VAE not in its 2 epochs: (a) holds (1 <= (2 + 1) / 2)
     early = dict(short, grad2vae=ramp(1, length=2))
     result = training_claims.fig6_dataset(early)
@@ -87,14 +101,18 @@ def test_fig6_claim_uses_the_mean_curve_and_reports_each_run():
                 rows.append({"dataset": "mnist", "model": model, "normal_class": normal_class, "seed": 0,
                              "epoch": epoch, "auc": auc})  # fmt: skip
     history = pd.DataFrame(rows)
-    runs = pd.DataFrame({"dataset": ["mnist"] * 3, "model": ["grad2vae", "vae", "cae"], "auc": [0.97] * 3})
+    runs = pd.DataFrame(
+        {"dataset": ["mnist"] * 3, "model": ["grad2vae", "vae", "cae"], "auc": [0.97] * 3}
+    )
     result = training_claims.fig6(history, runs, ["mnist"])
     mnist = result["evidence"]["datasets"]["mnist"]
     # mean over the two classes exceeds 95 % only once both do: epochs 4 and 9
     assert mnist["first_epoch"]["grad2vae"] == 4 and mnist["first_epoch"]["vae"] == 9
     assert result["verdict"] == verdicts.SUPPORTED
     per_run = {r["model"]: r for r in result["evidence"]["per_run"]}
-    assert per_run["grad2vae"]["first_epoch_min"] == 3 and per_run["grad2vae"]["first_epoch_max"] == 4
+    assert (
+        per_run["grad2vae"]["first_epoch_min"] == 3 and per_run["grad2vae"]["first_epoch_max"] == 4
+    )
     assert per_run["cae"]["runs_above"] == 0
 
 
@@ -110,7 +128,9 @@ def test_no_class_bias_holds_and_fails():
     assert result["result"] == verdicts.FAILS and result["worst_class"]["grad2vae"] == 0
     assert result["spread"]["grad2vae"] == pytest.approx(19.0)
     # one of the two criteria only: in part
-    one = class_table({"grad2vae": [90, 99.5, 96.5], "vae": [85, 88, 87]})  # better worst, wider spread
+    one = class_table(
+        {"grad2vae": [90, 99.5, 96.5], "vae": [85, 88, 87]}
+    )  # better worst, wider spread
     assert claims.class_bias_dataset(one)["result"] == verdicts.MIXED
 
 
@@ -123,9 +143,13 @@ def test_no_class_bias_holds_on_the_printed_table1():
 
 def test_class_remarks_hold_on_the_printed_table_only_when_classes_count_from_one():
     table = pub_table("fashion_mnist")
-    checks = claims.class_remarks_check(table, {"deep_svdd": 1, "inception_caenn": 1}, {"deep_svdd": 5, "inception_caenn": 6})
+    checks = claims.class_remarks_check(
+        table, {"deep_svdd": 1, "inception_caenn": 1}, {"deep_svdd": 5, "inception_caenn": 6}
+    )
     assert all(check["holds"] for check in checks.values())
-    zero_based = claims.class_remarks_check(table, {"deep_svdd": 2, "inception_caenn": 2}, {"deep_svdd": 6, "inception_caenn": 7})
+    zero_based = claims.class_remarks_check(
+        table, {"deep_svdd": 2, "inception_caenn": 2}, {"deep_svdd": 6, "inception_caenn": 7}
+    )
     assert not any(check["holds"] for check in zero_based.values())
 
 
@@ -167,7 +191,11 @@ def test_best_average_holds_fails_and_names_missing_competitors():
     runs = pd.DataFrame(rows)
     result = claims.best_average(runs, ["mnist"], ["grad2vae", "vae", "cae"])
     assert result["verdict"] == verdicts.SUPPORTED
-    assert set(result["evidence"]["paper_competitors_not_run"]) == {"CAE OCSVM", "Deep SVDD", "Inception CAENN"}
+    assert set(result["evidence"]["paper_competitors_not_run"]) == {
+        "CAE OCSVM",
+        "Deep SVDD",
+        "Inception CAENN",
+    }
     # under mse, Grad2VAE is the worst: the claim fails under that score
     assert result["by_score"]["mse"]["verdict"] == verdicts.NOT_SUPPORTED
     assert result["by_score"]["mse"]["scored_by"] == {"grad2vae": "mse", "vae": "mse", "cae": "mse"}
@@ -176,9 +204,14 @@ def test_best_average_holds_fails_and_names_missing_competitors():
 
 
 def test_scored_view_falls_back_to_the_main_score_for_models_without_it():
-    runs = pd.DataFrame({"model": ["grad2vae", "cae"], "auc": [0.9, 0.8], "auc_bce_zero_noise": [0.7, None]})
+    runs = pd.DataFrame(
+        {"model": ["grad2vae", "cae"], "auc": [0.9, 0.8], "auc_bce_zero_noise": [0.7, None]}
+    )
     view, scored_by = verdicts.scored_view(runs, "bce_zero_noise")
-    assert view["auc"].tolist() == [0.7, 0.8] and scored_by == {"grad2vae": "bce_zero_noise", "cae": "main"}
+    assert view["auc"].tolist() == [0.7, 0.8] and scored_by == {
+        "grad2vae": "bce_zero_noise",
+        "cae": "main",
+    }
 
 
 def test_mstd_readings():
@@ -186,19 +219,29 @@ def test_mstd_readings():
                          "mstd": [0.1, 0.11], "max_class_std": [0.2, 0.1]})  # fmt: skip
     result = claims.mstd(avgs, ["mnist", "fashion_mnist"], n_seeds=10)
     assert result["verdict"] == verdicts.PARTLY  # mean of stds <= 0.117, largest std not
-    assert claims.mstd(avgs.assign(max_class_std=0.1), ["mnist", "fashion_mnist"], 10)["verdict"] == verdicts.SUPPORTED
-    assert claims.mstd(avgs.assign(mstd=1.0, max_class_std=2.0), ["mnist"], 10)["verdict"] == verdicts.NOT_SUPPORTED
+    assert (
+        claims.mstd(avgs.assign(max_class_std=0.1), ["mnist", "fashion_mnist"], 10)["verdict"]
+        == verdicts.SUPPORTED
+    )
+    assert (
+        claims.mstd(avgs.assign(mstd=1.0, max_class_std=2.0), ["mnist"], 10)["verdict"]
+        == verdicts.NOT_SUPPORTED
+    )
     assert claims.mstd(avgs, ["mnist"], n_seeds=1)["verdict"] == verdicts.CANNOT
 
 
 def test_parameter_ratios():
     def params(counts):
-        return pd.DataFrame({"model": list(counts), "dataset": "mnist", "parameters": list(counts.values())})
+        return pd.DataFrame(
+            {"model": list(counts), "dataset": "mnist", "parameters": list(counts.values())}
+        )
 
     paper = {"grad2vae": 3.38e6, "cae": 0.266e6, "vae": 3.25e6, "inception_caenn": 0.335e6}
     result = claims.parameter_ratios(params(paper))
     assert result["verdict"] == verdicts.SUPPORTED
-    assert result["evidence"]["ratios"]["vae"]["from_paper_counts"] == pytest.approx(1.04, abs=0.005)
+    assert result["evidence"]["ratios"]["vae"]["from_paper_counts"] == pytest.approx(
+        1.04, abs=0.005
+    )
     ours = dict(paper, cae=0.8e6)  # our CAE is [25]'s 0.8 M network
     assert claims.parameter_ratios(params(ours))["verdict"] == verdicts.PARTLY
     assert claims.parameter_ratios(params({"grad2vae": 1.0})).get("verdict") == verdicts.CANNOT
@@ -210,7 +253,10 @@ def test_acceleration_per_compute_holds_and_fails():
         return pd.DataFrame({"auc": aucs, "cumulative_flops": epochs * flops_per_epoch,
                              "cumulative_seconds": epochs * 1.0}, index=epochs)  # fmt: skip
 
-    fast = {"grad2vae": frame([0.85, 0.92, 0.96], 1.0), "vae": frame([0.7, 0.8, 0.85, 0.91, 0.96], 1.0)}
+    fast = {
+        "grad2vae": frame([0.85, 0.92, 0.96], 1.0),
+        "vae": frame([0.7, 0.8, 0.85, 0.91, 0.96], 1.0),
+    }
     assert training_claims.compute_dataset(fast)["result"] == verdicts.HOLDS
     # the same curves, but a Grad2VAE epoch costs 5 VAE epochs: the VAE gets everywhere first
     costly = dict(fast, grad2vae=frame([0.85, 0.92, 0.96], 5.0))
@@ -222,14 +268,24 @@ def test_all_claims_are_json_and_in_the_paper_words():
     history = pd.DataFrame(columns=["dataset", "model", "normal_class", "seed", "epoch", "auc"])
     avgs = pd.DataFrame(columns=["dataset", "model", "mstd", "max_class_std"])
     params = pd.DataFrame(columns=["model", "dataset", "parameters"])
-    grid = {"datasets": ["mnist"], "models": ["grad2vae", "vae"], "normal_classes": [0], "seeds": [0]}
+    grid = {
+        "datasets": ["mnist"],
+        "models": ["grad2vae", "vae"],
+        "normal_classes": [0],
+        "seeds": [0],
+    }
     result = claims.all_claims(runs, history, avgs, params, grid)
     assert [c["id"] for c in result] == [
         "best_average", "mstd", "fig6_above_95_in_50_epochs", "no_class_bias", "class_remarks",
         "parameter_ratios", "acceleration_per_compute",
     ]  # fmt: skip
     for item in result:
-        assert item["verdict"] in verdicts.VERDICTS and item["words"] and item["definition"] and item["why"]
+        assert (
+            item["verdict"] in verdicts.VERDICTS
+            and item["words"]
+            and item["definition"]
+            and item["why"]
+        )
     json.dumps(result)
 
 

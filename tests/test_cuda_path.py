@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from grad2vae import devices, train
-from grad2vae.errors import UserError
-from grad2vae.models import create_model, model_names
 import grad2vae.cohort as cohort_module
+from grad2vae import devices, train
 from grad2vae.cohort import memory_cohorts
 from grad2vae.config import RunConfig
+from grad2vae.errors import UserError
+from grad2vae.models import create_model, model_names
 from grad2vae.run import LOCK_DIR_ENV, RUN_LOCK_ENV, RunLock, rng_state, set_rng_state
 
 
@@ -52,13 +52,17 @@ def test_cuda_checkpoint_rng_is_the_runs_own_device_and_resumes_on_another_index
         device = torch.device(device)
         return 0 if device.index is None else device.index
 
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": streams[index_of(device)].clone())
+    monkeypatch.setattr(
+        torch.cuda, "get_rng_state", lambda device="cuda": streams[index_of(device)].clone()
+    )
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [streams[0], streams[1]])
 
     def fake_set_rng_state(state, device="cuda"):
         restored[index_of(device)] = state.clone()
 
-    def set_rng_state_all(states):  # as torch's: one state per visible device, and one is visible now
+    def set_rng_state_all(
+        states,
+    ):  # as torch's: one state per visible device, and one is visible now
         for index, state in enumerate(states):
             if index >= 1:
                 raise IndexError("device index out of range")
@@ -84,12 +88,16 @@ def test_cuda_two_jobs_on_one_visible_gpu_never_share_it(fake_cuda, tmp_path):
     with pytest.raises(UserError, match="GPU slots"):
         devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0.05)
     # allowed explicitly: two jobs per card
-    assert devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0, jobs_per_gpu=2) == first
+    assert (
+        devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0, jobs_per_gpu=2) == first
+    )
 
 
 def test_cuda_gpu_slots_above_the_cards_is_refused_with_the_fix(fake_cuda, tmp_path):
     fake_cuda["count"] = 2
-    with pytest.raises(UserError, match=r"--gpu-slots 3 .* 2 visible GPU\(s\) x 1 .*--jobs-per-gpu 2"):
+    with pytest.raises(
+        UserError, match=r"--gpu-slots 3 .* 2 visible GPU\(s\) x 1 .*--jobs-per-gpu 2"
+    ):
         devices.resolve_device("auto", gpu_slots=3, slot_dir=tmp_path)
     slots = [devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0) for _ in range(2)]
     assert slots == [torch.device("cuda", 0), torch.device("cuda", 1)]
@@ -99,13 +107,17 @@ def test_cuda_slot_files_are_named_by_the_card_not_its_index(fake_cuda, tmp_path
     """Two Slurm jobs on one node, each confined to its own card that it sees as cuda:0 with
     CUDA_VISIBLE_DEVICES=0: different UUIDs, so neither waits for the other."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    assert devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0) == torch.device("cuda", 0)
+    assert devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0) == torch.device(
+        "cuda", 0
+    )
 
     class Other:
         uuid = "GPU-fake-other-card"
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Other())
-    assert devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0) == torch.device("cuda", 0)
+    assert devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0) == torch.device(
+        "cuda", 0
+    )
     assert len(list(tmp_path.glob("*.lock"))) == 2
 
 
@@ -116,7 +128,9 @@ def test_cuda_mig_instances_each_job_its_own(fake_cuda, tmp_path, monkeypatch):
     for _ in range(2):  # two jobs, each started with the scheduler's full list
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
         monkeypatch.setattr(devices, "_MIG_INSTANCE", None)
-        assert devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0) == torch.device("cuda", 0)
+        assert devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0) == torch.device(
+            "cuda", 0
+        )
         taken.append(os.environ["CUDA_VISIBLE_DEVICES"])
         assert devices.mig_instance() == taken[-1]
     assert taken == ["MIG-aaaa-1111", "MIG-bbbb-2222"]
@@ -136,7 +150,9 @@ def test_cuda_locks_on_a_file_system_without_flock_say_so(monkeypatch, tmp_path,
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(fcntl, "flock", no_flock)
-    with pytest.raises(UserError, match=f"does not support flock.*{errno.errorcode[code]}.*GRAD2VAE_LOCK_DIR"):
+    with pytest.raises(
+        UserError, match=f"does not support flock.*{errno.errorcode[code]}.*GRAD2VAE_LOCK_DIR"
+    ):
         with RunLock(tmp_path / "run"):
             pass
     with pytest.raises(UserError, match="does not support flock.*--slot-dir"):
@@ -237,7 +253,11 @@ def test_cuda_memory_estimate_is_within_20_percent_of_a_real_step(name):
 def test_cuda_seeds_per_cohort_from_the_free_memory(monkeypatch):
     gib = 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * gib, 80 * gib))
-    memory = {"per_image": 8 * 2**20, "per_step_fixed": 0, "per_seed": 2**28}  # 8 MiB per image, 256 MiB per seed
+    memory = {
+        "per_image": 8 * 2**20,
+        "per_step_fixed": 0,
+        "per_seed": 2**28,
+    }  # 8 MiB per image, 256 MiB per seed
     # budget 20 - 8 (10 % of 80) = 12 GiB, less 10 x 0.25 GiB; a step: 128 x 8 MiB x 1.5 = 1.5 GiB
     assert devices.seeds_per_cohort(torch.device("cuda", 0), 10, 128, memory) == 6
     assert devices.seeds_per_cohort(torch.device("cuda", 0), 4, 128, memory) == 4
@@ -308,7 +328,9 @@ def test_cuda_acceptance_command_plans_and_refuses_without_a_gpu(tmp_path):
 # the benchmark's GPU sections
 
 
-def test_cuda_bench_keeps_what_it_measured_when_a_later_section_runs_out_of_memory(tmp_path, monkeypatch):
+def test_cuda_bench_keeps_what_it_measured_when_a_later_section_runs_out_of_memory(
+    tmp_path, monkeypatch
+):
     import json
 
     from grad2vae import bench
@@ -331,7 +353,9 @@ def test_cuda_bench_peak_memory_and_compile_sections(monkeypatch):
 
     calls = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append("reset"))
+    monkeypatch.setattr(
+        torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append("reset")
+    )
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 123)
     assert bench_gpu.peak_memory(torch.device("cuda", 0), lambda: calls.append("work")) == 123
     assert calls == ["reset", "work"]
@@ -340,7 +364,16 @@ def test_cuda_bench_peak_memory_and_compile_sections(monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append(mode) or fn)
     model = create_model("vae", 4)
-    result = bench_gpu.time_compile({"vae": model}, torch.rand(4, 1, 28, 28), repeats=1, steps=1, log=lambda _: None)
+    result = bench_gpu.time_compile(
+        {"vae": model}, torch.rand(4, 1, 28, 28), repeats=1, steps=1, log=lambda _: None
+    )
     assert compiled == ["reduce-overhead"]
-    assert {"seconds_per_step_eager", "seconds_per_step_compiled", "speedup", "compile_seconds"} <= set(result["vae"])
-    assert "skipped" in bench_gpu.time_tf32({"vae": model}, torch.rand(4, 1, 28, 28), 1, 1, lambda _: None)
+    assert {
+        "seconds_per_step_eager",
+        "seconds_per_step_compiled",
+        "speedup",
+        "compile_seconds",
+    } <= set(result["vae"])
+    assert "skipped" in bench_gpu.time_tf32(
+        {"vae": model}, torch.rand(4, 1, 28, 28), 1, 1, lambda _: None
+    )

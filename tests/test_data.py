@@ -18,8 +18,8 @@ import stat
 import numpy as np
 import pytest
 import torch
-
 from conftest import IDX_FILES, write_synthetic_dataset
+
 from grad2vae import cli, data, fetch, sources, verify
 from grad2vae.errors import UserError
 from grad2vae.idx import decode_idx

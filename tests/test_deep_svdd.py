@@ -10,17 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run_config, train_on_cpu
 from torch import nn
 
 from grad2vae import data
 from grad2vae.cli import main
+from grad2vae.config import SUBSAMPLE_SEED, RunConfig
 from grad2vae.models import create_model
-from grad2vae.models.deep_svdd import CENTER_EPS, WEIGHT_DECAY, DeepSVDD, global_contrast_normalization
-from grad2vae.config import RunConfig, SUBSAMPLE_SEED
+from grad2vae.models.deep_svdd import (
+    CENTER_EPS,
+    WEIGHT_DECAY,
+    DeepSVDD,
+    global_contrast_normalization,
+)
 from grad2vae.outputs import read_scores
 from grad2vae.run import load_trained_model
-
-from conftest import tiny_run_config, train_on_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +38,17 @@ run = train_on_cpu
 
 def test_cli_trains_and_scores_with_the_readme_setup(tiny_data_dir, tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "--model", "deep_svdd", "--dataset", "mnist", "--normal-class", "3", "--seed", "0"]
+    argv = [
+        "train",
+        "--model",
+        "deep_svdd",
+        "--dataset",
+        "mnist",
+        "--normal-class",
+        "3",
+        "--seed",
+        "0",
+    ]
     argv += ["--data-dir", str(tiny_data_dir), "--out-dir", str(out), "--train-limit", "64"]
     argv += ["--test-limit", "100", "--epochs", "1", "--no-progress"]
     assert main(argv) == 0
@@ -45,7 +59,9 @@ def test_cli_trains_and_scores_with_the_readme_setup(tiny_data_dir, tmp_path):
     }  # fmt: skip
     assert metrics["parameters"] == 8 * 25 + 4 * 8 * 25 + 4 * 7 * 7 * 32  # phi only, bias-free
     prep = metrics["preprocessing"]
-    assert prep["gcn"] == "l1" and prep["min"] < 0 < prep["max"] and "min-max" in prep["description"]
+    assert (
+        prep["gcn"] == "l1" and prep["min"] < 0 < prep["max"] and "min-max" in prep["description"]
+    )
     assert metrics["pretrain"]["epochs"] == 1 and metrics["pretrain"]["weight_decay"] == 0.5e-3
     assert metrics["auc_extra"] == {}
     # the easy synthetic class: anomalies (other bars) lie farther from c
@@ -54,7 +70,9 @@ def test_cli_trains_and_scores_with_the_readme_setup(tiny_data_dir, tmp_path):
     assert len(rows) == 100
     # model.pt holds phi, c, the autoencoder and the preprocessing constants
     model = load_trained_model(out)
-    split = data.load_split(tiny_data_dir, "mnist", 3, train_limit=64, test_limit=100, seed=SUBSAMPLE_SEED)
+    split = data.load_split(
+        tiny_data_dir, "mnist", 3, train_limit=64, test_limit=100, seed=SUBSAMPLE_SEED
+    )
     scores = model.scores(split.test_x)
     np.testing.assert_allclose(
         scores["main"].numpy(), [float(r["score_main"]) for r in rows], rtol=1e-5, atol=1e-6
@@ -89,13 +107,16 @@ def test_interrupted_run_resumes_exactly_after_pretraining(tiny_data_dir, tmp_pa
         run(cfg, tmp_path / "cut", tiny_data_dir, checkpoint_every=1, on_epoch=die_at_epoch_2)
     resumed = run(cfg, tmp_path / "cut", tiny_data_dir, checkpoint_every=1)
     assert resumed["resumes"] == 1
+
     # the pretraining summary survives the resume (from the checkpoint); its timing may differ
     def without_seconds(info):
         return {k: v for k, v in info.items() if k != "seconds"}
 
     assert without_seconds(resumed["pretrain"]) == without_seconds(full["pretrain"])
     assert resumed["preprocessing"] == full["preprocessing"]
-    assert (tmp_path / "cut" / "scores.csv.gz").read_bytes() == (tmp_path / "full" / "scores.csv.gz").read_bytes()
+    assert (tmp_path / "cut" / "scores.csv.gz").read_bytes() == (
+        tmp_path / "full" / "scores.csv.gz"
+    ).read_bytes()
 
 
 def test_preprocessing_is_l1_gcn_then_min_max_of_the_training_images():
@@ -110,7 +131,9 @@ def test_preprocessing_is_l1_gcn_then_min_max_of_the_training_images():
     torch.testing.assert_close(flat.mean(1), torch.zeros(10), atol=1e-6, rtol=0)
     torch.testing.assert_close(flat.abs().mean(1), torch.ones(10))
     scaled = model.preprocess(train_x)
-    assert float(scaled.min()) == pytest.approx(0.0, abs=1e-6) and float(scaled.max()) == pytest.approx(1.0)
+    assert float(scaled.min()) == pytest.approx(0.0, abs=1e-6) and float(
+        scaled.max()
+    ) == pytest.approx(1.0)
     # test images use the same constants (they may leave [0, 1])
     assert float(model.preprocess(torch.zeros(1, 1, 28, 28)).mean()) == pytest.approx(
         float(-model.gcn_min / (model.gcn_max - model.gcn_min))
@@ -169,5 +192,10 @@ def test_pretraining_logs_every_epoch_and_shows_the_bar(caplog, capsys):
                    lr_decay_factor=0.1, generator=torch.Generator().manual_seed(0), progress=True)  # fmt: skip
     lines = [r.getMessage() for r in caplog.records if "pretraining: epoch" in r.getMessage()]
     assert [line.split()[3] for line in lines] == ["1/3", "2/3", "3/3"]
-    assert "lr=0.0001" in lines[0] and "lr=1e-05" in lines[2] and "loss=" in lines[0] and "ETA" in lines[0]
+    assert (
+        "lr=0.0001" in lines[0]
+        and "lr=1e-05" in lines[2]
+        and "loss=" in lines[0]
+        and "ETA" in lines[0]
+    )
     assert "pretrain epoch 3/3 [" in capsys.readouterr().err

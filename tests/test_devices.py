@@ -98,7 +98,10 @@ def test_more_slots_than_gpus_share_cards_only_when_allowed(fake_gpus, tmp_path)
     fake_gpus(2)
     with pytest.raises(UserError, match="--jobs-per-gpu 2"):
         devices.resolve_device("auto", gpu_slots=4, slot_dir=tmp_path)
-    got = [devices.resolve_device("auto", gpu_slots=4, slot_dir=tmp_path, jobs_per_gpu=2) for _ in range(4)]
+    got = [
+        devices.resolve_device("auto", gpu_slots=4, slot_dir=tmp_path, jobs_per_gpu=2)
+        for _ in range(4)
+    ]
     assert got == [torch.device("cuda", i) for i in (0, 1, 0, 1)]
     with pytest.raises(UserError):
         devices.resolve_device("auto", gpu_slots=0, slot_dir=tmp_path)
@@ -113,7 +116,9 @@ def test_slot_files_name_the_physical_device(fake_gpus, tmp_path, monkeypatch):
     assert len(names) == 2 and "-gpu5-0.lock" in names[0] and "-gpu7-0.lock" in names[1]
     # Another job given other devices does not compete for these slots.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0) == torch.device("cuda", 0)
+    assert devices.resolve_device("auto", slot_dir=tmp_path, slot_timeout=0) == torch.device(
+        "cuda", 0
+    )
 
 
 def test_slots_across_processes_and_freed_by_sigkill(tmp_path):
@@ -155,7 +160,10 @@ def test_deterministic_block_restores_settings():
         with torch.backends.cudnn.flags(enabled=True):  # old-API readers keep working
             pass
     assert torch.are_deterministic_algorithms_enabled() == before
-    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == precision_before
+    assert (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    ) == precision_before
 
 
 def test_device_name_of_cpu():
@@ -188,7 +196,11 @@ def _page_faults_of_steps(malloc_setting: str | None) -> tuple[str, int]:
     if malloc_setting is not None:
         env[devices.MALLOC_ENV] = malloc_setting
     result = subprocess.run(
-        [sys.executable, "-c", _ALLOCATION_PATTERN], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _ALLOCATION_PATTERN],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     mode, faults = result.stdout.split()

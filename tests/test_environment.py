@@ -48,7 +48,9 @@ def test_conda_environments_pin_the_same_versions():
         pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
         conda_pins = _pins([r for r in pip_section if not r.startswith("-e")])
         assert conda_pins == runtime, f"{env_file.name} disagrees with pyproject.toml"
-        python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+        python = next(
+            d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python=")
+        )
         assert python == "python=3.11"
 
 
@@ -57,4 +59,6 @@ def test_installed_versions_match_the_pins():
     for name, version in pins.items():
         installed = importlib.metadata.version(name)
         # CUDA builds carry a local tag, e.g. 2.14.1+cu130
-        assert installed.split("+")[0] == version, f"{name}: installed {installed}, pinned {version}"
+        assert installed.split("+")[0] == version, (
+            f"{name}: installed {installed}, pinned {version}"
+        )

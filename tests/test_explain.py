@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import unavailable
 from torch import nn
 
-from conftest import unavailable
 from grad2vae import attention_maps, explain, explain_runs
 from grad2vae.attention_maps import (
     curve_area,
@@ -61,7 +61,9 @@ class TinyVAE(AnomalyModel):
 
     def scores(self, x, generator=None):
         mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(
+            mu.shape, generator=generator, dtype=mu.dtype
+        )
         error = (torch.sigmoid(self.decoder(z)).view_as(x) - x).pow(2).flatten(1).sum(1)
         return {"main": error.detach(), "reconstruction": error.detach()}
 
@@ -127,8 +129,13 @@ def _offline_by_hand(model: TinyVAE, x: torch.Tensor) -> torch.Tensor:
     """Liu et al.'s map from the explicit gradient formula, no autograd: for
     mu = W relu(A) + b, d(sum mu)/dA = (W^T 1) * [A > 0]."""
     with torch.no_grad():
-        a = F.conv2d(torch.relu(F.conv2d(x, model.conv1.weight, model.conv1.bias, 2, 1)),
-                     model.conv2.weight, model.conv2.bias, 2, 1)  # (N, K, 7, 7), pre-activation
+        a = F.conv2d(
+            torch.relu(F.conv2d(x, model.conv1.weight, model.conv1.bias, 2, 1)),
+            model.conv2.weight,
+            model.conv2.bias,
+            2,
+            1,
+        )  # (N, K, 7, 7), pre-activation
         column = model.fc_mu.weight.sum(dim=0).view(1, *a.shape[1:])  # W^T 1
         grads = column * (a > 0).to(a.dtype)
         alpha = grads.mean(dim=(2, 3), keepdim=True)
@@ -262,7 +269,9 @@ def test_blank_and_blur_fill():
     order = torch.arange(784).unsqueeze(0)
     blanked = attention_maps.blank(x, order, 10)
     assert blanked.flatten()[:10].eq(0).all() and blanked.flatten()[10:].eq(1).all()
-    torch.testing.assert_close(attention_maps.blur(x), x)  # blurring a constant image changes nothing
+    torch.testing.assert_close(
+        attention_maps.blur(x), x
+    )  # blurring a constant image changes nothing
     filled = attention_maps.blank(x, order, 5, fill=torch.full_like(x, 0.5))
     assert filled.flatten()[:5].eq(0.5).all()
 
@@ -319,10 +328,23 @@ def _args(tmp_path: Path, **overrides) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     explain.add_arguments(parser)
     argv = [
-        "--results-dir", str(tmp_path), "--data-dir", str(tmp_path / "data"),
-        "--out-dir", str(tmp_path / "explain"), "--normal-classes", "9", "2",
-        "--fig4-images", "3", "--faithfulness-per-class", "2", "--random-repeats", "1",
-        "--steps", "4",
+        "--results-dir",
+        str(tmp_path),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out-dir",
+        str(tmp_path / "explain"),
+        "--normal-classes",
+        "9",
+        "2",
+        "--fig4-images",
+        "3",
+        "--faithfulness-per-class",
+        "2",
+        "--random-repeats",
+        "1",
+        "--steps",
+        "4",
     ]
     for key, value in overrides.items():
         argv += [f"--{key}", *value.split()]
@@ -406,12 +428,28 @@ def test_each_figure_shows_its_own_classes(fake_pipeline):
     each figure is drawn for the classes asked for it, the faithfulness table for all."""
     tmp_path, _ = fake_pipeline
     out = tmp_path / "explain"
-    assert explain.run(_args(tmp_path, **{"fig3-classes": "9", "fig4-classes": "2", "fig5-classes": "2"})) == 0
+    assert (
+        explain.run(
+            _args(tmp_path, **{"fig3-classes": "9", "fig4-classes": "2", "fig5-classes": "2"})
+        )
+        == 0
+    )
     summary = _check_summary(out)
     files = [f["file"] for f in summary["figures"]]
-    assert files == explain_runs.output_files(["mnist"], [9, 2], fig3_classes=[9], fig4_classes=[2])["figures"]
-    assert "fig3_second_derivatives_mnist_class9.png" in files and "fig3_second_derivatives_mnist_class2.png" not in files
-    assert "fig4_attention_mnist_class2.png" in files and "fig4_attention_mnist_class9.png" not in files
+    assert (
+        files
+        == explain_runs.output_files(["mnist"], [9, 2], fig3_classes=[9], fig4_classes=[2])[
+            "figures"
+        ]
+    )
+    assert (
+        "fig3_second_derivatives_mnist_class9.png" in files
+        and "fig3_second_derivatives_mnist_class2.png" not in files
+    )
+    assert (
+        "fig4_attention_mnist_class2.png" in files
+        and "fig4_attention_mnist_class9.png" not in files
+    )
     fig5 = next(f for f in summary["figures"] if f["file"] == "fig5_attention_mnist.png")
     assert "trained on class 2)" in fig5["title"]
     import pandas as pd
@@ -426,13 +464,19 @@ def test_default_explain_classes_are_the_papers_counted_from_one():
     explain.add_arguments(parser)
     assert parser.parse_args([]).normal_classes == [8, 9, 1, 3]
     config = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())["explain"]
-    assert (config["fig3_classes"], config["fig4_classes"], config["fig5_classes"]) == ([8], [9], [1, 3])
+    assert (config["fig3_classes"], config["fig4_classes"], config["fig5_classes"]) == (
+        [8],
+        [9],
+        [1, 3],
+    )
     assert set(config["normal_classes"]) == {8, 9, 1, 3}
 
 
 def test_module_documents_assumptions_and_help():
     assert explain.__doc__ and "faithfulness" in explain.__doc__.lower()
-    assert attention_maps.ASSUMPTIONS and all(" — " in entry for entry in attention_maps.ASSUMPTIONS)
+    assert attention_maps.ASSUMPTIONS and all(
+        " — " in entry for entry in attention_maps.ASSUMPTIONS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -444,12 +488,43 @@ def trained_runs(tiny_data_dir, tmp_path_factory):
     results = tmp_path_factory.mktemp("explain_runs") / "results"
     for model in ("grad2vae", "vae"):
         out = explain_runs.run_dir(results, "mnist", model, 2, 0)
-        assert main([
-            "train", "--model", model, "--dataset", "mnist", "--normal-class", "2", "--seed", "0",
-            "--data-dir", str(tiny_data_dir), "--out-dir", str(out), "--epochs", "1",
-            "--latent-dim", "3", "--train-limit", "16", "--test-limit", "20", "--eval-every", "0",
-            "--batch-size", "16", "--checkpoint-every", "0", "--device", "cpu", "--no-progress",
-        ]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--model",
+                    model,
+                    "--dataset",
+                    "mnist",
+                    "--normal-class",
+                    "2",
+                    "--seed",
+                    "0",
+                    "--data-dir",
+                    str(tiny_data_dir),
+                    "--out-dir",
+                    str(out),
+                    "--epochs",
+                    "1",
+                    "--latent-dim",
+                    "3",
+                    "--train-limit",
+                    "16",
+                    "--test-limit",
+                    "20",
+                    "--eval-every",
+                    "0",
+                    "--batch-size",
+                    "16",
+                    "--checkpoint-every",
+                    "0",
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     return results
 
 
@@ -459,12 +534,34 @@ def test_explain_from_real_runs_through_the_cli(trained_runs, tiny_data_dir, tmp
     from grad2vae.cli import main
 
     out = tmp_path / "explain"
-    assert main([
-        "explain", "--results-dir", str(trained_runs), "--data-dir", str(tiny_data_dir),
-        "--out-dir", str(out),
-        "--datasets", "mnist", "--normal-classes", "2", "--fig4-images", "2",
-        "--faithfulness-per-class", "1", "--steps", "2", "--random-repeats", "1", "--device", "cpu",
-    ]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--results-dir",
+                str(trained_runs),
+                "--data-dir",
+                str(tiny_data_dir),
+                "--out-dir",
+                str(out),
+                "--datasets",
+                "mnist",
+                "--normal-classes",
+                "2",
+                "--fig4-images",
+                "2",
+                "--faithfulness-per-class",
+                "1",
+                "--steps",
+                "2",
+                "--random-repeats",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     summary = _check_summary(out)
     assert len(summary["figures"]) == len(explain_runs.output_files(["mnist"], [2])["figures"])
     import pandas as pd
@@ -491,14 +588,15 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPLAIN_SMK = ROOT / "workflow" / "rules" / "explain.smk"
 
 
-
 def test_rule_is_snakefmt_formatted():
     import subprocess
 
     snakefmt = Path(sys.executable).parent / "snakefmt"
     if not snakefmt.exists():
         unavailable("snakefmt is not installed (pip install -e '.[test]')")
-    done = subprocess.run([str(snakefmt), "--check", str(EXPLAIN_SMK)], capture_output=True, text=True)
+    done = subprocess.run(
+        [str(snakefmt), "--check", str(EXPLAIN_SMK)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -525,9 +623,22 @@ def _snakemake(copy: Path, config: dict, *args: str):
     (copy / "test.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "test.yaml",
-         "--nolock", *args],
-        cwd=copy, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "1",
+            "--configfile",
+            "test.yaml",
+            "--nolock",
+            *args,
+        ],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -538,11 +649,22 @@ def _rule_setup(trained_runs, tiny_data_dir, tmp_path):
     shutil.copytree(trained_runs, results)
     copy = _workflow_copy(tmp_path)
     config = {
-        "results_dir": str(results), "report_dir": str(tmp_path / "report"),
-        "data": {"dir": str(tiny_data_dir)}, "datasets": ["mnist"], "normal_classes": [2],
-        "seeds": [0], "models": ["grad2vae", "vae"], "latent_dim": {"mnist": 3},
-        "explain": {"normal_classes": [2, 9], "fig4_images": 2, "faithfulness_per_class": 1,
-                    "steps": 2, "random_repeats": 1, "device": "cpu"},
+        "results_dir": str(results),
+        "report_dir": str(tmp_path / "report"),
+        "data": {"dir": str(tiny_data_dir)},
+        "datasets": ["mnist"],
+        "normal_classes": [2],
+        "seeds": [0],
+        "models": ["grad2vae", "vae"],
+        "latent_dim": {"mnist": 3},
+        "explain": {
+            "normal_classes": [2, 9],
+            "fig4_images": 2,
+            "faithfulness_per_class": 1,
+            "steps": 2,
+            "random_repeats": 1,
+            "device": "cpu",
+        },
         "resources": {"explain": {"threads": 1, "gpu": 0}},
     }
     return results, copy, config
@@ -566,14 +688,20 @@ def test_snakemake_rule_plans_explain_from_saved_runs(trained_runs, tiny_data_di
 
 
 @pytest.mark.slow
-def test_snakemake_rule_explains_the_saved_runs_into_the_report(trained_runs, tiny_data_dir, tmp_path):
+def test_snakemake_rule_explains_the_saved_runs_into_the_report(
+    trained_runs, tiny_data_dir, tmp_path
+):
     """The rule's outputs are exactly what the command writes, and the report shows them."""
     results, copy, config = _rule_setup(trained_runs, tiny_data_dir, tmp_path)
     summary = results / "explain" / "summary.json"
     done = _snakemake(copy, config, str(summary))
-    assert done.returncode == 0, done.stdout + done.stderr + (results / "logs" / "explain.log").read_text()
+    assert done.returncode == 0, (
+        done.stdout + done.stderr + (results / "logs" / "explain.log").read_text()
+    )
     written = _check_summary(results / "explain")
-    assert [f["file"] for f in written["figures"]] == explain_runs.output_files(["mnist"], [2])["figures"]
+    assert [f["file"] for f in written["figures"]] == explain_runs.output_files(["mnist"], [2])[
+        "figures"
+    ]
     assert (results / "logs" / "explain.log").is_file()
     # aggregate, figures and report run on the two runs; the page has the explain section
     report = tmp_path / "report" / "index.html"
@@ -583,6 +711,6 @@ def test_snakemake_rule_explains_the_saved_runs_into_the_report(trained_runs, ti
     page = report.read_text()
     assert 'id="explainability"' in page
     for entry in written["figures"]:
-        assert f'src="explain/' in page and entry["file"] in page
+        assert 'src="explain/' in page and entry["file"] in page
         assert html.escape(entry["title"]) in page
     assert html.escape(written["tables"][0]["title"]) in page

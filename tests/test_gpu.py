@@ -19,7 +19,9 @@ from grad2vae.layout import CHECKPOINT, METRICS
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run scripts/gpu-acceptance on one)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU (run scripts/gpu-acceptance on one)"
+    ),
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,11 +54,15 @@ def numbers(metrics: dict) -> dict:
 def test_gpu_killed_run_resumes_on_the_other_device_with_identical_metrics(tiny_data_dir, tmp_path):
     count = torch.cuda.device_count()
     first, second = ("cuda:1", "cuda:0") if count > 1 else ("cuda:0", "cuda:0")
-    reference = train.train_one(config(), tmp_path / "reference", data_dir=tiny_data_dir, device=second)
+    reference = train.train_one(
+        config(), tmp_path / "reference", data_dir=tiny_data_dir, device=second
+    )
     out = tmp_path / "killed"
     process = subprocess.Popen(train_command(tiny_data_dir, out, first), cwd=ROOT)
     deadline = time.monotonic() + 300
-    while not (out / CHECKPOINT).exists() and process.poll() is None and time.monotonic() < deadline:
+    while (
+        not (out / CHECKPOINT).exists() and process.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -77,7 +83,9 @@ def test_gpu_vmapped_seed_group_equals_runs_alone_within_tolerance(tiny_data_dir
         assert grouped["auc"] == pytest.approx(one["auc"], abs=1e-3)
 
 
-def test_gpu_seed_group_larger_than_the_free_memory_splits_and_finishes(tiny_data_dir, tmp_path, monkeypatch, caplog):
+def test_gpu_seed_group_larger_than_the_free_memory_splits_and_finishes(
+    tiny_data_dir, tmp_path, monkeypatch, caplog
+):
     seeds = [0, 1, 2, 3]
 
     def room_for_one(device):  # as if the card were nearly full
@@ -98,10 +106,15 @@ def test_gpu_two_jobs_take_distinct_cards_or_wait(tmp_path):
         f"d = devices.resolve_device('auto', slot_dir={str(tmp_path)!r}); "
         "print(d, time.time(), flush=True); time.sleep(3); print(time.time(), flush=True)"
     )
-    jobs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    jobs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [job.communicate(timeout=120)[0].split() for job in jobs]
     assert all(job.returncode == 0 for job in jobs)
-    (dev_a, start_a, end_a), (dev_b, start_b, end_b) = ((o[0], float(o[1]), float(o[2])) for o in outputs)
+    (dev_a, start_a, end_a), (dev_b, start_b, end_b) = (
+        (o[0], float(o[1]), float(o[2])) for o in outputs
+    )
     if torch.cuda.device_count() > 1:
         assert dev_a != dev_b
     else:

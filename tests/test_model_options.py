@@ -56,7 +56,9 @@ def test_options_are_declared_as_the_constructor_takes_them(cls):
     for option, accepted in cls.options.items():
         default = parameters[option].default
         assert default == (accepted[0] if isinstance(accepted, tuple) else 1.0), option
-    with pytest.raises(ValueError, match=r"option kl='median' is not accepted; accepted values: sum, mean"):
+    with pytest.raises(
+        ValueError, match=r"option kl='median' is not accepted; accepted values: sum, mean"
+    ):
         build(cls, kl="median")
 
 
@@ -74,7 +76,10 @@ def test_grad2vae_refuses_bad_option_values():
 
 @pytest.mark.parametrize("cls", (VAE, Grad2VAE))
 def test_defaults_are_bit_identical_to_a_model_built_without_options(cls):
-    plain, explicit = build(cls), build(cls, **{k: (v[0] if isinstance(v, tuple) else 1.0) for k, v in cls.options.items()})
+    plain, explicit = (
+        build(cls),
+        build(cls, **{k: (v[0] if isinstance(v, tuple) else 1.0) for k, v in cls.options.items()}),
+    )
     for (name, a), (_, b) in zip(plain.state_dict().items(), explicit.state_dict().items()):
         assert torch.equal(a, b), name
     x, eps = batch()
@@ -86,10 +91,14 @@ def test_defaults_are_bit_identical_to_a_model_built_without_options(cls):
 def test_kl_mean_is_the_sum_divided_by_d(cls):
     x, eps = batch()
     summed, mean = build(cls).loss(x, eps), build(cls, kl="mean").loss(x, eps)
-    torch.testing.assert_close(mean["kl"], summed["kl"] / LATENT, rtol=1e-15, atol=0)  # batch mean: rounding
+    torch.testing.assert_close(
+        mean["kl"], summed["kl"] / LATENT, rtol=1e-15, atol=0
+    )  # batch mean: rounding
     assert torch.equal(mean["reconstruction"], summed["reconstruction"])
     mu, logvar = build(cls).encode(x)
-    assert torch.equal(kl_per_sample(mu, logvar, "mean"), kl_per_sample(mu, logvar) / LATENT)  # per sample: exact
+    assert torch.equal(
+        kl_per_sample(mu, logvar, "mean"), kl_per_sample(mu, logvar) / LATENT
+    )  # per sample: exact
 
 
 @pytest.mark.parametrize("cls", (VAE, Grad2VAE))
@@ -103,10 +112,17 @@ def test_sigma_exp_logvar_samples_with_exp_logvar(cls):
     else:
         torch.testing.assert_close(
             model.loss(x, eps)["reconstruction"],
-            torch.nn.functional.binary_cross_entropy_with_logits(model.decoder(z), x, reduction="none").flatten(1).sum(1).mean(),
+            torch.nn.functional.binary_cross_entropy_with_logits(
+                model.decoder(z), x, reduction="none"
+            )
+            .flatten(1)
+            .sum(1)
+            .mean(),
         )
     default = build(cls)
-    assert not torch.equal(default.loss(x, eps)["reconstruction"], model.loss(x, eps)["reconstruction"])
+    assert not torch.equal(
+        default.loss(x, eps)["reconstruction"], model.loss(x, eps)["reconstruction"]
+    )
 
 
 def _attention_parameters(model):
@@ -117,7 +133,9 @@ def test_fusion_none_keeps_the_reconstruction_independent_of_the_attention_modul
     model = build(Grad2VAE, fusion="none")
     x, eps = batch()
     out = model(x, eps)
-    grads = torch.autograd.grad(out["logits"].sum(), _attention_parameters(model), allow_unused=True)
+    grads = torch.autograd.grad(
+        out["logits"].sum(), _attention_parameters(model), allow_unused=True
+    )
     assert all(g is None or not g.any() for g in grads)
     terms = model.loss(x, eps)  # the attention-image loss still trains the module
     grads = torch.autograd.grad(terms["total"], _attention_parameters(model), allow_unused=True)
@@ -138,10 +156,15 @@ def test_fusion_notebook_makes_the_reconstruction_depend_on_the_attention_image_
 
 def test_fusion_notebook_adds_the_map_after_the_upsampling_layer_too():
     x, eps = batch()
-    notebook, penultimate = build(Grad2VAE, fusion="notebook"), build(Grad2VAE, fusion="penultimate")
+    notebook, penultimate = (
+        build(Grad2VAE, fusion="notebook"),
+        build(Grad2VAE, fusion="penultimate"),
+    )
     seen = {}
     for name, model in (("notebook", notebook), ("penultimate", penultimate)):
-        model.decoder.conv.register_forward_hook(lambda module, args, output, name=name: seen.__setitem__(name, args[0]))
+        model.decoder.conv.register_forward_hook(
+            lambda module, args, output, name=name: seen.__setitem__(name, args[0])
+        )
         model(x, eps)
     feature_map, _ = penultimate.attention_module(penultimate(x, eps)["second_derivatives"])
     tiled = feature_map.repeat(1, 2, 1, 1)[:, :3]  # 2 channels tiled to the up-sampling layer's 3
@@ -151,7 +174,9 @@ def test_fusion_notebook_adds_the_map_after_the_upsampling_layer_too():
 def test_attention_weight_scales_the_attention_term():
     x, eps = batch()
     terms = build(Grad2VAE, attention_weight=2.5).loss(x, eps)
-    torch.testing.assert_close(terms["total"], terms["reconstruction"] + terms["kl"] + 2.5 * terms["attention"])
+    torch.testing.assert_close(
+        terms["total"], terms["reconstruction"] + terms["kl"] + 2.5 * terms["attention"]
+    )
     terms = build(Grad2VAE, attention_weight=0.0).loss(x, eps)
     torch.testing.assert_close(terms["total"], terms["reconstruction"] + terms["kl"])
 
@@ -169,15 +194,26 @@ def test_attention_off_is_the_same_network_without_the_attention_path():
         off.attention(x)
     # it is the VAE's computation on the same weights
     vae = build(VAE)
-    vae.load_state_dict({k: v for k, v in off.state_dict().items() if not k.startswith("attention_module.")})
+    vae.load_state_dict(
+        {k: v for k, v in off.state_dict().items() if not k.startswith("attention_module.")}
+    )
     torch.testing.assert_close(off.loss(x, eps)["total"], vae.loss(x, eps)["total"], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"fusion": "notebook"}, {"fusion": "none"}, {"derivative_tensors": "summed"}, {"attention": "off"}]
+    "options",
+    [
+        {},
+        {"fusion": "notebook"},
+        {"fusion": "none"},
+        {"derivative_tensors": "summed"},
+        {"attention": "off"},
+    ],
 )
 def test_zero_noise_logits_equal_the_forward_pass_at_eps_zero(options):
     model = build(Grad2VAE, **options)
     x, _ = batch()
     zero = torch.zeros(len(x), LATENT, dtype=torch.float64)
-    torch.testing.assert_close(model.zero_noise_logits(x), model(x, zero, create_graph=False)["logits"])
+    torch.testing.assert_close(
+        model.zero_noise_logits(x), model(x, zero, create_graph=False)["logits"]
+    )

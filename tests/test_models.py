@@ -18,7 +18,10 @@ from grad2vae.models.vae import VAE
 
 NAMES = ["cae", "grad2vae", "inception_caenn", "vae"]
 LATENTS = {"mnist": 16, "fashion_mnist": 32}
-LR = {"vae": 1e-2, "grad2vae": 1e-2}  # the reduced-width VAEs need a larger step to learn in 20 steps
+LR = {
+    "vae": 1e-2,
+    "grad2vae": 1e-2,
+}  # the reduced-width VAEs need a larger step to learn in 20 steps
 SMALL = {  # reduced widths: same code paths, fast enough to train a few steps in a test
     "grad2vae": lambda d: Grad2VAE(d, channels=(4, 8, 8), hidden=32, attention_width=8),
     "vae": lambda d: VAE(d, channels=(4, 8, 8), hidden=32),
@@ -66,7 +69,10 @@ def test_registry_lists_the_four_models_and_rejects_unknown_names():
     # the paper's four models, plus Table 1's two reruns of issue 9 (tests/test_deep_svdd.py,
     # tests/test_cae_ocsvm.py)
     assert model_names() == sorted(NAMES + ["cae_ocsvm", "deep_svdd"])
-    with pytest.raises(UserError, match="unknown model 'nope'.*cae, cae_ocsvm, deep_svdd, grad2vae, inception_caenn, vae"):
+    with pytest.raises(
+        UserError,
+        match="unknown model 'nope'.*cae, cae_ocsvm, deep_svdd, grad2vae, inception_caenn, vae",
+    ):
         create_model("nope", 16)
 
 
@@ -160,7 +166,9 @@ def test_parameter_counts_match_the_paper_where_the_architecture_allows():
     published = parameters_millions()
     for name in ("vae", "grad2vae", "inception_caenn"):
         assert abs(counts[name] / (published[name] * 1e6) - 1) < 0.10, (name, counts[name])
-    assert 0.79e6 < counts["cae"] < 0.81e6  # [25]'s baseline CAE; the paper's 0.266 M is undescribed
+    assert (
+        0.79e6 < counts["cae"] < 0.81e6
+    )  # [25]'s baseline CAE; the paper's 0.266 M is undescribed
 
 
 def test_feature_models_need_fit_scorer_and_use_exact_nearest_neighbours():
@@ -185,4 +193,6 @@ def test_params_command_prints_all_models_and_ratios(capsys):
     assert "0.80 M" in out  # the note on the baseline CAE's size
     assert main(["params", "--format", "tsv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 + 2 * len(model_names()) and lines[0].startswith("dataset\tlatent_dim\tmodel")
+    assert len(lines) == 1 + 2 * len(model_names()) and lines[0].startswith(
+        "dataset\tlatent_dim\tmodel"
+    )

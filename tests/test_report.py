@@ -13,14 +13,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from markupsafe import escape
-
-from grad2vae.layout import TRAIN_LOG
-from grad2vae.cli import main as cli_main
-from grad2vae.report import gather_assumptions
-
 from conftest import unavailable
+from markupsafe import escape
 from test_aggregate import oracle_grid, write_fake_run
+
+from grad2vae.cli import main as cli_main
+from grad2vae.layout import TRAIN_LOG
+from grad2vae.report import gather_assumptions
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -84,16 +83,38 @@ def make_results(root: Path) -> Path:
                     if (dataset, c, model, seed) == ("fashion_mnist", 2, "vae", 1):
                         continue  # missing
                     if (dataset, c, model, seed) == ("mnist", 1, "cae", 0):
-                        log = results / TRAIN_LOG.format(dataset=dataset, model=model, normal_class=c, seed=seed)
+                        log = results / TRAIN_LOG.format(
+                            dataset=dataset, model=model, normal_class=c, seed=seed
+                        )
                         log.parent.mkdir(parents=True, exist_ok=True)
                         log.write_text("ValueError: <script>alert('x')</script> broke\n")
                         continue  # failed, with markup in its reason
                     auc = 0.8 + 0.03 * m + 0.01 * c + 0.005 * seed - 0.02 * d
-                    write_fake_run(results, dataset, model, c, seed, auc=auc, device="cuda" if model == "grad2vae" else "cpu",
-                                   auc_extra=oracle_grid(auc + 0.05) if model == "cae_ocsvm" else None)
-    config = {"datasets": DATASETS, "normal_classes": CLASSES, "models": MODELS, "seeds": SEEDS,
-              "train": {"epochs": 3, "batch_size": 128, "lr": 0.001, "lr_decay_epoch": 50, "lr_decay_factor": 0.01,
-                        "train_limit": 0, "test_limit": 0}}
+                    write_fake_run(
+                        results,
+                        dataset,
+                        model,
+                        c,
+                        seed,
+                        auc=auc,
+                        device="cuda" if model == "grad2vae" else "cpu",
+                        auc_extra=oracle_grid(auc + 0.05) if model == "cae_ocsvm" else None,
+                    )
+    config = {
+        "datasets": DATASETS,
+        "normal_classes": CLASSES,
+        "models": MODELS,
+        "seeds": SEEDS,
+        "train": {
+            "epochs": 3,
+            "batch_size": 128,
+            "lr": 0.001,
+            "lr_decay_epoch": 50,
+            "lr_decay_factor": 0.01,
+            "train_limit": 0,
+            "test_limit": 0,
+        },
+    }
     (results / "aggregate").mkdir(parents=True, exist_ok=True)
     (results / "aggregate" / "workflow_config.json").write_text(json.dumps(config))
     return results
@@ -104,13 +125,21 @@ def make_explain(results: Path) -> None:
     explain = results / "explain"
     (explain / "sub").mkdir(parents=True)
     shutil.copyfile(results / "figures" / "parameters.png", explain / "sub" / "attention.png")
-    (explain / "faithfulness.csv").write_text("dataset,attention,faithfulness\nmnist,online,1.2345678\nmnist,<b>offline</b>,0.9\n")
+    (explain / "faithfulness.csv").write_text(
+        "dataset,attention,faithfulness\nmnist,online,1.2345678\nmnist,<b>offline</b>,0.9\n"
+    )
     summary = {
         "figures": [
-            {"file": "sub/attention.png", "title": "Attention <maps>", "caption": "Caption with <i>markup</i> & ampersand"},
+            {
+                "file": "sub/attention.png",
+                "title": "Attention <maps>",
+                "caption": "Caption with <i>markup</i> & ampersand",
+            },
             {"file": "../../outside.png", "title": "escapes the folder", "caption": ""},
         ],
-        "tables": [{"file": "faithfulness.csv", "title": "Faithfulness", "caption": "deletion test"}],
+        "tables": [
+            {"file": "faithfulness.csv", "title": "Faithfulness", "caption": "deletion test"}
+        ],
     }
     (explain / "summary.json").write_text(json.dumps(summary))
 
@@ -118,13 +147,30 @@ def make_explain(results: Path) -> None:
 def build(tmp: Path, with_explain: bool) -> Path:
     results = make_results(tmp)
     workflow_config = str(results / "aggregate" / "workflow_config.json")
-    assert cli_main(["aggregate", "--results-dir", str(results), "--workflow-config", workflow_config]) == 0
-    assert cli_main(["figures", "--results-dir", str(results), "--roc-class", "1", "--dpi", "60"]) == 0
+    assert (
+        cli_main(["aggregate", "--results-dir", str(results), "--workflow-config", workflow_config])
+        == 0
+    )
+    assert (
+        cli_main(["figures", "--results-dir", str(results), "--roc-class", "1", "--dpi", "60"]) == 0
+    )
     if with_explain:
         make_explain(results)
     report = tmp / "report"
-    assert cli_main(["report", "--results-dir", str(results), "--report-dir", str(report),
-                     "--title", "Test <report>"]) == 0
+    assert (
+        cli_main(
+            [
+                "report",
+                "--results-dir",
+                str(results),
+                "--report-dir",
+                str(report),
+                "--title",
+                "Test <report>",
+            ]
+        )
+        == 0
+    )
     return report / "index.html"
 
 
@@ -142,8 +188,14 @@ def expected_rows() -> dict[str, int]:
         "status-table": 2,
     }
     for dataset in DATASETS:
-        rows.update({f"stats-ranks-{dataset}": k, f"stats-pairs-{dataset}": k * (k - 1) // 2,
-                     f"stats-ranks-published-{dataset}": paper, f"stats-pairs-published-{dataset}": paper * (paper - 1) // 2})
+        rows.update(
+            {
+                f"stats-ranks-{dataset}": k,
+                f"stats-pairs-{dataset}": k * (k - 1) // 2,
+                f"stats-ranks-published-{dataset}": paper,
+                f"stats-pairs-published-{dataset}": paper * (paper - 1) // 2,
+            }
+        )
     return rows
 
 
@@ -153,15 +205,31 @@ def expected_rows() -> dict[str, int]:
 def test_report_sections_and_tables(report_html):
     text = report_html.read_text(encoding="utf-8")
     page = parse(text)
-    for section in ("summary", "table1-section", "statistics", "claims", "scores", "stats-mnist", "stats-fashion_mnist", "fig6", "per-class", "compute", "explainability", "assumptions",
-                    "status", "provenance", "protocol-deviations", "partial-notice"):
+    for section in (
+        "summary",
+        "table1-section",
+        "statistics",
+        "claims",
+        "scores",
+        "stats-mnist",
+        "stats-fashion_mnist",
+        "fig6",
+        "per-class",
+        "compute",
+        "explainability",
+        "assumptions",
+        "status",
+        "provenance",
+        "protocol-deviations",
+        "partial-notice",
+    ):
         assert section in page.ids, section
     for table, rows in expected_rows().items():
         assert page.rows.get(table) == rows, (table, page.rows)
     assert "Published" in text and "Abukmeil" in text and "10.1007/978-3-031-06427-2_56" in text
     assert "97.62" in text  # Table 1: Grad2VAE, MNIST, class 0
     # Average rows of a 3-class grid: the paper's mean over those classes, not its printed 98.23
-    table1 = text[text.index('id="table1"'):text.index("</table>", text.index('id="table1"'))]
+    table1 = text[text.index('id="table1"') : text.index("</table>", text.index('id="table1"'))]
     assert "97.76" in table1 and "98.23" not in table1
     assert "epochs = 3 (paper: 100)" in text
     assert "70 complete" in text and "1 failed" in text and "1 missing" in text
@@ -170,25 +238,27 @@ def test_report_sections_and_tables(report_html):
 def test_report_table1_complete_and_statistics(report_html):
     text = report_html.read_text(encoding="utf-8")
     page = parse(text)
-    table1 = text[text.index('id="table1"'):text.index("</table>", text.index('id="table1"'))]
+    table1 = text[text.index('id="table1"') : text.index("</table>", text.index('id="table1"'))]
     # our reruns beside the published CAE OCSVM and Deep SVDD columns, and the oracle, labelled
-    assert "CAE OCSVM<span class=\"vs\"> vs published CAE OCSVM" in table1
-    assert "Deep SVDD<span class=\"vs\"> vs published Deep SVDD" in table1
+    assert 'CAE OCSVM<span class="vs"> vs published CAE OCSVM' in table1
+    assert 'Deep SVDD<span class="vs"> vs published Deep SVDD' in table1
     assert "oracle: selects hyperparameters on the test labels" in table1
     assert "99.10" in table1 and "95.40" in table1  # published Deep SVDD / CAE OCSVM, MNIST class 0
     assert "Published only" not in text
-    statistics = text[text.index('id="statistics"'):text.index('id="claims"')]
+    statistics = text[text.index('id="statistics"') : text.index('id="claims"')]
     assert "Friedman test over 3 classes and 6 methods" in statistics
     assert "α = 0.05" in statistics and "Holm-corrected p" in statistics
     # the paper's claims, with the Wilcoxon-Holm sentence of the best average, in their own section
-    claims = text[text.index('id="claims"'):text.index('id="scores"')]
+    claims = text[text.index('id="claims"') : text.index('id="scores"')]
     assert "Grad2VAE has the best average AUC on MNIST: published 98.23" in claims
     assert "Verdict:" in claims and "tested on the paper&#39;s own Table 1 numbers" in claims
     written = json.loads((report_html.parent / "data" / "claims.json").read_text())
     assert [f'id="claim-{c["id"]}"' in claims for c in written] == [True] * 7
     for item in written:  # the section renders the file: every verdict and definition is there
         assert str(escape(item["definition"])) in claims and str(escape(item["words"])) in claims
-    assert "smallest possible two-sided Wilcoxon p-value is 2/2^3" in statistics  # 3 classes: never significant
+    assert (
+        "smallest possible two-sided Wilcoxon p-value is 2/2^3" in statistics
+    )  # 3 classes: never significant
     assert "no Holm-corrected p-value can be below" in statistics
     assert "selects on the test labels" in statistics or "test labels" in statistics
     assert {"figures/cd_mnist.png", "figures/cd_fashion_mnist.png"} <= set(page.images)
@@ -200,18 +270,44 @@ def test_statistics_section_says_why_tests_were_not_run(tmp_path):
     results = tmp_path / "results"
     for model in ("grad2vae", "vae"):
         write_fake_run(results, "mnist", model, 1, 0)
-    config = {"datasets": ["mnist"], "normal_classes": [1], "models": ["grad2vae", "vae"], "seeds": [0]}
+    config = {
+        "datasets": ["mnist"],
+        "normal_classes": [1],
+        "models": ["grad2vae", "vae"],
+        "seeds": [0],
+    }
     (results / "aggregate").mkdir(parents=True)
     (results / "aggregate" / "workflow_config.json").write_text(json.dumps(config))
-    assert cli_main(["aggregate", "--results-dir", str(results), "--workflow-config",
-                     str(results / "aggregate" / "workflow_config.json")]) == 0
+    assert (
+        cli_main(
+            [
+                "aggregate",
+                "--results-dir",
+                str(results),
+                "--workflow-config",
+                str(results / "aggregate" / "workflow_config.json"),
+            ]
+        )
+        == 0
+    )
     assert cli_main(["figures", "--results-dir", str(results), "--dpi", "50"]) == 0
-    assert cli_main(["report", "--results-dir", str(results), "--report-dir", str(tmp_path / "report")]) == 0
+    assert (
+        cli_main(
+            ["report", "--results-dir", str(results), "--report-dir", str(tmp_path / "report")]
+        )
+        == 0
+    )
     text = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
     page = parse(text)
-    assert "need at least 2 methods and 2 normal classes" in text and "stats-ranks-mnist" not in page.ids
+    assert (
+        "need at least 2 methods and 2 normal classes" in text
+        and "stats-ranks-mnist" not in page.ids
+    )
     assert page.rows["stats-ranks-published-mnist"] == 4  # the paper's numbers are still analysed
-    assert "figures/cd_mnist.png" in page.images and (tmp_path / "report" / "figures" / "cd_mnist.png").is_file()
+    assert (
+        "figures/cd_mnist.png" in page.images
+        and (tmp_path / "report" / "figures" / "cd_mnist.png").is_file()
+    )
 
 
 def test_report_escapes_everything(report_html):
@@ -226,12 +322,21 @@ def test_report_assets_are_relative_and_present(report_html):
     folder = report_html.parent
     page = parse(report_html.read_text(encoding="utf-8"))
     assert page.images and page.stylesheets == ["style.css"]
-    local = page.images + page.stylesheets + [link for link in page.links if not link.startswith(("#", "http"))]
+    local = (
+        page.images
+        + page.stylesheets
+        + [link for link in page.links if not link.startswith(("#", "http"))]
+    )
     for src in local:
         assert not src.startswith(("/", "file:")) and ".." not in src, src
         assert (folder / src).is_file(), src
-    assert {"figures/fig6_auc_vs_epoch.png", "figures/per_class_auc.png", "figures/roc_class1.png",
-            "figures/parameters.png", "figures/compute.png"} <= set(page.images)
+    assert {
+        "figures/fig6_auc_vs_epoch.png",
+        "figures/per_class_auc.png",
+        "figures/roc_class1.png",
+        "figures/parameters.png",
+        "figures/compute.png",
+    } <= set(page.images)
     assert any(src.startswith("explain/") for src in page.images)
     assert not list(folder.rglob(".tmp-*"))
 
@@ -266,20 +371,33 @@ def test_assumptions_gathered_from_models_and_modules():
 # a real browser
 
 
-def check_report_in_browser(index_html: Path, rows: dict[str, int], screenshot: Path | None = None) -> None:
+def check_report_in_browser(
+    index_html: Path, rows: dict[str, int], screenshot: Path | None = None
+) -> None:
     """Open the report from file:// in headless Chromium; every image loaded, the tables have the
     expected body rows, no console errors."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        unavailable("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+        unavailable(
+            "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1366,900", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1366,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -324,4 +442,3 @@ def test_report_opens_after_the_folder_is_moved(report_html, tmp_path):
     moved = tmp_path / "copied-report"
     shutil.copytree(report_html.parent, moved)
     check_report_in_browser(moved / "index.html", expected_rows())
-

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from grad2vae import entropy_only, train
+from grad2vae.config import RunConfig
 from grad2vae.models import create_model, scoring
 from grad2vae.models.grad2vae import DERIVATIVE_METHODS, Grad2VAE
 from grad2vae.models.vae import VAE, bce_per_sample, reparameterize, sample_eps
-from grad2vae.config import RunConfig
 
 VARIATIONAL = ("vae", "grad2vae")
 ZERO_NOISE_KEYS = ("bce_zero_noise", "mse_zero_noise", "bce_excess_zero_noise")
@@ -31,7 +31,12 @@ def images(n: int = 6, seed: int = 0) -> torch.Tensor:
 def kl_reference(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """KL(x || p) per sample in float64, from the definition."""
     x, p = x.double(), reconstruction.double()
-    per_pixel = torch.xlogy(x, x) - torch.xlogy(x, p) + torch.xlogy(1 - x, 1 - x) - torch.xlogy(1 - x, 1 - p)
+    per_pixel = (
+        torch.xlogy(x, x)
+        - torch.xlogy(x, p)
+        + torch.xlogy(1 - x, 1 - x)
+        - torch.xlogy(1 - x, 1 - p)
+    )
     return per_pixel.flatten(1).sum(1)
 
 
@@ -58,7 +63,12 @@ def test_variational_scores_keep_the_main_score_and_add_the_diagnostics(name):
     x = images()
     generator_seed = 5
     scores = model.scores(x, torch.Generator().manual_seed(generator_seed))
-    assert set(scores) == {"main", "reconstruction", *scoring.RECONSTRUCTION_SCORES, *ZERO_NOISE_KEYS}
+    assert set(scores) == {
+        "main",
+        "reconstruction",
+        *scoring.RECONSTRUCTION_SCORES,
+        *ZERO_NOISE_KEYS,
+    }
     # main: the BCE of a sampled z, as before these scores existed
     eps = sample_eps(len(x), 8, torch.Generator().manual_seed(generator_seed), like=x)
     with torch.enable_grad():
@@ -71,7 +81,10 @@ def test_variational_scores_keep_the_main_score_and_add_the_diagnostics(name):
         assert (scores["bce_excess" + suffix] >= 0).all()
         bce = scores["main"] if not suffix else scores["bce_zero_noise"]
         torch.testing.assert_close(
-            scores["bce_excess" + suffix].double(), bce.double() - scoring.binary_entropy(x.double()), rtol=1e-4, atol=1e-2
+            scores["bce_excess" + suffix].double(),
+            bce.double() - scoring.binary_entropy(x.double()),
+            rtol=1e-4,
+            atol=1e-2,
         )
 
 
@@ -93,7 +106,9 @@ def test_grad2vae_second_derivatives_are_exactly_zero_without_noise(method):
         out = model(x, torch.zeros(3, 8), create_graph=False)
     assert torch.count_nonzero(out["second_derivatives"]) == 0
     # the zero-noise shortcut of the scores is the same forward pass without differentiating
-    torch.testing.assert_close(model.zero_noise_logits(x), out["logits"].detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        model.zero_noise_logits(x), out["logits"].detach(), rtol=0, atol=1e-5
+    )
 
 
 def test_grad2vae_zero_noise_scores_switch_the_attention_path_off():
@@ -125,7 +140,9 @@ def test_feature_models_report_the_reconstruction_diagnostics_on_the_28x28_image
     _, reconstruction = model(torch.nn.functional.pad(x, (2, 2, 2, 2)))
     inner = reconstruction[..., 2:-2, 2:-2]
     torch.testing.assert_close(scores["mse"], (inner - x).square().flatten(1).sum(1))
-    torch.testing.assert_close(scores["bce_excess"].double(), kl_reference(inner, x), rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(
+        scores["bce_excess"].double(), kl_reference(inner, x), rtol=1e-4, atol=1e-2
+    )
 
 
 def test_entropy_only_auc_is_the_auc_of_the_image_entropy(tiny_data_dir):
@@ -157,7 +174,9 @@ def test_a_run_records_the_auc_of_every_score_per_epoch(tiny_data_dir, tmp_path)
     scores = pd.read_csv(tmp_path / "run" / "scores.csv.gz")
     from sklearn.metrics import roc_auc_score
 
-    assert roc_auc_score(scores["label"], scores["score_mse"]) == pytest.approx(metrics["auc_scores"]["mse"])
+    assert roc_auc_score(scores["label"], scores["score_mse"]) == pytest.approx(
+        metrics["auc_scores"]["mse"]
+    )
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["train_flops_per_step"] > 0
     # one step of the 30 training images (fewer than a batch): one step per epoch

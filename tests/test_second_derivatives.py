@@ -44,7 +44,9 @@ def loss_and_gradients(model, n=3, dtype=torch.float64, seed=5):
 
 def z_of_one_sample(model, eps_n, i):
     """z_i of one sample as a function of that sample's L_e1 alone (for torch.func)."""
-    return lambda layer: reparameterize(*model.encoder.from_first_layer(layer[None]), eps_n[None])[0, i]
+    return lambda layer: reparameterize(*model.encoder.from_first_layer(layer[None]), eps_n[None])[
+        0, i
+    ]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -136,7 +138,11 @@ def test_the_loss_trains_through_the_second_derivatives():
     x, _ = tiny_inputs(model)
     model.loss(x)["attention"].backward()
     # The attention image depends on the encoder only through the second derivatives.
-    for parameter in (model.encoder.conv1.weight, model.encoder.conv2.weight, model.encoder.logvar.weight):
+    for parameter in (
+        model.encoder.conv1.weight,
+        model.encoder.conv2.weight,
+        model.encoder.logvar.weight,
+    ):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
     assert model.attention_module.aggregate.weight.grad.abs().sum() > 0
     assert model.decoder.hidden.weight.grad is None  # the decoder is not on that path
@@ -212,7 +218,9 @@ def test_fast_paths_equal_the_loop_at_the_papers_size_in_float32(method):
         model = Grad2VAE(16, derivatives=name)
         results[name] = loss_and_gradients(model, n=2, dtype=torch.float32, seed=1)
     for key in results["loop"][0]:
-        torch.testing.assert_close(results[method][0][key], results["loop"][0][key], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            results[method][0][key], results["loop"][0][key], rtol=1e-5, atol=1e-4
+        )
     for key, reference in results["loop"][1].items():
         scale = reference.abs().max().item()
         assert (results[method][1][key] - reference).abs().max().item() <= 1e-4 * scale + 1e-6, key
@@ -281,7 +289,9 @@ def _expected_per_unit(model, x, eps):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("options", OPTION_GRID, ids=lambda o: f"{o['sigma']}-{o['derivative_tensors']}")
+@pytest.mark.parametrize(
+    "options", OPTION_GRID, ids=lambda o: f"{o['sigma']}-{o['derivative_tensors']}"
+)
 @pytest.mark.parametrize("method", METHODS + CLOSED_FORM_METHODS)
 def test_every_method_is_exact_for_every_derivative_option(method, options):
     model = tiny_model(derivatives=method, **options)
@@ -297,15 +307,25 @@ def test_every_method_is_exact_for_every_derivative_option(method, options):
 
 
 # the options that do not change h still change what the loss back-propagates through it
-LOSS_OPTIONS = OPTION_GRID + [{"fusion": "notebook"}, {"fusion": "none"}, {"kl": "mean"}, {"attention_weight": 2.5}]
+LOSS_OPTIONS = OPTION_GRID + [
+    {"fusion": "notebook"},
+    {"fusion": "none"},
+    {"kl": "mean"},
+    {"attention_weight": 2.5},
+]
 
 
 @pytest.mark.parametrize("options", LOSS_OPTIONS, ids=lambda o: "-".join(map(str, o.values())))
 @pytest.mark.parametrize("method", ("vectorized",) + CLOSED_FORM_METHODS)
 def test_fast_paths_equal_the_loop_for_every_option(method, options):
-    results = {name: loss_and_gradients(tiny_model(derivatives=name, **options)) for name in ("loop", method)}
+    results = {
+        name: loss_and_gradients(tiny_model(derivatives=name, **options))
+        for name in ("loop", method)
+    }
     for key in results["loop"][0]:
-        torch.testing.assert_close(results[method][0][key], results["loop"][0][key], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            results[method][0][key], results["loop"][0][key], rtol=1e-12, atol=1e-12
+        )
     for key, reference in results["loop"][1].items():
         torch.testing.assert_close(results[method][1][key], reference, rtol=1e-9, atol=1e-12)
 
@@ -320,8 +340,10 @@ def test_the_closed_forms_coefficient_is_one_sigma_for_exp_logvar():
     eps = torch.randn(2, 3, dtype=torch.float64)
     base = (eps * g.sum(-1)).unsqueeze(-1) * g
     torch.testing.assert_close(
-        closed_form_from_jacobian(logvar, eps, g, "exp_logvar"), torch.exp(logvar).unsqueeze(-1) * base
+        closed_form_from_jacobian(logvar, eps, g, "exp_logvar"),
+        torch.exp(logvar).unsqueeze(-1) * base,
     )
     torch.testing.assert_close(
-        closed_form_from_jacobian(logvar, eps, g), 0.25 * torch.exp(0.5 * logvar).unsqueeze(-1) * base
+        closed_form_from_jacobian(logvar, eps, g),
+        0.25 * torch.exp(0.5 * logvar).unsqueeze(-1) * base,
     )

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import unavailable, write_synthetic_dataset
+
 from grad2vae.layout import RUN_DIR, TRAIN_LOG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +58,9 @@ CANCELLED_RUN = dict(dataset="mnist", model="vae", normal_class=0, seed=0)
 
 
 def _which(tool: str) -> str | None:
-    return shutil.which(tool) or (f"/usr/sbin/{tool}" if os.access(f"/usr/sbin/{tool}", os.X_OK) else None)
+    return shutil.which(tool) or (
+        f"/usr/sbin/{tool}" if os.access(f"/usr/sbin/{tool}", os.X_OK) else None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,9 @@ def slurm_cluster(tmp_path_factory):
         unavailable("starting slurmctld/slurmd/munged needs root (run as root, or in CI)")
     missing = [tool for tool in SLURM_TOOLS if _which(tool) is None]
     if missing:
-        unavailable(f"Slurm is not installed (missing {', '.join(missing)}): apt-get install slurm-wlm munge")
+        unavailable(
+            f"Slurm is not installed (missing {', '.join(missing)}): apt-get install slurm-wlm munge"
+        )
     state = tmp_path_factory.mktemp("slurm-state")
     env = dict(os.environ, GRAD2VAE_SLURM_STATE=str(state))
 
@@ -133,7 +137,9 @@ def snakemake(workdir: Path, config: dict, profiles: list[str], *targets: str, t
         *targets,
     ]  # fmt: skip
     with open(workdir / "snakemake.out", "w") as out:
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
     process.output_path = workdir / "snakemake.out"
     process.timeout = timeout
     process.started = time.monotonic()
@@ -212,7 +218,9 @@ class SlurmWatcher(threading.Thread):
             job_id, name, state, comment = (line.split("|", 3) + ["", "", ""])[:4]
             if name == "wrap":  # not a Snakemake job
                 continue
-            job = self.jobs.setdefault(job_id, {"id": job_id, "comment": comment.strip(), "name": name})
+            job = self.jobs.setdefault(
+                job_id, {"id": job_id, "comment": comment.strip(), "name": name}
+            )
             job["state"] = state
             if "scontrol" not in job:
                 job["scontrol"] = scontrol_job(job_id)
@@ -283,8 +291,12 @@ def assert_same_results(run_a: Path, run_b: Path):
     metrics_b = json.loads((run_b / "metrics.json").read_text())
     for key in RESULT_KEYS:
         assert metrics_a.get(key) == metrics_b.get(key), f"{key}: {run_a} vs {run_b}"
-    assert history_without_timing(run_a / "history.tsv") == history_without_timing(run_b / "history.tsv")
-    assert scores(run_a / "scores.csv.gz") == scores(run_b / "scores.csv.gz"), f"scores: {run_a} vs {run_b}"
+    assert history_without_timing(run_a / "history.tsv") == history_without_timing(
+        run_b / "history.tsv"
+    )
+    assert scores(run_a / "scores.csv.gz") == scores(run_b / "scores.csv.gz"), (
+        f"scores: {run_a} vs {run_b}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +323,9 @@ def test_profiles_say_what_the_issue_asks():
     assert slurm["default-resources"]["slurm_partition"]
     assert slurm["retries"] >= 1 and 1 <= slurm["jobs"] <= 1000
     # test-only settings stay out of the users' profile
-    assert not any(key.startswith(("slurm-no-account", "slurm-status-command", "slurm-init")) for key in slurm)
+    assert not any(
+        key.startswith(("slurm-no-account", "slurm-status-command", "slurm-init")) for key in slurm
+    )
     assert load_profile("local") == {"cores": 8, "resources": {"gpu": 2}}
     test = load_profile("slurm-test")
     assert test["slurm-no-account"] is True and test["slurm-status-command"] == "squeue"
@@ -340,7 +354,9 @@ def test_grouped_profile_makes_one_job_per_model_dataset_class(tmp_path):
         if header:
             current = groups.setdefault(header.group(1), [])
         elif current is not None and line.strip().startswith("wildcards:"):
-            current.append(dict(item.split("=") for item in line.split(":", 1)[1].strip().split(", ")))
+            current.append(
+                dict(item.split("=") for item in line.split(":", 1)[1].strip().split(", "))
+            )
         elif line and not line.startswith((" ", "[")):
             current = None
     assert len(groups) == 80, sorted(groups)
@@ -381,14 +397,18 @@ def test_profiles_slurm_on_a_real_slurm(slurm_cluster, slurm_data, tmp_path):
     print(f"slurm run {slurm_seconds:.0f} s, both {time.monotonic() - started:.0f} s")
 
     # The cancel happened mid-run, and the profile's retry resubmitted the job.
-    assert watcher.cancelled is not None, "the training job to cancel was never seen running with a checkpoint"
+    assert watcher.cancelled is not None, (
+        "the training job to cancel was never seen running with a checkpoint"
+    )
     assert 1 <= watcher.cancelled["epochs_done"] < EPOCHS, watcher.cancelled
     assert watcher.jobs[watcher.cancelled["id"]]["state"] == "CANCELLED"
     assert "Trying to restart job" in output, "the cancelled job was not retried"
 
     jobs = jobs_of_run(watcher, output)
     # Local rules stayed local: every Slurm job is a training job.
-    assert all(job["comment"].startswith("rule_train_wildcards_") for job in jobs), [j["comment"] for j in jobs]
+    assert all(job["comment"].startswith("rule_train_wildcards_") for job in jobs), [
+        j["comment"] for j in jobs
+    ]
     for rule in LOCAL_RULES:
         assert not any(job["comment"].startswith(f"rule_{rule}") for job in jobs)
 
@@ -404,12 +424,17 @@ def test_profiles_slurm_on_a_real_slurm(slurm_cluster, slurm_data, tmp_path):
         job = completed[0]
         # Inside the job: the batch step was granted one GPU, and the step that ran the trainer
         # (srun, step 0) saw it as CUDA_VISIBLE_DEVICES.
-        batch, step = jobenv(slurm_cluster, job["id"], "batch"), jobenv(slurm_cluster, job["id"], "0")
+        batch, step = (
+            jobenv(slurm_cluster, job["id"], "batch"),
+            jobenv(slurm_cluster, job["id"], "0"),
+        )
         assert batch.get("SLURM_JOB_GPUS") in ("0", "1"), batch
         assert step.get("CUDA_VISIBLE_DEVICES") == batch["SLURM_JOB_GPUS"], (batch, step)
         # The trainer saw that CUDA_VISIBLE_DEVICES and fell back to the CPU.
         log = (on_slurm / "results" / TRAIN_LOG.format(**key)).read_text()
-        assert f"CUDA_VISIBLE_DEVICES={step['CUDA_VISIBLE_DEVICES']} but CUDA is not available" in log, log
+        assert (
+            f"CUDA_VISIBLE_DEVICES={step['CUDA_VISIBLE_DEVICES']} but CUDA is not available" in log
+        ), log
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["device_type"] == "cpu"
         if key == CANCELLED_RUN:
@@ -441,7 +466,9 @@ def test_profile_slurm_grouped_one_job_per_model_dataset_class(slurm_cluster, sl
     watcher = SlurmWatcher()
     watcher.start()
     try:
-        output = finish(snakemake(tmp_path, config, ["slurm", "slurm-grouped", "slurm-test"], *targets))
+        output = finish(
+            snakemake(tmp_path, config, ["slurm", "slurm-grouped", "slurm-test"], *targets)
+        )
     finally:
         watcher.stop()
     jobs = jobs_of_run(watcher, output)

@@ -81,9 +81,30 @@ def runs_frame() -> pd.DataFrame:
     for normal_class in range(10):
         base = 0.8 + 0.01 * normal_class
         for seed in range(2):
-            rows.append(dict(model="good", normal_class=normal_class, seed=seed, auc=base + 0.1 + 0.001 * seed))
-            rows.append(dict(model="mid", normal_class=normal_class, seed=seed, auc=base + rng.uniform(-0.02, 0.02)))
-            rows.append(dict(model="low", normal_class=normal_class, seed=seed, auc=base + rng.uniform(-0.02, 0.02)))
+            rows.append(
+                dict(
+                    model="good",
+                    normal_class=normal_class,
+                    seed=seed,
+                    auc=base + 0.1 + 0.001 * seed,
+                )
+            )
+            rows.append(
+                dict(
+                    model="mid",
+                    normal_class=normal_class,
+                    seed=seed,
+                    auc=base + rng.uniform(-0.02, 0.02),
+                )
+            )
+            rows.append(
+                dict(
+                    model="low",
+                    normal_class=normal_class,
+                    seed=seed,
+                    auc=base + rng.uniform(-0.02, 0.02),
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -96,7 +117,9 @@ def test_class_means_average_seeds_first_and_keep_complete_classes():
 
 
 def test_compare_and_claim_sentence():
-    comparison = stats.compare(stats.class_means(runs_frame(), ["good", "mid", "low"]), name="mnist")
+    comparison = stats.compare(
+        stats.class_means(runs_frame(), ["good", "mid", "low"]), name="mnist"
+    )
     assert comparison.average_ranks["good"] == 1.0
     assert comparison.friedman_p < 0.05
     claim = stats.best_average_claim(
@@ -104,7 +127,9 @@ def test_compare_and_claim_sentence():
     )
     # good wins on all 10 classes: raw p = 2/1024, Holm over 3 pairs: 3 * 2/1024 < 0.05
     assert claim["significantly_better_than"] == ["mid", "low"] and claim["verdict"] == "supported"
-    assert claim["sentence"].startswith("Good has the best average AUC on MNIST: published 98.23, ours 94.")
+    assert claim["sentence"].startswith(
+        "Good has the best average AUC on MNIST: published 98.23, ours 94."
+    )
     assert "rank 1.00, 1 of 3" in claim["sentence"] and "alpha = 0.05" in claim["sentence"]
     lost = stats.best_average_claim(comparison, "mid", published=None, dataset_label="MNIST")
     assert lost["verdict"] == "not supported" and lost["significantly_worse_than"] == ["good"]
@@ -114,8 +139,12 @@ def test_compare_and_claim_sentence():
 
 def test_critical_difference_diagram(tmp_path):
     pytest.importorskip("scikit_posthocs")
-    comparison = stats.compare(stats.class_means(runs_frame(), ["good", "mid", "low"]), name="MNIST")
-    path = stats.critical_difference_diagram(comparison, tmp_path / "cd.png", labels={"good": "Good"})
+    comparison = stats.compare(
+        stats.class_means(runs_frame(), ["good", "mid", "low"]), name="MNIST"
+    )
+    path = stats.critical_difference_diagram(
+        comparison, tmp_path / "cd.png", labels={"good": "Good"}
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -133,7 +162,10 @@ def test_analyse_runs_and_the_papers_table(tmp_path):
     result = stats.analyse(runs, labels={"grad2vae": "Grad2VAE"}, figure_dir=tmp_path)
     mnist = result["datasets"]["mnist"]
     assert set(mnist["ours"]["methods"]) == {"cae", "grad2vae", "vae"}  # the oracle is not ranked
-    assert mnist["claim_ours"]["verdict"] == "supported" and "published 98.23" in mnist["claim_ours"]["sentence"]
+    assert (
+        mnist["claim_ours"]["verdict"] == "supported"
+        and "published 98.23" in mnist["claim_ours"]["sentence"]
+    )
     # the paper's own Table 1: Grad2VAE ranks first on MNIST but is not significantly better
     # than Deep SVDD or Inception-CAENN over 10 classes after Holm
     paper = mnist["claim_published"]

@@ -20,22 +20,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run_config, train_on_cpu
 from torch import nn
 
+import grad2vae.cohort as cohort_module
 from grad2vae import data, models, train
 from grad2vae.cli import main
-from grad2vae.errors import UserError
-from grad2vae.models.base import AnomalyModel
-import grad2vae.cohort as cohort_module
 from grad2vae.cohort import AUTO_SEED_BATCHING, vmapped_losses
-from grad2vae.progress import Progress
 from grad2vae.config import ASSUMPTIONS, RunConfig, derive_seed
+from grad2vae.errors import UserError
 from grad2vae.evaluate import NonFiniteLossError, evaluate
 from grad2vae.layout import CHECKPOINT
+from grad2vae.models.base import AnomalyModel
 from grad2vae.outputs import read_scores
+from grad2vae.progress import Progress
 from grad2vae.run import Run, load_trained_model
-
-from conftest import tiny_run_config, train_on_cpu
 
 CONTRIBUTING_KEYS = {
     "model",
@@ -77,7 +76,11 @@ class TinyVAE(AnomalyModel):
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         z = mu + torch.exp(0.5 * logvar) * eps
         logits = self.decoder(z).view_as(x)
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        bce = (
+            nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+            .flatten(1)
+            .sum(1)
+        )
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)
         return bce, kl
 
@@ -186,7 +189,9 @@ def test_outputs_follow_the_contract(tiny_models, tiny_data_dir, tmp_path):
         "mean_reconstruction_anomalous",
     ]
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
-    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])  # decay after epoch 2
+    assert [float(r["lr"]) for r in rows] == pytest.approx(
+        [1e-2, 1e-2, 1e-3, 1e-3]
+    )  # decay after epoch 2
     assert float(rows[-1]["auc"]) == on_disk["auc"]
 
     split = data.load_split(tiny_data_dir, "mnist", 3)
@@ -202,7 +207,9 @@ def test_outputs_follow_the_contract(tiny_models, tiny_data_dir, tmp_path):
     # The saved weights give the saved scores again.
     model = load_trained_model(out)
     again, extra = evaluate(model, split, derive_seed(0, "eval"), batch_size=32)
-    assert np.array_equal(again["main"], np.array([float(r["score_main"]) for r in scores], dtype=np.float32))
+    assert np.array_equal(
+        again["main"], np.array([float(r["score_main"]) for r in scores], dtype=np.float32)
+    )
     assert extra == {}  # extra scores only where asked for (the final evaluation)
     # the score means of the last epoch are those of the saved scores
     normal = [float(r["score_main"]) for r in scores if r["label"] == "0"]
@@ -221,10 +228,14 @@ def test_learns_the_easy_synthetic_task(tiny_models, tiny_data_dir, tmp_path):
 def test_same_seed_same_results_other_seed_differs(tiny_models, tiny_data_dir, tmp_path):
     a = run(config(epochs=2), tmp_path / "a", tiny_data_dir)
     b = run(config(epochs=2), tmp_path / "b", tiny_data_dir)
-    c = run(config(epochs=2, seed=1), tmp_path / "c", tiny_data_dir)
+    run(config(epochs=2, seed=1), tmp_path / "c", tiny_data_dir)
     assert (a["auc"], a["auc_reconstruction"]) == (b["auc"], b["auc_reconstruction"])
-    assert (tmp_path / "a" / "scores.csv.gz").read_bytes() == (tmp_path / "b" / "scores.csv.gz").read_bytes()
-    assert (tmp_path / "a" / "scores.csv.gz").read_bytes() != (tmp_path / "c" / "scores.csv.gz").read_bytes()
+    assert (tmp_path / "a" / "scores.csv.gz").read_bytes() == (
+        tmp_path / "b" / "scores.csv.gz"
+    ).read_bytes()
+    assert (tmp_path / "a" / "scores.csv.gz").read_bytes() != (
+        tmp_path / "c" / "scores.csv.gz"
+    ).read_bytes()
 
 
 def test_evaluation_does_not_disturb_training(tiny_models, tiny_data_dir, tmp_path):
@@ -246,7 +257,10 @@ def test_interrupted_run_resumes_exactly(tiny_models, tiny_data_dir, tmp_path):
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
     resumed = run(cfg, tmp_path / "cut", tiny_data_dir, checkpoint_every=2)
     assert resumed["resumes"] == 1
-    assert (resumed["auc"], resumed["auc_reconstruction"]) == (full["auc"], full["auc_reconstruction"])
+    assert (resumed["auc"], resumed["auc_reconstruction"]) == (
+        full["auc"],
+        full["auc_reconstruction"],
+    )
     assert (tmp_path / "cut" / "scores.csv.gz").read_bytes() == (
         tmp_path / "full" / "scores.csv.gz"
     ).read_bytes()
@@ -259,7 +273,9 @@ def test_interrupted_run_resumes_exactly(tiny_models, tiny_data_dir, tmp_path):
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()
 
 
-def test_finished_run_does_nothing_and_other_config_is_refused(tiny_models, tiny_data_dir, tmp_path):
+def test_finished_run_does_nothing_and_other_config_is_refused(
+    tiny_models, tiny_data_dir, tmp_path
+):
     out = tmp_path / "run"
     first = run(config(epochs=1), out, tiny_data_dir)
     stamp = (out / "metrics.json").stat().st_mtime_ns
@@ -464,7 +480,10 @@ def test_sigkill_and_restart_gives_identical_results(tiny_data_dir, tmp_path):
     # after resuming, once epoch 6 is done; the third start runs to the end.
     for reached in (3, 6):
         process = subprocess.Popen(
-            _cli(tiny_data_dir, cut, epochs), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            _cli(tiny_data_dir, cut, epochs),
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         while process.poll() is None and not (
             (cut / "checkpoint.pt").exists() and _history_epochs(cut) >= reached
@@ -490,7 +509,10 @@ def test_sigkill_and_restart_gives_identical_results(tiny_data_dir, tmp_path):
     assert (cut / "scores.csv.gz").read_bytes() == (full / "scores.csv.gz").read_bytes()
     _, rows_full = read_tsv(full / "history.tsv")
     _, rows_cut = read_tsv(cut / "history.tsv")
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in rows]  # noqa: E731
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in rows]
+
     assert strip(rows_cut) == strip(rows_full)
     assert not (cut / "checkpoint.pt").exists()
 
@@ -597,11 +619,15 @@ def test_seeds_vmapped_equal_separate_runs_within_rounding(tiny_data_dir, tmp_pa
         # what the runs compute: every test image's scores and every epoch's loss terms. With
         # BatchNorm the bias noise below reaches the running means (eval mode): looser.
         tolerance = 5e-2 if _biases_before_batchnorm(model) else 1e-3
-        scores = [read_scores(tmp_path / side / f"seed{config.seed}" / "scores.csv.gz")
-                  for side in ("alone", "together")]
+        scores = [
+            read_scores(tmp_path / side / f"seed{config.seed}" / "scores.csv.gz")
+            for side in ("alone", "together")
+        ]
         for row_alone, row_grouped in zip(*scores):
             for key in ("score_main", "score_reconstruction"):
-                assert float(row_grouped[key]) == pytest.approx(float(row_alone[key]), rel=tolerance, abs=1e-5)
+                assert float(row_grouped[key]) == pytest.approx(
+                    float(row_alone[key]), rel=tolerance, abs=1e-5
+                )
         for name, value in alone[1].items():
             if _biases_before_batchnorm(model) and value.is_floating_point():
                 # A convolution bias before BatchNorm has a gradient of exactly 0 in exact
@@ -620,7 +646,9 @@ def test_seeds_vmapped_equal_separate_runs_within_rounding(tiny_data_dir, tmp_pa
         for row_alone, row_grouped in zip(alone[2], grouped[2]):
             for key in row_alone:
                 if key.startswith("loss_"):
-                    assert float(row_grouped[key]) == pytest.approx(float(row_alone[key]), rel=1e-4, abs=1e-6)
+                    assert float(row_grouped[key]) == pytest.approx(
+                        float(row_alone[key]), rel=1e-4, abs=1e-6
+                    )
         assert grouped[0]["auc"] == pytest.approx(alone[0]["auc"], abs=0.03)
 
 
@@ -661,7 +689,12 @@ def test_seed_group_resumes_each_run_from_its_checkpoint(tiny_data_dir, tmp_path
         run(configs[0], out_dirs[0], tiny_data_dir, checkpoint_every=1, on_epoch=_kill_at(2))
     assert (out_dirs[0] / CHECKPOINT).exists()
     results = train.train_seeds(
-        configs, out_dirs, data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching="sequential"
+        configs,
+        out_dirs,
+        data_dir=tiny_data_dir,
+        device="cpu",
+        progress=False,
+        seed_batching="sequential",
     )
     assert [m["resumes"] for m in results] == [1, 0]
     for alone, grouped in zip(reference, out_dirs):
@@ -674,18 +707,32 @@ def test_auto_seed_batching_follows_the_device_table(tiny_data_dir, tmp_path, mo
     configs = _seed_configs("vae", (0, 1), epochs=1)
 
     def train_with_auto(folder):
-        return train.train_seeds(configs, [tmp_path / folder / f"seed{c.seed}" for c in configs],
-                                data_dir=tiny_data_dir, device="cpu", progress=False)
+        return train.train_seeds(
+            configs,
+            [tmp_path / folder / f"seed{c.seed}" for c in configs],
+            data_dir=tiny_data_dir,
+            device="cpu",
+            progress=False,
+        )
 
     assert {m["seed_batching"] for m in train_with_auto("measured")} == {AUTO_SEED_BATCHING["cpu"]}
     monkeypatch.setitem(AUTO_SEED_BATCHING, "cpu", "vmap")
     assert {m["seed_batching"] for m in train_with_auto("vmap")} == {"vmap"}
 
 
-def test_vmap_asked_for_a_model_that_cannot_falls_back_to_steps_in_turn(tiny_data_dir, tmp_path, caplog):
+def test_vmap_asked_for_a_model_that_cannot_falls_back_to_steps_in_turn(
+    tiny_data_dir, tmp_path, caplog
+):
     configs = _seed_configs("grad2vae", (0, 1), epochs=1)
-    results = train.train_seeds(configs, [tmp_path / f"seed{c.seed}" for c in configs], data_dir=tiny_data_dir,
-                               device="cpu", progress=False, seed_batching="vmap", derivatives="loop")
+    results = train.train_seeds(
+        configs,
+        [tmp_path / f"seed{c.seed}" for c in configs],
+        data_dir=tiny_data_dir,
+        device="cpu",
+        progress=False,
+        seed_batching="vmap",
+        derivatives="loop",
+    )
     assert [(m["seed_batching"], m["derivatives"]) for m in results] == [("sequential", "loop")] * 2
     assert "cannot vmap its loss" in caplog.text
 
@@ -701,17 +748,25 @@ def test_seed_group_input_errors(tiny_data_dir, tmp_path):
     with pytest.raises(UserError, match="placeholder"):
         train.train_seeds(configs, [tmp_path / "same", tmp_path / "same"], data_dir=tiny_data_dir)
     with pytest.raises(UserError, match="seed-batching"):
-        train.train_seeds(configs, [tmp_path / "a", tmp_path / "b"], data_dir=tiny_data_dir, seed_batching="fast")
+        train.train_seeds(
+            configs, [tmp_path / "a", tmp_path / "b"], data_dir=tiny_data_dir, seed_batching="fast"
+        )
 
 
 def _models_declaring_seed_vmap():
-    return [name for name in models.model_names()
-            if models.create_model(name, 16, dataset="mnist").supports_seed_vmap(torch.device("cpu"))]
+    return [
+        name
+        for name in models.model_names()
+        if models.create_model(name, 16, dataset="mnist").supports_seed_vmap(torch.device("cpu"))
+    ]
 
 
 # variants (issue 15) whose options change the computation that vmap batches
 VMAP_VARIANTS = [
-    ("grad2vae", {"fusion": "notebook", "derivative_tensors": "summed", "sigma": "exp_logvar", "kl": "mean"}),
+    (
+        "grad2vae",
+        {"fusion": "notebook", "derivative_tensors": "summed", "sigma": "exp_logvar", "kl": "mean"},
+    ),
     ("grad2vae", {"fusion": "none", "attention_weight": 0.5}),
     ("grad2vae", {"attention": "off"}),
     ("vae", {"sigma": "exp_logvar", "kl": "mean"}),
@@ -761,13 +816,46 @@ def test_vmapped_losses_give_each_model_its_own_loss_and_gradients(model_name, o
 
 
 def test_command_line_trains_several_seeds_in_one_process(tiny_data_dir, tmp_path, capsys):
-    common = ["train", "--model", "vae", "--dataset", "mnist", "--normal-class", "2", "--device", "cpu",
-              "--data-dir", str(tiny_data_dir), "--epochs", "1", "--batch-size", "8", "--train-limit", "16",
-              "--test-limit", "30", "--no-progress"]
+    common = [
+        "train",
+        "--model",
+        "vae",
+        "--dataset",
+        "mnist",
+        "--normal-class",
+        "2",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(tiny_data_dir),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--train-limit",
+        "16",
+        "--test-limit",
+        "30",
+        "--no-progress",
+    ]
     assert main(common + ["--seed", "3", "5", "--out-dir", str(tmp_path / "one")]) == 2
     assert "needs a {seed} placeholder" in capsys.readouterr().err
     assert not (tmp_path / "one").exists()
-    assert main(common + ["--seed", "3", "5", "--out-dir", str(tmp_path / "seed{seed}"), "--seed-batching", "vmap"]) == 0
+    assert (
+        main(
+            common
+            + [
+                "--seed",
+                "3",
+                "5",
+                "--out-dir",
+                str(tmp_path / "seed{seed}"),
+                "--seed-batching",
+                "vmap",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     for seed in (3, 5):
         metrics = json.loads((tmp_path / f"seed{seed}" / "metrics.json").read_text())
@@ -788,8 +876,13 @@ def test_seed_group_records_each_runs_share_of_the_time(tiny_data_dir, tmp_path,
 
     monkeypatch.setattr(cohort_module, "_step_sequential", slow_step)
     configs = _seed_configs("vae", (0, 1, 2), epochs=1)  # 20 images, batch 8: 3 steps
-    results = train.train_seeds(configs, [tmp_path / f"seed{c.seed}" for c in configs],
-                               data_dir=tiny_data_dir, device="cpu", progress=False)
+    results = train.train_seeds(
+        configs,
+        [tmp_path / f"seed{c.seed}" for c in configs],
+        data_dir=tiny_data_dir,
+        device="cpu",
+        progress=False,
+    )
     assert all(m["seeds_in_process"] == 3 and m["seed_batching"] == "sequential" for m in results)
     assert 1.5 <= sum(m["train_seconds"] for m in results) < 3.5
 
@@ -828,7 +921,9 @@ def test_one_diverging_seed_fails_the_group_after_the_others_finish(
 
     monkeypatch.setattr(Run, "__init__", poison_seed_7)
     group = [tmp_path / "group" / f"seed{c.seed}" for c in configs]
-    options = dict(data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching=seed_batching)
+    options = dict(
+        data_dir=tiny_data_dir, device="cpu", progress=False, seed_batching=seed_batching
+    )
     with pytest.raises(NonFiniteLossError, match="seed7"):
         train.train_seeds(configs, group, **options)
     assert not (group[1] / "metrics.json").exists()

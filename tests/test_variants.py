@@ -12,16 +12,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import write_synthetic_dataset
+from test_workflow import job_counts, snakemake, write_config
 
 from grad2vae.ablations import ablations, variant_bases
-from grad2vae.tables import table1_layout
+from grad2vae.config import RunConfig, config_hash, validate_config
 from grad2vae.errors import UserError
 from grad2vae.models import check_options, create_model
 from grad2vae.schedule import StepsToValues, make_scheduler
-from grad2vae.config import RunConfig, config_hash, validate_config
-
-from conftest import write_synthetic_dataset
-from test_workflow import job_counts, snakemake, write_config
+from grad2vae.tables import table1_layout
 
 # ---- the run configuration -----------------------------------------------------------------
 
@@ -31,9 +30,19 @@ def test_a_plain_configuration_keeps_the_hash_it_had_before_variants():
     assert config_hash(RunConfig(model="grad2vae", dataset="mnist", normal_class=3, seed=7)) == (
         "b1514b83eea3a4e1dcd151086473baeedf32adcacd1dcc7f2f03f141f661e077"
     )
-    assert config_hash(
-        RunConfig(model="cae", dataset="fashion_mnist", normal_class=0, seed=0, epochs=2, train_limit=64)
-    ) == "8458ebf70835b6d28e4675869e2db7ba0e4f008c618f8777beebd7fe13b6a1cc"
+    assert (
+        config_hash(
+            RunConfig(
+                model="cae",
+                dataset="fashion_mnist",
+                normal_class=0,
+                seed=0,
+                epochs=2,
+                train_limit=64,
+            )
+        )
+        == "8458ebf70835b6d28e4675869e2db7ba0e4f008c618f8777beebd7fe13b6a1cc"
+    )
 
 
 def test_a_variants_options_and_schedule_are_part_of_its_hash():
@@ -43,30 +52,42 @@ def test_a_variants_options_and_schedule_are_part_of_its_hash():
                         lr_decay_epoch=0, lr_steps=((250, 1e-5),))  # fmt: skip
     hashes = {config_hash(c) for c in (plain, renamed, stepped)}
     assert len(hashes) == 3
-    assert stepped.to_dict()["lr_steps"] == [[250, 1e-5]] and "model_options" not in stepped.to_dict()
+    assert (
+        stepped.to_dict()["lr_steps"] == [[250, 1e-5]] and "model_options" not in stepped.to_dict()
+    )
     assert hash(stepped) == hash(RunConfig(**{**stepped.to_dict(), "lr_steps": ((250, 1e-5),)}))
 
 
 def test_variant_configurations_are_checked_before_anything_runs():
     with pytest.raises(UserError, match="unknown model 'nope'"):
-        validate_config(RunConfig(model="v", base_model="nope", dataset="mnist", normal_class=0, seed=0))
+        validate_config(
+            RunConfig(model="v", base_model="nope", dataset="mnist", normal_class=0, seed=0)
+        )
     with pytest.raises(UserError, match="registered model's name"):
-        validate_config(RunConfig(model="vae", base_model="cae", dataset="mnist", normal_class=0, seed=0))
+        validate_config(
+            RunConfig(model="vae", base_model="cae", dataset="mnist", normal_class=0, seed=0)
+        )
     with pytest.raises(UserError, match="variant name 'a b'"):
-        validate_config(RunConfig(model="a b", base_model="cae", dataset="mnist", normal_class=0, seed=0))
+        validate_config(
+            RunConfig(model="a b", base_model="cae", dataset="mnist", normal_class=0, seed=0)
+        )
     with pytest.raises(UserError, match="set lr_decay_epoch to 0"):
         validate_config(RunConfig(model="v", base_model="cae", dataset="mnist", normal_class=0, seed=0,
                                   lr_steps=((5, 1e-5),)))  # fmt: skip
 
 
 def test_unknown_options_and_values_name_the_variant_the_option_and_the_accepted_ones():
-    with pytest.raises(UserError, match=r"variant x: model 'cae' has no option 'kl'; its options: none"):
+    with pytest.raises(
+        UserError, match=r"variant x: model 'cae' has no option 'kl'; its options: none"
+    ):
         check_options("cae", {"kl": "mean"}, label="variant x")
     with pytest.raises(UserError, match=r"variant y: unknown model 'nope'|unknown model 'nope'"):
         check_options("nope", {}, label="variant y")
     offered = create_model("vae", 4).options
     if "kl" in offered:  # the VAE's options (models/vae.py)
-        with pytest.raises(UserError, match=r"variant z: option 'kl' of 'vae' is 'median'; accepted: sum, mean"):
+        with pytest.raises(
+            UserError, match=r"variant z: option 'kl' of 'vae' is 'median'; accepted: sum, mean"
+        ):
             check_options("vae", {"kl": "median"}, label="variant z")
     with pytest.raises(UserError, match="no option 'colour'"):
         check_options("vae", {"colour": "red"}, label="variant z")
@@ -138,7 +159,10 @@ def test_cli_trains_a_variant_under_its_name_with_absolute_lr_steps(tmp_path, ca
     assert payload["base_model"] == "cae"
     from grad2vae.run import load_trained_model
 
-    assert type(load_trained_model(out)).__name__ == "BaselineCAE" or load_trained_model(out).name == "cae"
+    assert (
+        type(load_trained_model(out)).__name__ == "BaselineCAE"
+        or load_trained_model(out).name == "cae"
+    )
 
 
 def test_cli_refuses_an_option_without_a_variant_name(tmp_path):
@@ -160,26 +184,40 @@ def test_presets_plan_their_grids(tmp_path):
     own = snakemake("-n", "-p", "--configfile", "presets/table1-own-protocols.yaml", str(overlay))
     assert own.returncode == 0, own.stderr[-3000:]
     assert job_counts(own.stdout)["train"] == 2000
-    commands = [line for line in own.stdout.splitlines() if "--model inception_caenn_own_protocol " in line]
+    commands = [
+        line for line in own.stdout.splitlines() if "--model inception_caenn_own_protocol " in line
+    ]
     assert commands and all("--base-model inception_caenn " in c and "--lr-steps 250:1e-05" in c and "--epochs 350" in c
                             and "--batch-size 200" in c and "--lr-decay-epoch 0" in c for c in commands)  # fmt: skip
-    paper = [line for line in own.stdout.splitlines() if "--model deep_svdd_paper_protocol " in line]
+    paper = [
+        line for line in own.stdout.splitlines() if "--model deep_svdd_paper_protocol " in line
+    ]
     assert paper and all("--epochs 100 " in c and "--batch-size 128 " in c for c in paper)
 
 
 @pytest.mark.parametrize(
     "variants, named",
     [
-        ({"cae_bad": {"model": "cae", "options": {"kl": "mean"}}}, "variant cae_bad: model 'cae' has no option 'kl'"),
+        (
+            {"cae_bad": {"model": "cae", "options": {"kl": "mean"}}},
+            "variant cae_bad: model 'cae' has no option 'kl'",
+        ),
         ({"bad": {"model": "nope"}}, "variants.bad.model"),
         ({"vae": {"model": "cae"}}, "variants"),
-        ({"cae_steps": {"model": "cae", "train": {"lr_steps": [[5, 0.001]]}}}, "set lr_decay_epoch to 0"),
+        (
+            {"cae_steps": {"model": "cae", "train": {"lr_steps": [[5, 0.001]]}}},
+            "set lr_decay_epoch to 0",
+        ),
     ],
 )
 def test_a_bad_variant_is_an_error_before_any_job_runs(tmp_path, variants, named):
-    config = write_config(tmp_path / "bad.yaml", {"results_dir": str(tmp_path / "r"), "variants": variants})
+    config = write_config(
+        tmp_path / "bad.yaml", {"results_dir": str(tmp_path / "r"), "variants": variants}
+    )
     result = snakemake("-n", "--configfile", str(config))
-    assert result.returncode != 0 and named in result.stdout + result.stderr, result.stdout + result.stderr
+    assert result.returncode != 0 and named in result.stdout + result.stderr, (
+        result.stdout + result.stderr
+    )
     assert "rule train" not in result.stdout
 
 
@@ -192,7 +230,10 @@ def test_table1_puts_each_variant_beside_its_models_published_column():
     models = [g["model"] for g in layout]
     at = models.index("inception_caenn")
     assert models[at + 1] == "inception_caenn_own_protocol"
-    assert layout[at + 1]["kind"] == "compared" and layout[at + 1]["published_column"] == layout[at]["published_column"]
+    assert (
+        layout[at + 1]["kind"] == "compared"
+        and layout[at + 1]["published_column"] == layout[at]["published_column"]
+    )
     kinds = {g["model"]: g["kind"] for g in layout if g["model"]}
     assert kinds["vae_kl_mean"] == "ours_only" and kinds["vae"] == "ours_only"
 
@@ -209,10 +250,27 @@ def _runs(values: dict[str, list[float]]) -> pd.DataFrame:
 
 def test_ablations_test_each_variant_against_its_default_with_holm():
     base = [0.90, 0.80, 0.85, 0.70, 0.95, 0.60, 0.75, 0.88]
-    runs = _runs({"vae": base, "vae_kl_mean": [a - 0.05 for a in base], "vae_same": [a + (0.01 if i % 2 else -0.01) for i, a in enumerate(base)]})
-    avgs = runs.groupby(["dataset", "model", "normal_class"])["auc"].mean().mul(100).groupby(["dataset", "model"]).mean()
+    runs = _runs(
+        {
+            "vae": base,
+            "vae_kl_mean": [a - 0.05 for a in base],
+            "vae_same": [a + (0.01 if i % 2 else -0.01) for i, a in enumerate(base)],
+        }
+    )
+    avgs = (
+        runs.groupby(["dataset", "model", "normal_class"])["auc"]
+        .mean()
+        .mul(100)
+        .groupby(["dataset", "model"])
+        .mean()
+    )
     avgs = avgs.rename("auc_pct_mean").reset_index().assign(mstd=0.07)
-    config = {"variants": {"vae_kl_mean": {"model": "vae", "options": {"kl": "mean"}}, "vae_same": {"model": "vae"}}}
+    config = {
+        "variants": {
+            "vae_kl_mean": {"model": "vae", "options": {"kl": "mean"}},
+            "vae_same": {"model": "vae"},
+        }
+    }
     grid = {"datasets": ["mnist"], "models": ["vae", "vae_kl_mean", "vae_same"]}
     payload = ablations(runs, avgs, grid, variant_bases(config), config)
     rows = {r["variant"]: r for r in payload["datasets"]["mnist"]["rows"]}
@@ -222,8 +280,12 @@ def test_ablations_test_each_variant_against_its_default_with_holm():
     assert math.isclose(lower["p"], 2 / 2**8) and math.isclose(lower["p_holm"], 2 * lower["p"])
     assert lower["significant"] and not rows["vae_same"]["significant"]
     sentence = payload["datasets"]["mnist"]["sentence"]
-    assert sentence.startswith("Choices that change the average AUC significantly: vae_kl_mean (kl=mean: -5.00")
-    assert ablations(runs, avgs, {"datasets": ["mnist"], "models": ["vae"]}, {}, {})["datasets"] == {}
+    assert sentence.startswith(
+        "Choices that change the average AUC significantly: vae_kl_mean (kl=mean: -5.00"
+    )
+    assert (
+        ablations(runs, avgs, {"datasets": ["mnist"], "models": ["vae"]}, {}, {})["datasets"] == {}
+    )
 
 
 def test_variant_bases_come_from_the_config_or_the_runs():
@@ -240,7 +302,13 @@ def test_tiny_ablation_grid_end_to_end_to_a_report_with_the_ablations_section(tm
     variants = {
         "inception_caenn_own_protocol": {
             "model": "inception_caenn",
-            "train": {"epochs": 2, "lr": 0.0001, "lr_decay_epoch": 0, "lr_steps": [[1, 0.00001]], "eval_every": 0},
+            "train": {
+                "epochs": 2,
+                "lr": 0.0001,
+                "lr_decay_epoch": 0,
+                "lr_steps": [[1, 0.00001]],
+                "eval_every": 0,
+            },
         },
     }
     if "kl" in create_model("vae", 4).options:
@@ -266,8 +334,16 @@ def test_tiny_ablation_grid_end_to_end_to_a_report_with_the_ablations_section(tm
     assert {r["variant"] for r in ablation["datasets"]["mnist"]["rows"]} == set(variants)
     claims = json.loads((results / "aggregate" / "claims.json").read_text())
     best = next(c for c in claims if c["id"] == "best_average")
-    assert "own_protocol" not in json.dumps(best["evidence"])  # the paper's claims: the paper's models only
+    assert "own_protocol" not in json.dumps(
+        best["evidence"]
+    )  # the paper's claims: the paper's models only
     table1 = pd.read_csv(results / "aggregate" / "table1.csv")
-    assert "inception_caenn_own_protocol_difference" in table1  # beside Inception-CAENN's published column
+    assert (
+        "inception_caenn_own_protocol_difference" in table1
+    )  # beside Inception-CAENN's published column
     page = (report / "index.html").read_text(encoding="utf-8")
-    assert 'id="ablations"' in page and "ablations-mnist" in page and ablation["datasets"]["mnist"]["sentence"] in page
+    assert (
+        'id="ablations"' in page
+        and "ablations-mnist" in page
+        and ablation["datasets"]["mnist"]["sentence"] in page
+    )

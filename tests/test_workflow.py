@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from grad2vae.layout import RUN_DIR, TRAIN_LOG
-
 from conftest import write_synthetic_dataset
 from test_report import check_report_in_browser, parse
+
+from grad2vae.layout import RUN_DIR, TRAIN_LOG
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -30,7 +29,11 @@ def snakemake(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--nolock", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -59,8 +62,14 @@ def write_config(path: Path, payload: dict) -> Path:
 
 def test_paper_config_dry_run_lists_800_training_jobs(tmp_path):
     started = time.monotonic()
-    result = snakemake("-n", "--quiet", "rules", "--config", f"results_dir={tmp_path / 'results'}",
-                       f"report_dir={tmp_path / 'report'}")
+    result = snakemake(
+        "-n",
+        "--quiet",
+        "rules",
+        "--config",
+        f"results_dir={tmp_path / 'results'}",
+        f"report_dir={tmp_path / 'report'}",
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     counts = job_counts(result.stdout + result.stderr)
     assert counts["train"] == 800 == 2 * 10 * 4 * 10
@@ -72,18 +81,33 @@ def test_paper_config_dry_run_lists_800_training_jobs(tmp_path):
 def test_table1_complete_preset_adds_deep_svdd_and_cae_ocsvm(tmp_path):
     """presets/table1-complete.yaml: 1200 training jobs (config.yaml's 800 + 400), Deep SVDD with its
     source's schedule, the other models' commands unchanged."""
-    overlay = write_config(tmp_path / "overlay.yaml", {"results_dir": str(tmp_path / "r"), "report_dir": str(tmp_path / "p")})
+    overlay = write_config(
+        tmp_path / "overlay.yaml",
+        {"results_dir": str(tmp_path / "r"), "report_dir": str(tmp_path / "p")},
+    )
     result = snakemake("-n", "-p", "--configfile", "presets/table1-complete.yaml", str(overlay))
     assert result.returncode == 0, result.stderr + result.stdout
     output = result.stdout + result.stderr
     assert job_counts(output)["train"] == 1200 == 2 * 10 * 6 * 10
     commands = [line for line in output.splitlines() if "grad2vae train" in line]
-    per_model = {m: [c for c in commands if f"--model {m} " in c] for m in ("deep_svdd", "cae_ocsvm", "grad2vae")}
+    per_model = {
+        m: [c for c in commands if f"--model {m} " in c]
+        for m in ("deep_svdd", "cae_ocsvm", "grad2vae")
+    }
     assert all(len(v) == 200 for v in per_model.values())
-    assert all("--epochs 150 --batch-size 200 --lr 0.0001 --lr-decay-epoch 50 --lr-decay-factor 0.1 --eval-every 0" in c
-               for c in per_model["deep_svdd"])
-    assert all("--epochs 100 --batch-size 128" in c and "--eval-every 0" in c for c in per_model["cae_ocsvm"])
-    assert all("--epochs 100 --batch-size 128 --lr 0.001" in c and "--eval-every 1" in c for c in per_model["grad2vae"])
+    assert all(
+        "--epochs 150 --batch-size 200 --lr 0.0001 --lr-decay-epoch 50 --lr-decay-factor 0.1 --eval-every 0"
+        in c
+        for c in per_model["deep_svdd"]
+    )
+    assert all(
+        "--epochs 100 --batch-size 128" in c and "--eval-every 0" in c
+        for c in per_model["cae_ocsvm"]
+    )
+    assert all(
+        "--epochs 100 --batch-size 128 --lr 0.001" in c and "--eval-every 1" in c
+        for c in per_model["grad2vae"]
+    )
     preset = yaml.safe_load((ROOT / "presets" / "table1-complete.yaml").read_text())
     assert preset["extra_models"] == ["deep_svdd", "cae_ocsvm"]
     paper = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -91,13 +115,18 @@ def test_table1_complete_preset_adds_deep_svdd_and_cae_ocsvm(tmp_path):
 
 
 def test_quick_preset_dry_run(tmp_path):
-    overlay = write_config(tmp_path / "overlay.yaml", {"results_dir": str(tmp_path / "r"), "report_dir": str(tmp_path / "p")})
+    overlay = write_config(
+        tmp_path / "overlay.yaml",
+        {"results_dir": str(tmp_path / "r"), "report_dir": str(tmp_path / "p")},
+    )
     result = snakemake("-n", "-p", "--configfile", "presets/quick.yaml", str(overlay))
     assert result.returncode == 0, result.stderr + result.stdout
     output = result.stdout + result.stderr
     assert job_counts(output)["train"] == 16  # 2 datasets x 2 classes x 4 models x 1 seed
     commands = [line for line in output.splitlines() if "grad2vae train" in line]
-    assert commands and all("--epochs 2" in c and "--device cpu" in c and "--train-limit" in c for c in commands)
+    assert commands and all(
+        "--epochs 2" in c and "--device cpu" in c and "--train-limit" in c for c in commands
+    )
     assert any("--latent-dim 32" in c and "fashion_mnist" in c for c in commands)
     assert any("--latent-dim 16" in c and "--dataset mnist" in c for c in commands)
 
@@ -107,8 +136,14 @@ def test_quick_preset_keeps_its_own_results_and_writes_the_readme_report():
     paper = yaml.safe_load((ROOT / "config.yaml").read_text())
     assert quick["results_dir"] != paper["results_dir"]
     # the README's quick start promises report/index.html
-    assert quick["report_dir"] == "report" and "report/index.html" in (ROOT / "README.md").read_text()
-    assert quick["resources"]["train"]["gpu"] == 0 and quick["seeds"] == [0] and len(quick["normal_classes"]) == 2
+    assert (
+        quick["report_dir"] == "report" and "report/index.html" in (ROOT / "README.md").read_text()
+    )
+    assert (
+        quick["resources"]["train"]["gpu"] == 0
+        and quick["seeds"] == [0]
+        and len(quick["normal_classes"]) == 2
+    )
 
 
 def test_paper_config_is_the_paper_protocol():
@@ -132,7 +167,10 @@ def test_paper_config_is_the_paper_protocol():
         ({"bogus_key": 1}, ["(top level)", "'bogus_key' was unexpected"]),
         ({"datasets": ["mnist", "cifar10"]}, ["datasets.1", "'cifar10' is not one of"]),
         ({"train": {"epochs": 0}}, ["train.epochs", "less than the minimum"]),
-        ({"model_train": {"deep_svdd": {"epoch": 3}}}, ["model_train.deep_svdd", "'epoch' was unexpected"]),
+        (
+            {"model_train": {"deep_svdd": {"epoch": 3}}},
+            ["model_train.deep_svdd", "'epoch' was unexpected"],
+        ),
         ({"extra_models": ["svdd"]}, ["extra_models.0", "'svdd' is not one of"]),
     ],
 )
@@ -167,19 +205,28 @@ def test_schema_models_are_the_registry():
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert sorted(schema["properties"]["models"]["items"]["enum"]) == sorted(model_names())
     assert sorted(schema["properties"]["extra_models"]["items"]["enum"]) == sorted(model_names())
-    assert sorted(schema["properties"]["model_train"]["propertyNames"]["enum"]) == sorted(model_names())
+    assert sorted(schema["properties"]["model_train"]["propertyNames"]["enum"]) == sorted(
+        model_names()
+    )
     variants = schema["properties"]["variants"]
     assert sorted(variants["propertyNames"]["not"]["enum"]) == sorted(model_names())
-    assert sorted(variants["additionalProperties"]["properties"]["model"]["enum"]) == sorted(model_names())
-
+    assert sorted(variants["additionalProperties"]["properties"]["model"]["enum"]) == sorted(
+        model_names()
+    )
 
 
 def test_lint_and_format():
     result = snakemake("--lint")
     assert result.returncode == 0, result.stdout + result.stderr
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
@@ -188,7 +235,15 @@ def test_every_rule_has_a_log_and_train_declares_resources():
     rules = [r.lstrip() for r in re.split(r"^ *rule(?=[ :])", text, flags=re.M)[1:]]
     # the train rule and the seed-group rules of train.seeds_per_job > 1 (anonymous, named in a loop)
     assert {r.split(":")[0] for r in rules} == {
-        "data", "train", "workflow_config", "aggregate", "figures", "explain", "report", ""}
+        "data",
+        "train",
+        "workflow_config",
+        "aggregate",
+        "figures",
+        "explain",
+        "report",
+        "",
+    }
     for body in rules:
         assert re.search(r"\n +log:\n", body), body.split(":")[0]
     training = [r for r in rules if r.startswith("train:") or r.startswith(":")]
@@ -199,21 +254,34 @@ def test_every_rule_has_a_log_and_train_declares_resources():
 
 
 def test_seeds_per_job_groups_seeds_into_one_process_per_job(tmp_path):
-    overlay = write_config(tmp_path / "overlay.yaml", {
-        "results_dir": str(tmp_path / "r"), "report_dir": str(tmp_path / "p"),
-        "train": {"seeds_per_job": 4}, "resources": {"train": {"mem_mb": 3000, "runtime": 60}},
-    })
+    overlay = write_config(
+        tmp_path / "overlay.yaml",
+        {
+            "results_dir": str(tmp_path / "r"),
+            "report_dir": str(tmp_path / "p"),
+            "train": {"seeds_per_job": 4},
+            "resources": {"train": {"mem_mb": 3000, "runtime": 60}},
+        },
+    )
     result = snakemake("-n", "-p", "--configfile", "config.yaml", str(overlay))
     assert result.returncode == 0, result.stderr + result.stdout
     output = result.stdout + result.stderr
     counts = job_counts(output)
     # 10 seeds in groups of 4: [0-3], [4-7], [8, 9]; 80 (dataset, model, class) each
-    assert counts["train_seeds_0_1_2_3"] == counts["train_seeds_4_5_6_7"] == counts["train_seeds_8_9"] == 80
+    assert (
+        counts["train_seeds_0_1_2_3"]
+        == counts["train_seeds_4_5_6_7"]
+        == counts["train_seeds_8_9"]
+        == 80
+    )
     assert "train" not in counts
     commands = [line for line in output.splitlines() if "grad2vae train" in line]
     assert len(commands) == 240
     assert all("--seed-batching auto" in c and "/seed{seed}'" in c for c in commands)
-    assert sum("--seed 0 1 2 3 " in c for c in commands) == 80 and sum("--seed 8 9 " in c for c in commands) == 80
+    assert (
+        sum("--seed 0 1 2 3 " in c for c in commands) == 80
+        and sum("--seed 8 9 " in c for c in commands) == 80
+    )
     assert "mem_mb=12000" in output and "runtime=240" in output  # 4 seeds x the per-run resources
 
 
@@ -229,30 +297,58 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
     for offset, dataset in enumerate(("mnist", "fashion_mnist")):
         write_synthetic_dataset(data, dataset, train_per_class=12, test_per_class=4, seed=offset)
     results, report = tmp_path / "results", tmp_path / "report"
-    config = write_config(tmp_path / "tiny.yaml", {
-        "results_dir": str(results), "report_dir": str(report),
-        "data": {"dir": str(data)},  # already there: the data rule has nothing to do
-        "normal_classes": [1], "seeds": [0],
-        "train": {"epochs": 2, "batch_size": 8, "train_limit": 8, "test_limit": 24, "checkpoint_every": 0,
-                  "device": "cpu"},
-        "resources": {"train": {"threads": 1, "gpu": 0, "mem_mb": 2000, "runtime": 10}},
-        "figures": {"roc_class": 1, "dpi": 50},
-        "explain": {"enabled": False},  # its rule has tests of its own (test_explain.py)
-    })
+    config = write_config(
+        tmp_path / "tiny.yaml",
+        {
+            "results_dir": str(results),
+            "report_dir": str(report),
+            "data": {"dir": str(data)},  # already there: the data rule has nothing to do
+            "normal_classes": [1],
+            "seeds": [0],
+            "train": {
+                "epochs": 2,
+                "batch_size": 8,
+                "train_limit": 8,
+                "test_limit": 24,
+                "checkpoint_every": 0,
+                "device": "cpu",
+            },
+            "resources": {"train": {"threads": 1, "gpu": 0, "mem_mb": 2000, "runtime": 10}},
+            "figures": {"roc_class": 1, "dpi": 50},
+            "explain": {"enabled": False},  # its rule has tests of its own (test_explain.py)
+        },
+    )
     result = snakemake("--cores", "2", "--configfile", str(config), timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
     runs = list(csv.DictReader((results / "aggregate" / "runs.csv").open()))
-    assert len(runs) == 8 and {r["model"] for r in runs} == {"grad2vae", "vae", "cae", "inception_caenn"}
+    assert len(runs) == 8 and {r["model"] for r in runs} == {
+        "grad2vae",
+        "vae",
+        "cae",
+        "inception_caenn",
+    }
     assert all(r["epochs"] == "2" for r in runs)
     for key in ({"dataset": "mnist", "model": "grad2vae", "normal_class": 1, "seed": 0},):
         run_dir = results / RUN_DIR.format(**key)
         for name in ("metrics.json", "history.tsv", "scores.csv.gz", "model.pt"):
             assert (run_dir / name).is_file()
         assert (results / TRAIN_LOG.format(**key)).is_file()
-        assert (results / "benchmarks" / "train" / "mnist" / "grad2vae" / "class1" / "seed0.tsv").is_file()
-    for name in ("fig6_auc_vs_epoch.png", "per_class_auc.png", "roc_class1.png", "parameters.png", "compute.png",
-                 "cd_mnist.png", "cd_fashion_mnist.png", "fig6_scores.png", "fig6_compute.png", "anomaly_ratio.png"):
+        assert (
+            results / "benchmarks" / "train" / "mnist" / "grad2vae" / "class1" / "seed0.tsv"
+        ).is_file()
+    for name in (
+        "fig6_auc_vs_epoch.png",
+        "per_class_auc.png",
+        "roc_class1.png",
+        "parameters.png",
+        "compute.png",
+        "cd_mnist.png",
+        "cd_fashion_mnist.png",
+        "fig6_scores.png",
+        "fig6_compute.png",
+        "anomaly_ratio.png",
+    ):
         assert (results / "figures" / name).is_file()
     # every score's AUC beside the main one, the paper's seven claims, the entropy-only scorer
     for run in runs:
@@ -265,7 +361,9 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
                                                         "cannot be judged") for c in claims)  # fmt: skip
     entropy = list(csv.DictReader((results / "aggregate" / "entropy_only.csv").open()))
     assert [(e["dataset"], e["normal_class"], e["test_images"]) for e in entropy] == [
-        ("mnist", "1", "24"), ("fashion_mnist", "1", "24")]
+        ("mnist", "1", "24"),
+        ("fashion_mnist", "1", "24"),
+    ]
     assert "entropy only, H(x) (no model)" in index_text(report)
     index = report / "index.html"
     page = parse(index.read_text(encoding="utf-8"))
@@ -276,24 +374,35 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
     for figure in ("figures/fig6_auc_vs_epoch.png", "figures/roc_class1.png"):
         assert figure in page.images and (report / figure).is_file()
     # one normal class: the statistics section says why no test was run, instead of failing
-    assert "statistics" in page.ids and "need at least 2 methods and 2 normal classes" in index.read_text(encoding="utf-8")
+    assert (
+        "statistics" in page.ids
+        and "need at least 2 methods and 2 normal classes" in index.read_text(encoding="utf-8")
+    )
     payload = json.loads((results / "aggregate" / "aggregate.json").read_text())
     assert payload["counts"] == {"complete": 8, "failed": 0, "missing": 0}
     assert payload["workflow_config"]["train"]["epochs"] == 2
 
     # Execution settings (device, checkpoints) do not re-run finished runs; the protocol does.
-    execution = write_config(tmp_path / "execution.yaml", {"train": {"device": "auto", "checkpoint_every": 1}})
+    execution = write_config(
+        tmp_path / "execution.yaml", {"train": {"device": "auto", "checkpoint_every": 1}}
+    )
     dry = snakemake("-n", "--configfile", str(config), str(execution))
-    assert dry.returncode == 0 and "train" not in job_counts(dry.stdout + dry.stderr), dry.stdout + dry.stderr
+    assert dry.returncode == 0 and "train" not in job_counts(dry.stdout + dry.stderr), (
+        dry.stdout + dry.stderr
+    )
     protocol = write_config(tmp_path / "protocol.yaml", {"train": {"epochs": 3}})
     dry = snakemake("-n", "--configfile", str(config), str(protocol))
     assert dry.returncode == 0 and job_counts(dry.stdout + dry.stderr)["train"] == 8
 
     # A run "fails" (its metrics.json is gone, its log stays); with allow_partial the report is
     # rebuilt from what exists, without training anything.
-    failed_dir = results / RUN_DIR.format(dataset="fashion_mnist", model="vae", normal_class=1, seed=0)
+    failed_dir = results / RUN_DIR.format(
+        dataset="fashion_mnist", model="vae", normal_class=1, seed=0
+    )
     (failed_dir / "metrics.json").unlink()
-    partial = snakemake("--cores", "2", "--configfile", str(config), "--config", "allow_partial=True", timeout=600)
+    partial = snakemake(
+        "--cores", "2", "--configfile", str(config), "--config", "allow_partial=True", timeout=600
+    )
     assert partial.returncode == 0, partial.stdout[-4000:] + partial.stderr[-4000:]
     assert "rule train" not in partial.stdout + partial.stderr
     payload = json.loads((results / "aggregate" / "aggregate.json").read_text())
@@ -309,15 +418,30 @@ def test_seed_group_job_trains_each_run_and_switching_back_reruns_nothing(tmp_pa
     write_synthetic_dataset(data, "mnist", train_per_class=12, test_per_class=4, seed=0)
     results = tmp_path / "results"
     tiny = {
-        "results_dir": str(results), "report_dir": str(tmp_path / "report"), "data": {"dir": str(data)},
-        "datasets": ["mnist"], "normal_classes": [1], "seeds": [0, 1, 2], "models": ["vae", "grad2vae"],
-        "train": {"epochs": 1, "batch_size": 8, "train_limit": 8, "test_limit": 24, "checkpoint_every": 0,
-                  "device": "cpu", "seeds_per_job": 2},
+        "results_dir": str(results),
+        "report_dir": str(tmp_path / "report"),
+        "data": {"dir": str(data)},
+        "datasets": ["mnist"],
+        "normal_classes": [1],
+        "seeds": [0, 1, 2],
+        "models": ["vae", "grad2vae"],
+        "train": {
+            "epochs": 1,
+            "batch_size": 8,
+            "train_limit": 8,
+            "test_limit": 24,
+            "checkpoint_every": 0,
+            "device": "cpu",
+            "seeds_per_job": 2,
+        },
         "resources": {"train": {"threads": 1, "gpu": 0, "mem_mb": 2000, "runtime": 10}},
     }
     config = write_config(tmp_path / "grouped.yaml", tiny)
-    keys = [dict(dataset="mnist", model=model, normal_class=1, seed=seed)
-            for model in ("vae", "grad2vae") for seed in (0, 1, 2)]
+    keys = [
+        dict(dataset="mnist", model=model, normal_class=1, seed=seed)
+        for model in ("vae", "grad2vae")
+        for seed in (0, 1, 2)
+    ]
     targets = [str(results / RUN_DIR.format(**key) / "metrics.json") for key in keys]
     result = snakemake("--cores", "2", *targets, "--configfile", str(config), timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -325,8 +449,12 @@ def test_seed_group_job_trains_each_run_and_switching_back_reruns_nothing(tmp_pa
     assert counts == {"train_seeds_0_1": 2, "train_seeds_2": 2}
     for key in keys:
         metrics = json.loads((results / RUN_DIR.format(**key) / "metrics.json").read_text())
-        assert metrics["seed"] == key["seed"] and metrics["seeds_in_process"] == (2 if key["seed"] < 2 else 1)
-        assert metrics["seed_batching"] == ("sequential" if key["seed"] < 2 else None)  # auto on the CPU
+        assert metrics["seed"] == key["seed"] and metrics["seeds_in_process"] == (
+            2 if key["seed"] < 2 else 1
+        )
+        assert metrics["seed_batching"] == (
+            "sequential" if key["seed"] < 2 else None
+        )  # auto on the CPU
         log = (results / TRAIN_LOG.format(**key)).read_text()
         assert f"seed {key['seed']}: auc" in log  # the job's log, copied to every run of it
     # seeds_per_job is an execution setting: one job per run again trains nothing

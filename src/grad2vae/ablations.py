@@ -21,12 +21,18 @@ import pandas as pd
 from grad2vae import stats
 
 
-def variant_bases(workflow_config: Mapping[str, Any], runs: pd.DataFrame | None = None) -> dict[str, str]:
+def variant_bases(
+    workflow_config: Mapping[str, Any], runs: pd.DataFrame | None = None
+) -> dict[str, str]:
     """Variant name -> registered model: from the workflow config's ``variants``, else from the
     runs' ``base_model`` column (``metrics.json`` of a variant's runs)."""
-    bases = {name: str(spec["model"]) for name, spec in (workflow_config.get("variants") or {}).items()}
+    bases = {
+        name: str(spec["model"]) for name, spec in (workflow_config.get("variants") or {}).items()
+    }
     if runs is not None and not runs.empty and "base_model" in runs:
-        for model, base in runs[["model", "base_model"]].dropna().drop_duplicates().itertuples(index=False):
+        for model, base in (
+            runs[["model", "base_model"]].dropna().drop_duplicates().itertuples(index=False)
+        ):
             bases.setdefault(str(model), str(base))
     return bases
 
@@ -68,16 +74,30 @@ def ablations(
         rows = []
         for variant in variants:
             base = bases[variant]
-            row: dict[str, Any] = {"variant": variant, "base": base, "changes": describe(variant, workflow_config)}
+            row: dict[str, Any] = {
+                "variant": variant,
+                "base": base,
+                "changes": describe(variant, workflow_config),
+            }
             for key, model in (("variant", variant), ("base", base)):
                 cell = avgs[(avgs["dataset"] == dataset) & (avgs["model"] == model)]
-                row[f"{key}_auc_pct"] = float(cell["auc_pct_mean"].iloc[0]) if len(cell) else math.nan
+                row[f"{key}_auc_pct"] = (
+                    float(cell["auc_pct_mean"].iloc[0]) if len(cell) else math.nan
+                )
                 row[f"{key}_mstd"] = float(cell["mstd"].iloc[0]) if len(cell) else math.nan
             row["difference_pct"] = row["variant_auc_pct"] - row["base_auc_pct"]
-            table = stats.class_means(part, [variant, base]) if len(part) and base in grid["models"] else pd.DataFrame()
+            table = (
+                stats.class_means(part, [variant, base])
+                if len(part) and base in grid["models"]
+                else pd.DataFrame()
+            )
             row["n_classes"] = int(len(table))
-            row["p"] = stats.wilcoxon_p(table[variant], table[base]) if len(table) >= 2 else math.nan
-            row["smallest_possible_p"] = min(1.0, 2.0 / 2.0 ** len(table)) if len(table) else math.nan
+            row["p"] = (
+                stats.wilcoxon_p(table[variant], table[base]) if len(table) >= 2 else math.nan
+            )
+            row["smallest_possible_p"] = (
+                min(1.0, 2.0 / 2.0 ** len(table)) if len(table) else math.nan
+            )
             rows.append(row)
         adjusted = stats.holm([row["p"] for row in rows])
         for row, p_holm in zip(rows, adjusted):

@@ -108,7 +108,9 @@ def smallest_wilcoxon_p(n: int) -> float:
     return min(1.0, 2.0 / 2.0**n) if n > 0 else math.nan
 
 
-def statistics_payload(runs: pd.DataFrame, grid: dict[str, list], figure_dir: Path | None = None) -> dict[str, Any]:
+def statistics_payload(
+    runs: pd.DataFrame, grid: dict[str, list], figure_dir: Path | None = None
+) -> dict[str, Any]:
     """``grad2vae.stats.analyse`` over the grid's models (the oracle left out), with, per dataset,
     ``skipped``: why a test was not run (too few methods or classes, a partial grid) and
     ``notes``: what limits the tests that did run. Never raises for a small or partial grid."""
@@ -118,7 +120,11 @@ def statistics_payload(runs: pd.DataFrame, grid: dict[str, list], figure_dir: Pa
     if not usable.empty and "auc" in usable:
         usable = usable[pd.to_numeric(usable["auc"], errors="coerce").notna()]
     if usable.empty or "model" not in usable:
-        result: dict[str, Any] = {"alpha": stats.ALPHA, "oracle_note": stats.ORACLE_NOTE, "datasets": {}}
+        result: dict[str, Any] = {
+            "alpha": stats.ALPHA,
+            "oracle_note": stats.ORACLE_NOTE,
+            "datasets": {},
+        }
     else:
         result = stats.analyse(usable, methods=methods, labels=labels, figure_dir=figure_dir)
     result["methods"] = methods
@@ -134,7 +140,11 @@ def statistics_payload(runs: pd.DataFrame, grid: dict[str, list], figure_dir: Pa
     for dataset in grid["datasets"]:
         section = result["datasets"].setdefault(dataset, {"label": pub.dataset_label(dataset)})
         skipped, notes = [], []
-        part = usable[usable["dataset"] == dataset] if not usable.empty and "dataset" in usable else usable
+        part = (
+            usable[usable["dataset"] == dataset]
+            if not usable.empty and "dataset" in usable
+            else usable
+        )
         present = [m for m in methods if not part.empty and m in set(part["model"])]
         absent = [labels[m] for m in methods if m not in present]
         table = stats.class_means(part, present) if present else pd.DataFrame()
@@ -149,7 +159,9 @@ def statistics_payload(runs: pd.DataFrame, grid: dict[str, list], figure_dir: Pa
         else:
             n, k = len(ours["classes"]), len(ours["methods"])
             if not math.isfinite(ours["friedman"]["statistic"]):
-                skipped.append(f"Friedman test not run: it needs at least 3 methods (this comparison has {k}).")
+                skipped.append(
+                    f"Friedman test not run: it needs at least 3 methods (this comparison has {k})."
+                )
             smallest = smallest_wilcoxon_p(n)
             if smallest > stats.ALPHA:
                 notes.append(
@@ -163,18 +175,27 @@ def statistics_payload(runs: pd.DataFrame, grid: dict[str, list], figure_dir: Pa
                 "quoted in the claims are the paper's over all 10, ours over the classes here."
             )
         if absent:
-            notes.append("Methods of the grid without any complete run here (left out): " + ", ".join(absent) + ".")
+            notes.append(
+                "Methods of the grid without any complete run here (left out): "
+                + ", ".join(absent)
+                + "."
+            )
         if present and left_out:
             notes.append(
                 "Normal classes left out because some method has no run for them: "
-                + ", ".join(pub.class_label(dataset, c) for c in left_out) + "."
+                + ", ".join(pub.class_label(dataset, c) for c in left_out)
+                + "."
             )
         if "published" not in section:  # no runs of this dataset: the paper's numbers still are
             paper = stats.published_table(dataset)
             if paper.shape[1] >= 2:
-                section["published"] = stats.compare(paper, name=f"{pub.dataset_label(dataset)} (paper's Table 1)").to_dict()
+                section["published"] = stats.compare(
+                    paper, name=f"{pub.dataset_label(dataset)} (paper's Table 1)"
+                ).to_dict()
             else:
-                skipped.append("The paper's Table 1 was not analysed (fewer than 2 complete columns).")
+                skipped.append(
+                    "The paper's Table 1 was not analysed (fewer than 2 complete columns)."
+                )
         section["skipped"] = skipped
         section["notes"] = notes
     # the grid's order of datasets (the report's order), then any others
@@ -187,7 +208,9 @@ def provenance(runs: pd.DataFrame) -> dict[str, Any]:
     def counts(column: str) -> dict[str, int]:
         if runs.empty or column not in runs:
             return {}
-        return {str(k): int(v) for k, v in Counter(runs[column].fillna("").astype(str)).most_common()}
+        return {
+            str(k): int(v) for k, v in Counter(runs[column].fillna("").astype(str)).most_common()
+        }
 
     versions = [
         {"versions": json.loads(text), "runs": n} for text, n in counts("versions").items() if text
@@ -210,10 +233,16 @@ def provenance(runs: pd.DataFrame) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results-dir", default="results", help="folder holding runs/ and logs/ (default: results)")
+    parser.add_argument(
+        "--results-dir", default="results", help="folder holding runs/ and logs/ (default: results)"
+    )
     parser.add_argument("--out-dir", help="where to write the tables (default: RESULTS/aggregate)")
-    parser.add_argument("--workflow-config", help="JSON or YAML with the expected grid (the Snakefile writes one)")
-    parser.add_argument("--datasets", nargs="+", help="expected datasets (overrides the workflow config)")
+    parser.add_argument(
+        "--workflow-config", help="JSON or YAML with the expected grid (the Snakefile writes one)"
+    )
+    parser.add_argument(
+        "--datasets", nargs="+", help="expected datasets (overrides the workflow config)"
+    )
     parser.add_argument("--models", nargs="+", help="expected models")
     parser.add_argument("--normal-classes", nargs="+", type=int, help="expected normal classes")
     parser.add_argument("--seeds", nargs="+", type=int, help="expected seeds")
@@ -224,17 +253,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def entropy_for_grid(data_dir: Path | None, grid: dict[str, list], runs: pd.DataFrame, workflow_config: dict) -> tuple[pd.DataFrame, str]:
+def entropy_for_grid(
+    data_dir: Path | None, grid: dict[str, list], runs: pd.DataFrame, workflow_config: dict
+) -> tuple[pd.DataFrame, str]:
     """(entropy_only table, note): H(x)'s AUC per (dataset, class) of the grid on the test images
     the runs were scored on (their test_limit, else the workflow's, else all)."""
     if data_dir is None:
-        return pd.DataFrame(columns=entropy_only.COLUMNS), "not computed: `grad2vae aggregate` ran without --data-dir"
-    limits = sorted({int(v) for v in pd.to_numeric(runs.get("test_limit", pd.Series(dtype=float)), errors="coerce").dropna()})
+        return pd.DataFrame(
+            columns=entropy_only.COLUMNS
+        ), "not computed: `grad2vae aggregate` ran without --data-dir"
+    limits = sorted(
+        {
+            int(v)
+            for v in pd.to_numeric(
+                runs.get("test_limit", pd.Series(dtype=float)), errors="coerce"
+            ).dropna()
+        }
+    )
     if len(limits) > 1:
-        log.warning("runs with different test limits %s: entropy-only AUC on test_limit %d", limits, limits[0])
-    limit = limits[0] if limits else int((workflow_config.get("train") or {}).get("test_limit") or 0)
+        log.warning(
+            "runs with different test limits %s: entropy-only AUC on test_limit %d",
+            limits,
+            limits[0],
+        )
+    limit = (
+        limits[0] if limits else int((workflow_config.get("train") or {}).get("test_limit") or 0)
+    )
     table = entropy_only.entropy_table(data_dir, grid["datasets"], grid["normal_classes"], limit)
-    return table, f"H(x) of the {'full test set' if not limit else f'{limit} test images (test_limit)'} of each normal class"
+    return (
+        table,
+        f"H(x) of the {'full test set' if not limit else f'{limit} test images (test_limit)'} of each normal class",
+    )
 
 
 def aggregate(
@@ -265,10 +314,15 @@ def aggregate(
     # The paper's claims concern its models: variants (ablations, other protocols) are left out.
     paper_models = [m for m in grid["models"] if m not in grid["variants"]]
     claims = paper_claims.all_claims(
-        _only(real_runs(runs), paper_models), _only(history, paper_models), _only(avgs, paper_models),
-        _only(params, paper_models), dict(grid, models=paper_models),
+        _only(real_runs(runs), paper_models),
+        _only(history, paper_models),
+        _only(avgs, paper_models),
+        _only(params, paper_models),
+        dict(grid, models=paper_models),
     )
-    ablation = ablation_study.ablations(real_runs(runs), avgs, grid, grid["variants"], workflow_config)
+    ablation = ablation_study.ablations(
+        real_runs(runs), avgs, grid, grid["variants"], workflow_config
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(runs, out_dir / "runs.csv")
@@ -282,8 +336,14 @@ def aggregate(
     _write_csv(per_score, out_dir / "scores.csv")
     write_json(out_dir / "claims.json", _jsonable(claims))
     write_json(out_dir / "ablations.json", _jsonable(ablation))
-    write_json(out_dir / "score_findings.json", _jsonable(score_findings(per_score, real_runs(runs), grid["datasets"])))
-    with atomic_open(out_dir / "history.csv.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+    write_json(
+        out_dir / "score_findings.json",
+        _jsonable(score_findings(per_score, real_runs(runs), grid["datasets"])),
+    )
+    with (
+        atomic_open(out_dir / "history.csv.gz", "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle,
+    ):
         handle.write(history.to_csv(index=False).encode("utf-8"))
     write_json(out_dir / "stats.json", _jsonable(statistics))
 
@@ -337,14 +397,29 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     results_dir = Path(args.results_dir)
     out_dir = Path(args.out_dir) if args.out_dir else results_dir / "aggregate"
-    overrides = {"datasets": args.datasets, "models": args.models, "normal_classes": args.normal_classes, "seeds": args.seeds}
+    overrides = {
+        "datasets": args.datasets,
+        "models": args.models,
+        "normal_classes": args.normal_classes,
+        "seeds": args.seeds,
+    }
     data_dir = Path(args.data_dir) if args.data_dir else None
-    payload = aggregate(results_dir, out_dir, read_workflow_config(args.workflow_config), overrides, data_dir)
+    payload = aggregate(
+        results_dir, out_dir, read_workflow_config(args.workflow_config), overrides, data_dir
+    )
     counts = payload["counts"]
     log.info(
         "%d expected runs: %d complete, %d failed, %d missing -> %s",
-        payload["expected_runs"], counts["complete"], counts["failed"], counts["missing"], out_dir,
+        payload["expected_runs"],
+        counts["complete"],
+        counts["failed"],
+        counts["missing"],
+        out_dir,
     )
     if counts["failed"] or counts["missing"]:
-        log.warning("partial grid: the tables cover the %d complete runs; see %s", counts["complete"], out_dir / "status.csv")
+        log.warning(
+            "partial grid: the tables cover the %d complete runs; see %s",
+            counts["complete"],
+            out_dir / "status.csv",
+        )
     return 0

@@ -56,7 +56,9 @@ def tf32(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def interleaved(variants: dict[str, Callable[[], None]], device: torch.device, repeats: int, steps: int) -> dict[str, list[float]]:
+def interleaved(
+    variants: dict[str, Callable[[], None]], device: torch.device, repeats: int, steps: int
+) -> dict[str, list[float]]:
     """Seconds per call of each variant, in rounds A, B, A, B, ...; round 0 is a warm-up."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_index in range(repeats + 1):
@@ -86,7 +88,9 @@ def time_tf32(models: dict[str, torch.nn.Module], batch: torch.Tensor, repeats: 
     """Per model: a training step with TF32 off (as trained) against on, interleaved."""
     device = batch.device
     if device.type != "cuda":
-        return {"skipped": f"TF32 exists only on CUDA devices (Ampere and later), not on {device.type}"}
+        return {
+            "skipped": f"TF32 exists only on CUDA devices (Ampere and later), not on {device.type}"
+        }
     results = {}
     for label, model in models.items():
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -98,7 +102,9 @@ def time_tf32(models: dict[str, torch.nn.Module], batch: torch.Tensor, repeats: 
 
             return work
 
-        times = interleaved({"off": with_tf32(False), "on": with_tf32(True)}, device, repeats, steps)
+        times = interleaved(
+            {"off": with_tf32(False), "on": with_tf32(True)}, device, repeats, steps
+        )
         results[label] = _pair(times, "off", "on")
         log(f"  {label}: TF32 off {1000 * results[label]['seconds_per_step_off']:.1f} ms, "
             f"on {1000 * results[label]['seconds_per_step_on']:.1f} ms per step")  # fmt: skip

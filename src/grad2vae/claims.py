@@ -42,22 +42,32 @@ from grad2vae.verdicts import (
 
 # --------------------------------------------------------------------------------------------
 # best_average
-def best_average_dataset(table: pd.DataFrame, dataset: str, printed: bool = False) -> dict[str, Any]:
+def best_average_dataset(
+    table: pd.DataFrame, dataset: str, printed: bool = False
+) -> dict[str, Any]:
     """``table``: rows = classes, columns = methods, AUC in percent. The result of
     ``stats.best_average_claim`` for Grad2VAE, with ``result``: supported -> holds, not
     supported -> fails, partly supported (best average, not significantly better than all) ->
     mixed."""
     if CLAIMED not in table.columns or table.shape[1] < 2 or len(table) < 2:
-        return {"result": UNKNOWN, "why": "needs Grad2VAE and another method on at least 2 common classes"}
+        return {
+            "result": UNKNOWN,
+            "why": "needs Grad2VAE and another method on at least 2 common classes",
+        }
     comparison = stats.compare(table, name=pub.dataset_label(dataset))
     published = pub.published_average(dataset, pub.column_for_model(CLAIMED) or CLAIMED)
-    where = pub.dataset_label(dataset) + (" (tested on the paper's own Table 1 numbers)" if printed else "")
+    where = pub.dataset_label(dataset) + (
+        " (tested on the paper's own Table 1 numbers)" if printed else ""
+    )
     judged = stats.best_average_claim(
         comparison, CLAIMED, published, {m: claim_label(m) for m in table.columns}, where, scale=1.0,
         value_label="mean of its printed classes" if printed else "ours",
     )  # fmt: skip
     result = {SUPPORTED: HOLDS, NOT_SUPPORTED: FAILS, PARTLY: MIXED}.get(judged["verdict"], UNKNOWN)
-    return {"result": result, **{k: round_value(v) if not isinstance(v, list) else v for k, v in judged.items()}}
+    return {
+        "result": result,
+        **{k: round_value(v) if not isinstance(v, list) else v for k, v in judged.items()},
+    }
 
 
 def best_average(runs: pd.DataFrame, datasets: list[str], models: list[str]) -> dict[str, Any]:
@@ -65,10 +75,16 @@ def best_average(runs: pd.DataFrame, datasets: list[str], models: list[str]) -> 
     present = sorted(set(runs["model"])) if not runs.empty else []
     missing = [claim_label(m) for m in competitors if m not in present]
     by_score = judged_per_score(runs, datasets, models, best_average_dataset)
-    printed = judged_on_printed_table(datasets, lambda table, dataset: best_average_dataset(table, dataset, printed=True))
+    printed = judged_on_printed_table(
+        datasets, lambda table, dataset: best_average_dataset(table, dataset, printed=True)
+    )
     main = by_score["main"]
     why = main["why"]
-    sentences = [r["sentence"] for r in list(main["datasets"].values()) + list(printed.values()) if "sentence" in r]
+    sentences = [
+        r["sentence"]
+        for r in list(main["datasets"].values()) + list(printed.values())
+        if "sentence" in r
+    ]
     if missing:
         why += f"; the paper's competitors {', '.join(missing)} were not run here, so the claim is checked against the models in the grid only"
     return claim(
@@ -80,7 +96,9 @@ def best_average(runs: pd.DataFrame, datasets: list[str], models: list[str]) -> 
         main["verdict"],
         why,
         {
-            "competitors_in_grid": [claim_label(m) for m in models if m != CLAIMED and m in present],
+            "competitors_in_grid": [
+                claim_label(m) for m in models if m != CLAIMED and m in present
+            ],
             "paper_competitors_not_run": missing,
             "datasets": main["datasets"],
             "on_printed_table1": {
@@ -105,25 +123,35 @@ def mstd(avgs: pd.DataFrame, datasets: list[str], n_seeds: int) -> dict[str, Any
         max_std = round_value(part["max_class_std"].iloc[0]) if len(part) else None
         per_dataset[dataset] = {"mstd": mean_std, "max_class_std": max_std}
         for reading, value in (("mean_of_class_stds", mean_std), ("max_class_std", max_std)):
-            readings[reading][dataset] = UNKNOWN if value is None else (HOLDS if value <= limit else FAILS)
+            readings[reading][dataset] = (
+                UNKNOWN if value is None else (HOLDS if value <= limit else FAILS)
+            )
     others = {}
     for model in ("deep_svdd", "inception_caenn"):
         part = avgs[avgs["model"] == model] if not avgs.empty else avgs
         others[model] = {
             "published": pub.mstd_claims().get(model),
-            "ours_mstd": {d: round_value(v) for d, v in zip(part.get("dataset", []), part.get("mstd", []))},
+            "ours_mstd": {
+                d: round_value(v) for d, v in zip(part.get("dataset", []), part.get("mstd", []))
+            },
         }
     verdicts = {reading: combine(results) for reading, results in readings.items()}
     a, b = verdicts["mean_of_class_stds"][0], verdicts["max_class_std"][0]
     if n_seeds < 2:
-        verdict, why = CANNOT, f"a standard deviation over seeds needs at least 2 seeds per class; the grid has {n_seeds}"
+        verdict, why = (
+            CANNOT,
+            f"a standard deviation over seeds needs at least 2 seeds per class; the grid has {n_seeds}",
+        )
     elif a == b:
         verdict, why = a, f"both readings: {verdicts['mean_of_class_stds'][1]}"
     elif SUPPORTED in (a, b):
         verdict = PARTLY
         why = f"reading 'mean of class stds': {a}; reading 'largest class std': {b}"
     else:
-        verdict, why = (CANNOT if CANNOT in (a, b) else NOT_SUPPORTED), f"reading 'mean of class stds': {a}; 'largest class std': {b}"
+        verdict, why = (
+            (CANNOT if CANNOT in (a, b) else NOT_SUPPORTED),
+            f"reading 'mean of class stds': {a}; 'largest class std': {b}",
+        )
     return claim(
         "mstd",
         f"'mstd' is undefined in the paper; two readings, in AUC percentage points: (a) the mean over "
@@ -131,8 +159,12 @@ def mstd(avgs: pd.DataFrame, datasets: list[str], n_seeds: int) -> dict[str, Any
         f"standard deviation. Holds on a dataset when Grad2VAE's value is <= {limit}.",
         verdict,
         why,
-        {"limit": limit, "grad2vae": per_dataset, "readings": {r: dict(v) for r, v in readings.items()},
-         "others": others},  # fmt: skip
+        {
+            "limit": limit,
+            "grad2vae": per_dataset,
+            "readings": {r: dict(v) for r, v in readings.items()},
+            "others": others,
+        },  # fmt: skip
     )
 
 
@@ -143,13 +175,20 @@ def class_bias_dataset(table: pd.DataFrame) -> dict[str, Any]:
     spread (max - min over classes). Holds when Grad2VAE has both the highest worst class and
     the smallest spread of all methods; fails when it has neither; mixed when only one."""
     if CLAIMED not in table.columns or table.shape[1] < 2 or len(table) < 2:
-        return {"result": UNKNOWN, "why": "needs Grad2VAE and another method on at least 2 common classes"}
+        return {
+            "result": UNKNOWN,
+            "why": "needs Grad2VAE and another method on at least 2 common classes",
+        }
     worst = table.min(axis=0)
     spread = table.max(axis=0) - worst
     others = [m for m in table.columns if m != CLAIMED]
     best_worst = all(worst[CLAIMED] > worst[m] for m in others)
     smallest_spread = all(spread[CLAIMED] < spread[m] for m in others)
-    result = HOLDS if best_worst and smallest_spread else (FAILS if not (best_worst or smallest_spread) else MIXED)
+    result = (
+        HOLDS
+        if best_worst and smallest_spread
+        else (FAILS if not (best_worst or smallest_spread) else MIXED)
+    )
     return {
         "result": result,
         "classes": [int(c) for c in table.index],
@@ -162,7 +201,9 @@ def class_bias_dataset(table: pd.DataFrame) -> dict[str, Any]:
 
 
 def no_class_bias(runs: pd.DataFrame, datasets: list[str], models: list[str]) -> dict[str, Any]:
-    by_score = judged_per_score(runs, datasets, models, lambda table, dataset: class_bias_dataset(table))
+    by_score = judged_per_score(
+        runs, datasets, models, lambda table, dataset: class_bias_dataset(table)
+    )
     printed = judged_on_printed_table(datasets, lambda table, dataset: class_bias_dataset(table))
     main = by_score["main"]
     return claim(
@@ -181,7 +222,9 @@ def no_class_bias(runs: pd.DataFrame, datasets: list[str], models: list[str]) ->
 
 # --------------------------------------------------------------------------------------------
 # the remarks on Deep SVDD's and Inception-CAENN's classes
-def class_remarks_check(table: pd.DataFrame, best: Mapping[str, int], worst: Mapping[str, int]) -> dict[str, Any]:
+def class_remarks_check(
+    table: pd.DataFrame, best: Mapping[str, int], worst: Mapping[str, int]
+) -> dict[str, Any]:
     """``table``: rows = classes (all ten needed), columns = methods. One check per remark: the
     method's best class is ``best[m]``, its worst class ``worst[m]``; None where the method is
     missing or lacks some class."""
@@ -192,7 +235,11 @@ def class_remarks_check(table: pd.DataFrame, best: Mapping[str, int], worst: Map
         for kind, wanted in (("best", best), ("worst", worst)):
             if model not in wanted:
                 continue
-            found = None if column is None else int(column.idxmax() if kind == "best" else column.idxmin())
+            found = (
+                None
+                if column is None
+                else int(column.idxmax() if kind == "best" else column.idxmin())
+            )
             checks[f"{model}_{kind}_class"] = {
                 "expected": wanted[model], "found": found,
                 "auc": None if column is None or found is None else round_value(float(column[found]), 3),
@@ -209,13 +256,24 @@ def class_remarks(runs: pd.DataFrame) -> dict[str, Any]:
     part = runs[runs["dataset"] == dataset] if not runs.empty else runs
     table = pd.DataFrame()
     if not part.empty:
-        table = part[part["model"].isin(models)].groupby(["normal_class", "model"])["auc"].mean().unstack("model") * 100.0
+        table = (
+            part[part["model"].isin(models)]
+            .groupby(["normal_class", "model"])["auc"]
+            .mean()
+            .unstack("model")
+            * 100.0
+        )
     ours = class_remarks_check(table, best, worst)
-    printed = judged_on_printed_table([dataset], lambda table, _: class_remarks_check(table, best, worst))[dataset]
+    printed = judged_on_printed_table(
+        [dataset], lambda table, _: class_remarks_check(table, best, worst)
+    )[dataset]
     outcomes = [c["holds"] for c in ours.values()]
     judged = [o for o in outcomes if o is not None]
     if not judged:
-        verdict, why = CANNOT, f"Deep SVDD and Inception-CAENN need runs of all ten {pub.dataset_label(dataset)} classes (extra_models / the table1-complete preset)"
+        verdict, why = (
+            CANNOT,
+            f"Deep SVDD and Inception-CAENN need runs of all ten {pub.dataset_label(dataset)} classes (extra_models / the table1-complete preset)",
+        )
     elif all(judged) and len(judged) == len(outcomes):
         verdict, why = SUPPORTED, "all four remarks hold on our runs"
     elif not any(judged):
@@ -248,10 +306,16 @@ def parameter_ratios(params: pd.DataFrame, tolerance: float = 0.10) -> dict[str,
     ours_counts = {}
     if not params.empty:
         mnist = params[params["dataset"] == "mnist"]
-        ours_counts = {m: float(v) for m, v in zip(mnist["model"], mnist["parameters"]) if pd.notna(v)}
+        ours_counts = {
+            m: float(v) for m, v in zip(mnist["model"], mnist["parameters"]) if pd.notna(v)
+        }
     ratios, outcomes = {}, []
     for model, stated in paper.items():
-        ours = ours_counts[CLAIMED] / ours_counts[model] if CLAIMED in ours_counts and model in ours_counts else None
+        ours = (
+            ours_counts[CLAIMED] / ours_counts[model]
+            if CLAIMED in ours_counts and model in ours_counts
+            else None
+        )
         within = None if ours is None else abs(ours / stated - 1) <= tolerance
         outcomes.append(within)
         ratios[model] = {
@@ -266,7 +330,10 @@ def parameter_ratios(params: pd.DataFrame, tolerance: float = 0.10) -> dict[str,
     elif all(judged) and len(judged) == len(outcomes):
         verdict, why = SUPPORTED, f"all ratios within {tolerance:.0%} of the stated ones"
     elif any(judged):
-        verdict, why = PARTLY, f"{sum(judged)} of {len(outcomes)} ratios within {tolerance:.0%} of the stated ones"
+        verdict, why = (
+            PARTLY,
+            f"{sum(judged)} of {len(outcomes)} ratios within {tolerance:.0%} of the stated ones",
+        )
     else:
         verdict, why = NOT_SUPPORTED, f"no judged ratio within {tolerance:.0%} of the stated ones"
     return claim(

@@ -18,7 +18,10 @@ from grad2vae.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("grad2vae.fetch", "download and verify MNIST and Fashion-MNIST (SHA-256 checked)"),
     "params": ("grad2vae.params", "print every model's parameter count beside the paper's"),
-    "train": ("grad2vae.train", "train and evaluate one run: model x dataset x normal class x seed"),
+    "train": (
+        "grad2vae.train",
+        "train and evaluate one run: model x dataset x normal class x seed",
+    ),
     "aggregate": ("grad2vae.aggregate", "collect runs into the tidy table and Table 1"),
     "figures": ("grad2vae.figures", "draw Fig. 6, per-class AUC, ROC, parameter and time figures"),
     "explain": ("grad2vae.explain", "attention figures (Figs. 3-5) and the faithfulness table"),

@@ -182,7 +182,9 @@ def acquire_gpu_slot(
         if not announced:
             log.info("all %d GPU slots in %s are busy; waiting for one to free", n_slots, slot_dir)
             announced = True
-        time.sleep(poll_seconds if timeout is None else min(poll_seconds, max(0.05, timeout - waited)))
+        time.sleep(
+            poll_seconds if timeout is None else min(poll_seconds, max(0.05, timeout - waited))
+        )
 
 
 def release_gpu_slots() -> None:
@@ -204,7 +206,10 @@ def mig_instance() -> str | None:
 
 
 def claim_mig_instance(
-    entries: list[str], slot_dir: str | os.PathLike, jobs_per_gpu: int = 1, timeout: float | None = None,
+    entries: list[str],
+    slot_dir: str | os.PathLike,
+    jobs_per_gpu: int = 1,
+    timeout: float | None = None,
     poll_seconds: float = 2.0,
 ) -> str:
     """One of the MIG instances in ``entries`` (CUDA_VISIBLE_DEVICES of MIG UUIDs), by the same
@@ -244,7 +249,11 @@ def resolve_device(
         # Before any CUDA call: CUDA reads CUDA_VISIBLE_DEVICES once, when it initialises.
         _MIG_INSTANCE = claim_mig_instance(entries, slot_dir, jobs_per_gpu, timeout=slot_timeout)
         os.environ["CUDA_VISIBLE_DEVICES"] = _MIG_INSTANCE
-        log.info("MIG: took instance %s of %d (CUDA_VISIBLE_DEVICES narrowed to it)", _MIG_INSTANCE, len(entries))
+        log.info(
+            "MIG: took instance %s of %d (CUDA_VISIBLE_DEVICES narrowed to it)",
+            _MIG_INSTANCE,
+            len(entries),
+        )
     available = torch.cuda.is_available()
     if not available:
         if spec == "auto":
@@ -281,7 +290,9 @@ def resolve_device(
     # --resources gpu=2 on a one-GPU machine) must not share it unless jobs_per_gpu says so. The
     # slot files are named by the card's UUID, so jobs granted different cards never wait.
     slot = acquire_gpu_slot(n_slots, slot_dir, count, timeout=slot_timeout)
-    log.info("took GPU slot %d of %d (%s) -> cuda:%d", slot.index, n_slots, slot.path, slot.device_index)
+    log.info(
+        "took GPU slot %d of %d (%s) -> cuda:%d", slot.index, n_slots, slot.path, slot.device_index
+    )
     return torch.device("cuda", slot.device_index)
 
 
@@ -305,10 +316,14 @@ def available_memory(device: torch.device) -> int | None:
 def per_step_bytes(memory: dict[str, int], batch_size: int) -> float:
     """Activation memory of one training step of one seed: its saved tensors (a model's
     ``training_memory``) x ``ACTIVATION_ALLOWANCE``."""
-    return (memory.get("per_step_fixed", 0) + batch_size * memory["per_image"]) * ACTIVATION_ALLOWANCE
+    return (
+        memory.get("per_step_fixed", 0) + batch_size * memory["per_image"]
+    ) * ACTIVATION_ALLOWANCE
 
 
-def seeds_per_cohort(device: torch.device, n_seeds: int, batch_size: int, memory: dict[str, int]) -> int:
+def seeds_per_cohort(
+    device: torch.device, n_seeds: int, batch_size: int, memory: dict[str, int]
+) -> int:
     """How many of ``n_seeds`` runs can step together on ``device`` (all their weights and
     optimizer states stay on it; a step's activations per seed are ``per_step_bytes``). At
     least 1; ``n_seeds`` when the device does not say how much memory it has."""
@@ -409,7 +424,9 @@ def keep_freed_memory() -> str:
     if os.environ.get(MALLOC_ENV, "").strip().lower() == "default":
         return "default"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return f"unavailable ({platform.system()} {platform.libc_ver()[0] or 'non-glibc'} C library)"
+        return (
+            f"unavailable ({platform.system()} {platform.libc_ver()[0] or 'non-glibc'} C library)"
+        )
     import ctypes
 
     libc = ctypes.CDLL(None)  # the C library this process already uses

@@ -20,7 +20,9 @@ LABEL = "entropy only, H(x) (no model)"
 COLUMNS = ["dataset", "normal_class", "auc", "test_images", "test_limit"]
 
 
-def entropy_auc(data_dir: str | os.PathLike, dataset: str, normal_class: int, test_limit: int = 0) -> tuple[float, int]:
+def entropy_auc(
+    data_dir: str | os.PathLike, dataset: str, normal_class: int, test_limit: int = 0
+) -> tuple[float, int]:
     """(AUC-ROC of H(x) with anomaly = positive, number of test images) for one normal class,
     on the test images of ``data.load_split`` with the trainer's subsample seed."""
     from sklearn.metrics import roc_auc_score
@@ -29,14 +31,19 @@ def entropy_auc(data_dir: str | os.PathLike, dataset: str, normal_class: int, te
     from grad2vae.config import SUBSAMPLE_SEED
     from grad2vae.models.scoring import binary_entropy
 
-    split = data.load_split(data_dir, dataset, normal_class, test_limit=test_limit, seed=SUBSAMPLE_SEED)
+    split = data.load_split(
+        data_dir, dataset, normal_class, test_limit=test_limit, seed=SUBSAMPLE_SEED
+    )
     entropy = binary_entropy(split.test_x.double()).numpy()
     labels = np.asarray(split.test_labels)
     return float(roc_auc_score(labels, entropy)), int(len(labels))
 
 
 def entropy_table(
-    data_dir: str | os.PathLike, datasets: Iterable[str], normal_classes: Iterable[int], test_limit: int = 0
+    data_dir: str | os.PathLike,
+    datasets: Iterable[str],
+    normal_classes: Iterable[int],
+    test_limit: int = 0,
 ) -> pd.DataFrame:
     """One row per (dataset, normal class): ``COLUMNS``."""
     rows = []
@@ -44,6 +51,12 @@ def entropy_table(
         for normal_class in normal_classes:
             auc, n = entropy_auc(data_dir, dataset, int(normal_class), test_limit)
             rows.append(
-                {"dataset": dataset, "normal_class": int(normal_class), "auc": auc, "test_images": n, "test_limit": test_limit}
+                {
+                    "dataset": dataset,
+                    "normal_class": int(normal_class),
+                    "auc": auc,
+                    "test_images": n,
+                    "test_limit": test_limit,
+                }
             )
     return pd.DataFrame(rows, columns=COLUMNS)

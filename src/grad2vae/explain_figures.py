@@ -157,10 +157,10 @@ def plot_deletion_curves(curves, path: Path, title: str, fractions: Sequence[flo
                 ax.set_ylabel("mean |score change|", fontsize=8)
     handles, labels = [], []
     for ax in axes.ravel():
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            if l not in labels:
-                handles.append(h)
-                labels.append(l)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
     columns = max(1, min(len(labels), 2 * len(classes), 5))
     rows = math.ceil(len(labels) / columns)
     fig.legend(

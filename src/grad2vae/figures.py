@@ -58,12 +58,28 @@ PUBLISHED_MARKERS = {"grad2vae": "D", "inception_caenn": "s", "cae_ocsvm": "^", 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results-dir", default="results", help="folder holding runs/ (default: results)")
-    parser.add_argument("--aggregate-dir", help="output of `grad2vae aggregate` (default: RESULTS/aggregate)")
+    parser.add_argument(
+        "--results-dir", default="results", help="folder holding runs/ (default: results)"
+    )
+    parser.add_argument(
+        "--aggregate-dir", help="output of `grad2vae aggregate` (default: RESULTS/aggregate)"
+    )
     parser.add_argument("--out-dir", help="where to write the PNGs (default: RESULTS/figures)")
-    parser.add_argument("--roc-class", type=int, default=None, help="normal class of the ROC figure (default: the grid's first)")
-    parser.add_argument("--fig6-epochs", type=int, default=50, help="epochs shown in Fig. 6 (default: 50, as the paper)")
-    parser.add_argument("--dpi", type=int, default=110, help="resolution of the PNGs (default: 110)")
+    parser.add_argument(
+        "--roc-class",
+        type=int,
+        default=None,
+        help="normal class of the ROC figure (default: the grid's first)",
+    )
+    parser.add_argument(
+        "--fig6-epochs",
+        type=int,
+        default=50,
+        help="epochs shown in Fig. 6 (default: 50, as the paper)",
+    )
+    parser.add_argument(
+        "--dpi", type=int, default=110, help="resolution of the PNGs (default: 110)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,29 +87,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def palette(models: list[str]) -> dict[str, Any]:
     # colorblind has 10 distinct colours; an ablation grid has more models
-    colours = sns.color_palette("colorblind" if len(models) <= 10 else "husl", n_colors=max(len(models), 4))
+    colours = sns.color_palette(
+        "colorblind" if len(models) <= 10 else "husl", n_colors=max(len(models), 4)
+    )
     return {model: colours[i] for i, model in enumerate(models)}
 
 
-
 def _no_data(ax: plt.Axes, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.35")
+    ax.text(
+        0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.35"
+    )
     ax.set_xticks([])
     ax.set_yticks([])
-
 
 
 # --------------------------------------------------------------------------------------------
 # the figures
 
 
-def fig6(history: pd.DataFrame, grid: dict, colours: dict, max_epoch: int, path: Path, dpi: int) -> dict:
+def fig6(
+    history: pd.DataFrame, grid: dict, colours: dict, max_epoch: int, path: Path, dpi: int
+) -> dict:
     datasets = grid["datasets"]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(datasets), figsize=(5.2 * len(datasets), 3.8), squeeze=False, sharey=True
+    )
     data = history.copy()
     if not data.empty and "auc" in data:
-        data = data[pd.to_numeric(data["auc"], errors="coerce").notna() & (data["epoch"] <= max_epoch)]
-        data = data.assign(auc_pct=100.0 * data["auc"].astype(float), label=data["model"].map(model_label))
+        data = data[
+            pd.to_numeric(data["auc"], errors="coerce").notna() & (data["epoch"] <= max_epoch)
+        ]
+        data = data.assign(
+            auc_pct=100.0 * data["auc"].astype(float), label=data["model"].map(model_label)
+        )
     last_epoch = 0
     for ax, dataset in zip(axes[0], datasets):
         part = data[data["dataset"] == dataset] if not data.empty and "dataset" in data else data
@@ -103,8 +129,14 @@ def fig6(history: pd.DataFrame, grid: dict, colours: dict, max_epoch: int, path:
             last_epoch = max(last_epoch, int(part["epoch"].max()))
             order = [m for m in grid["models"] if m in set(part["model"])]
             sns.lineplot(
-                data=part, x="epoch", y="auc_pct", hue="label", hue_order=[model_label(m) for m in order],
-                palette={model_label(m): colours[m] for m in order}, errorbar="sd", marker="o" if part["epoch"].nunique() < 15 else None,
+                data=part,
+                x="epoch",
+                y="auc_pct",
+                hue="label",
+                hue_order=[model_label(m) for m in order],
+                palette={model_label(m): colours[m] for m in order},
+                errorbar="sd",
+                marker="o" if part["epoch"].nunique() < 15 else None,
                 ax=ax,
             )
             ax.set_xlabel("epoch")
@@ -114,7 +146,10 @@ def fig6(history: pd.DataFrame, grid: dict, colours: dict, max_epoch: int, path:
             ax.set_ylim(max(low, 0.0), 100.5)
             ax.legend(title=None, fontsize=8, loc="lower right")
         ax.set_title(pub.dataset_label(dataset))
-    fig.suptitle(f"AUC over the first {max_epoch} epochs (mean over classes and seeds, band = ±1 sd)", fontsize=11)
+    fig.suptitle(
+        f"AUC over the first {max_epoch} epochs (mean over classes and seeds, band = ±1 sd)",
+        fontsize=11,
+    )
     fig.tight_layout()
     save_png(fig, path, dpi)
     shown = f"epochs 1-{last_epoch}" if last_epoch else "no epochs"
@@ -134,7 +169,11 @@ def _score_columns(history: pd.DataFrame) -> list[str]:
     """The AUC columns of history.csv.gz worth a panel: main, then each diagnostic score."""
     skip = ("auc_reconstruction", "auc_oracle")
     columns = ["auc"] + [c for c in history.columns if c.startswith("auc_") and c not in skip]
-    return [c for c in columns if c in history and pd.to_numeric(history[c], errors="coerce").notna().any()]
+    return [
+        c
+        for c in columns
+        if c in history and pd.to_numeric(history[c], errors="coerce").notna().any()
+    ]
 
 
 def fig6_scores(history: pd.DataFrame, entropy: pd.DataFrame, grid: dict, colours: dict, max_epoch: int, path: Path,
@@ -151,16 +190,30 @@ def fig6_scores(history: pd.DataFrame, entropy: pd.DataFrame, grid: dict, colour
             part = history[history["dataset"] == dataset] if not history.empty else history
             drawn = False
             for model in grid["models"]:
-                rows = part[(part["model"] == model) & (part["epoch"] <= max_epoch)] if not part.empty else part
-                values = pd.to_numeric(rows[column], errors="coerce") if column in rows else pd.Series(dtype=float)
+                rows = (
+                    part[(part["model"] == model) & (part["epoch"] <= max_epoch)]
+                    if not part.empty
+                    else part
+                )
+                values = (
+                    pd.to_numeric(rows[column], errors="coerce")
+                    if column in rows
+                    else pd.Series(dtype=float)
+                )
                 if values.notna().any():
                     line = (100.0 * values).groupby(rows["epoch"]).mean()
                     ax.plot(line.index, line.values, color=colours[model], marker="o" if len(line) < 15 else None, ms=3,
                             label=model_label(model))  # fmt: skip
                     drawn = True
-            level = entropy[entropy["dataset"] == dataset]["auc"] if not entropy.empty else pd.Series(dtype=float)
+            level = (
+                entropy[entropy["dataset"] == dataset]["auc"]
+                if not entropy.empty
+                else pd.Series(dtype=float)
+            )
             if len(level):
-                ax.axhline(100.0 * level.mean(), color="0.3", ls="--", lw=1, label="entropy only, H(x)")
+                ax.axhline(
+                    100.0 * level.mean(), color="0.3", ls="--", lw=1, label="entropy only, H(x)"
+                )
             if not drawn:
                 _no_data(ax, f"no model reports {score}")
             ax.set_title(f"{pub.dataset_label(dataset)} — score: {score}", fontsize=9)
@@ -192,10 +245,16 @@ def anomaly_ratio(history: pd.DataFrame, grid: dict, colours: dict, path: Path, 
     ones, per epoch (mean of the runs' ratios). 1 = anomalies reconstructed as well as normal
     images: no separation left for a reconstruction score."""
     datasets = grid["datasets"]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(datasets), figsize=(5.2 * len(datasets), 3.6), squeeze=False, sharey=True
+    )
     wanted = {"mean_reconstruction_anomalous", "mean_reconstruction_normal"}
     for ax, dataset in zip(axes[0], datasets):
-        part = history[history["dataset"] == dataset] if not history.empty and wanted <= set(history) else pd.DataFrame()
+        part = (
+            history[history["dataset"] == dataset]
+            if not history.empty and wanted <= set(history)
+            else pd.DataFrame()
+        )
         drawn = False
         for model in grid["models"]:
             rows = part[part["model"] == model] if not part.empty else part
@@ -232,7 +291,9 @@ def anomaly_ratio(history: pd.DataFrame, grid: dict, colours: dict, path: Path, 
     }
 
 
-def fig6_compute(history: pd.DataFrame, runs: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi: int) -> dict:
+def fig6_compute(
+    history: pd.DataFrame, runs: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi: int
+) -> dict:
     """Fig. 6 against compute: mean AUC over cumulative training FLOPs and training seconds."""
     from grad2vae.training_claims import compute_curves
 
@@ -248,7 +309,14 @@ def fig6_compute(history: pd.DataFrame, runs: pd.DataFrame, grid: dict, colours:
                 curve = curves.get((dataset, model))
                 if curve is None or curve[cost].notna().sum() == 0:
                     continue
-                ax.plot(curve[cost], 100.0 * curve["auc"], color=colours[model], marker="o", ms=3, label=model_label(model))
+                ax.plot(
+                    curve[cost],
+                    100.0 * curve["auc"],
+                    color=colours[model],
+                    marker="o",
+                    ms=3,
+                    label=model_label(model),
+                )
                 drawn = True
             if drawn:
                 ax.set_xscale("log")
@@ -278,7 +346,12 @@ def per_class(summary: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi:
     datasets = grid["datasets"]
     classes = grid["normal_classes"]
     models = grid["models"]
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(max(6.5, 0.9 * len(classes) + 3.5) + 2.5, 3.6 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(datasets),
+        1,
+        figsize=(max(6.5, 0.9 * len(classes) + 3.5) + 2.5, 3.6 * len(datasets)),
+        squeeze=False,
+    )
     width = 0.7
     columns = pub.published_columns()
     for ax, dataset in zip(axes[:, 0], datasets):
@@ -286,20 +359,38 @@ def per_class(summary: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi:
         step = width / max(len(models), 1)
         any_data = False
         for i, model in enumerate(models):
-            part = summary[(summary["dataset"] == dataset) & (summary["model"] == model)].set_index("normal_class")
+            part = summary[(summary["dataset"] == dataset) & (summary["model"] == model)].set_index(
+                "normal_class"
+            )
             part = part.reindex(classes)
             offset = -width / 2 + step * (i + 0.5)
             means = part["auc_pct_mean"].to_numpy(dtype=float)
             stds = np.nan_to_num(part["auc_pct_std"].to_numpy(dtype=float))
             if np.isfinite(means).any():
                 any_data = True
-            ax.errorbar(x + offset, means, yerr=stds, fmt="o", ms=5, capsize=3, color=colours[model], label=f"{model_label(model)} (ours)")
+            ax.errorbar(
+                x + offset,
+                means,
+                yerr=stds,
+                fmt="o",
+                ms=5,
+                capsize=3,
+                color=colours[model],
+                label=f"{model_label(model)} (ours)",
+            )
         for key, column in columns.items():
             values = [pub.published_auc(dataset, key, c) for c in classes]
             colour = colours.get(column.get("ours"), "0.3")
             ax.scatter(
-                x, [np.nan if v is None else v for v in values], marker=PUBLISHED_MARKERS.get(key, "x"), s=42,
-                facecolors="none", edgecolors=[colour], linewidths=1.3, label=f"{column['label']} (published)", zorder=3,
+                x,
+                [np.nan if v is None else v for v in values],
+                marker=PUBLISHED_MARKERS.get(key, "x"),
+                s=42,
+                facecolors="none",
+                edgecolors=[colour],
+                linewidths=1.3,
+                label=f"{column['label']} (published)",
+                zorder=3,
             )
         ax.set_xticks(x, [pub.class_label(dataset, c) for c in classes])
         ax.set_xlabel("normal class")
@@ -329,27 +420,55 @@ def _roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr, float(roc_auc_score(labels, scores))
 
 
-def roc(results_dir: Path, runs: pd.DataFrame, grid: dict, colours: dict, normal_class: int, path: Path, dpi: int) -> dict:
+def roc(
+    results_dir: Path,
+    runs: pd.DataFrame,
+    grid: dict,
+    colours: dict,
+    normal_class: int,
+    path: Path,
+    dpi: int,
+) -> dict:
     datasets = grid["datasets"]
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 4.4), squeeze=False)
     used_seeds: set[int] = set()
     for ax, dataset in zip(axes[0], datasets):
         drawn = 0
         for model in grid["models"]:
-            part = runs[(runs["dataset"] == dataset) & (runs["model"] == model) & (runs["normal_class"] == normal_class)] if not runs.empty else runs
+            part = (
+                runs[
+                    (runs["dataset"] == dataset)
+                    & (runs["model"] == model)
+                    & (runs["normal_class"] == normal_class)
+                ]
+                if not runs.empty
+                else runs
+            )
             if part.empty:
                 continue
             seed = int(part["seed"].min())
-            scores_path = results_dir / RUN_DIR.format(dataset=dataset, model=model, normal_class=normal_class, seed=seed) / SCORES
+            scores_path = (
+                results_dir
+                / RUN_DIR.format(dataset=dataset, model=model, normal_class=normal_class, seed=seed)
+                / SCORES
+            )
             try:
                 with gzip.open(scores_path, "rt") as handle:
                     scores = pd.read_csv(handle)
-                fpr, tpr, auc = _roc_curve(scores["label"].to_numpy(), scores["score_main"].to_numpy())
+                fpr, tpr, auc = _roc_curve(
+                    scores["label"].to_numpy(), scores["score_main"].to_numpy()
+                )
             except (OSError, ValueError, KeyError) as error:
                 log.warning("no ROC for %s: %s", scores_path, error)
                 continue
             used_seeds.add(seed)
-            ax.plot(fpr, tpr, color=colours[model], lw=1.6, label=f"{model_label(model)} (AUC {100 * auc:.1f})")
+            ax.plot(
+                fpr,
+                tpr,
+                color=colours[model],
+                lw=1.6,
+                label=f"{model_label(model)} (AUC {100 * auc:.1f})",
+            )
             drawn += 1
         if drawn:
             ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
@@ -360,7 +479,9 @@ def roc(results_dir: Path, runs: pd.DataFrame, grid: dict, colours: dict, normal
             ax.legend(fontsize=8, loc="lower right")
         else:
             _no_data(ax, f"no complete run for class {normal_class}")
-        ax.set_title(f"{pub.dataset_label(dataset)} — normal class {pub.class_label(dataset, normal_class)}")
+        ax.set_title(
+            f"{pub.dataset_label(dataset)} — normal class {pub.class_label(dataset, normal_class)}"
+        )
     fig.tight_layout()
     save_png(fig, path, dpi)
     seeds = ", ".join(str(s) for s in sorted(used_seeds)) or "none"
@@ -379,12 +500,21 @@ def parameters(params: pd.DataFrame, grid: dict, path: Path, dpi: int) -> dict:
     rows = []
     for model in grid["models"]:
         for dataset in grid["datasets"]:
-            part = params[(params["model"] == model) & (params["dataset"] == dataset)] if not params.empty else params
+            part = (
+                params[(params["model"] == model) & (params["dataset"] == dataset)]
+                if not params.empty
+                else params
+            )
             if len(part) and pd.notna(part["parameters_millions"].iloc[0]):
                 latent = part["latent_dim"].iloc[0]
                 latent_text = f", d={int(latent)}" if pd.notna(latent) else ""
-                rows.append({"model": model_label(model), "source": f"ours ({pub.dataset_label(dataset)}{latent_text})",
-                             "millions": float(part["parameters_millions"].iloc[0])})
+                rows.append(
+                    {
+                        "model": model_label(model),
+                        "source": f"ours ({pub.dataset_label(dataset)}{latent_text})",
+                        "millions": float(part["parameters_millions"].iloc[0]),
+                    }
+                )
         paper = pub.parameters_millions().get(model)
         if paper is not None:
             rows.append({"model": model_label(model), "source": "paper", "millions": paper})
@@ -395,7 +525,15 @@ def parameters(params: pd.DataFrame, grid: dict, path: Path, dpi: int) -> dict:
         sources = ours + (["paper"] if "paper" in set(data["source"]) else [])
         colour_of = dict(zip(ours, sns.color_palette("Blues_d", n_colors=max(len(ours), 1))))
         colour_of["paper"] = (0.6, 0.6, 0.6)
-        sns.barplot(data=data, x="model", y="millions", hue="source", hue_order=sources, palette=colour_of, ax=ax)
+        sns.barplot(
+            data=data,
+            x="model",
+            y="millions",
+            hue="source",
+            hue_order=sources,
+            palette=colour_of,
+            ax=ax,
+        )
         for container in ax.containers:
             ax.bar_label(container, fmt="%.3g", fontsize=7, padding=2)
         ax.set_ylabel("trainable parameters (millions)")
@@ -427,20 +565,39 @@ def compute(compute_table: pd.DataFrame, grid: dict, colours: dict, path: Path, 
         data = compute_table.assign(
             label=compute_table["model"].map(model_label),
             dataset_label=compute_table["dataset"].map(pub.dataset_label),
-            hours_kind=np.where(compute_table["device_type"] == "cuda", "GPU-hours", "CPU-hours ("
-                                + compute_table["device_type"].astype(str) + ")"),
+            hours_kind=np.where(
+                compute_table["device_type"] == "cuda",
+                "GPU-hours",
+                "CPU-hours (" + compute_table["device_type"].astype(str) + ")",
+            ),
         )
         order = [model_label(m) for m in grid["models"] if m in set(data["model"])]
-        sns.barplot(data=data, x="label", y="mean_seconds_per_epoch", hue="dataset_label", order=order, ax=axes[0],
-                    hue_order=[pub.dataset_label(d) for d in grid["datasets"] if d in set(data["dataset"])],
-                    palette="Greens", errorbar=None)
+        sns.barplot(
+            data=data,
+            x="label",
+            y="mean_seconds_per_epoch",
+            hue="dataset_label",
+            order=order,
+            ax=axes[0],
+            hue_order=[pub.dataset_label(d) for d in grid["datasets"] if d in set(data["dataset"])],
+            palette="Greens",
+            errorbar=None,
+        )
         axes[0].set_ylabel("seconds per epoch (mean over runs)")
         axes[0].set_xlabel("")
         axes[0].legend(title=None, fontsize=8)
         axes[0].set_title("Time per epoch")
         hours = data.groupby(["label", "hours_kind"], as_index=False)["wall_hours"].sum()
-        sns.barplot(data=hours, x="label", y="wall_hours", hue="hours_kind", order=order, ax=axes[1], palette="Oranges",
-                    errorbar=None)
+        sns.barplot(
+            data=hours,
+            x="label",
+            y="wall_hours",
+            hue="hours_kind",
+            order=order,
+            ax=axes[1],
+            palette="Oranges",
+            errorbar=None,
+        )
         for container in axes[1].containers:
             axes[1].bar_label(container, fmt="%.3g", fontsize=7, padding=2)
         axes[1].set_ylabel("device-hours (sum of wall time)")
@@ -471,7 +628,11 @@ def critical_difference(runs: pd.DataFrame, grid: dict, out_dir: Path, dpi: int)
         section = analysis["datasets"].get(dataset, {})
         path = out_dir / f"cd_{dataset}.png"
         if "cd_diagram" not in section:
-            reason = section.get("cd_diagram_error") or " ".join(section.get("skipped", [])) or "no comparison"
+            reason = (
+                section.get("cd_diagram_error")
+                or " ".join(section.get("skipped", []))
+                or "no comparison"
+            )
             fig, ax = plt.subplots(figsize=(7.5, 1.6))
             _no_data(ax, "No critical-difference diagram:\n" + "\n".join(_wrap(reason, 90)))
             ax.set_title(pub.dataset_label(dataset), fontsize=9)
@@ -486,8 +647,13 @@ def critical_difference(runs: pd.DataFrame, grid: dict, out_dir: Path, dpi: int)
                 "OCSVM oracle is left out (it selects on the test labels)."
             )
         entries.append(
-            {"file": path.name, "section": "stats", "dataset": dataset,
-             "title": f"Critical-difference diagram — {pub.dataset_label(dataset)}", "caption": caption}
+            {
+                "file": path.name,
+                "section": "stats",
+                "dataset": dataset,
+                "title": f"Critical-difference diagram — {pub.dataset_label(dataset)}",
+                "caption": caption,
+            }
         )
     return entries
 
@@ -501,7 +667,14 @@ def _wrap(text: str, width: int) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def draw_all(results_dir: Path, agg_dir: Path, out_dir: Path, roc_class: int | None, fig6_epochs: int, dpi: int) -> list[dict]:
+def draw_all(
+    results_dir: Path,
+    agg_dir: Path,
+    out_dir: Path,
+    roc_class: int | None,
+    fig6_epochs: int,
+    dpi: int,
+) -> list[dict]:
     payload_path = agg_dir / "aggregate.json"
     if not payload_path.is_file():
         raise UserError(f"{payload_path} not found; run `grad2vae aggregate` first")
@@ -512,12 +685,22 @@ def draw_all(results_dir: Path, agg_dir: Path, out_dir: Path, roc_class: int | N
     summary = read_table(agg_dir / "summary.csv")
     params = read_table(agg_dir / "parameters.csv")
     compute_table = read_table(agg_dir / "compute.csv")
-    entropy = read_table(agg_dir / "entropy_only.csv") if (agg_dir / "entropy_only.csv").is_file() else pd.DataFrame()
+    entropy = (
+        read_table(agg_dir / "entropy_only.csv")
+        if (agg_dir / "entropy_only.csv").is_file()
+        else pd.DataFrame()
+    )
     history_path = agg_dir / "history.csv.gz"
-    history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size > 30 else pd.DataFrame()
+    history = (
+        pd.read_csv(history_path)
+        if history_path.is_file() and history_path.stat().st_size > 30
+        else pd.DataFrame()
+    )
     if roc_class is None or roc_class not in grid["normal_classes"]:
         if roc_class is not None:
-            log.warning("ROC class %s is not in the grid; using %s", roc_class, grid["normal_classes"][0])
+            log.warning(
+                "ROC class %s is not in the grid; using %s", roc_class, grid["normal_classes"][0]
+            )
         roc_class = int(grid["normal_classes"][0])
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
@@ -529,7 +712,9 @@ def draw_all(results_dir: Path, agg_dir: Path, out_dir: Path, roc_class: int | N
         fig6_scores(history, entropy, grid, colours, fig6_epochs, out_dir / "fig6_scores.png", dpi),
         anomaly_ratio(history, grid, colours, out_dir / "anomaly_ratio.png", dpi),
         per_class(summary, grid, colours, out_dir / "per_class_auc.png", dpi),
-        roc(results_dir, runs, grid, colours, roc_class, out_dir / f"roc_class{roc_class}.png", dpi),
+        roc(
+            results_dir, runs, grid, colours, roc_class, out_dir / f"roc_class{roc_class}.png", dpi
+        ),
         parameters(params, grid, out_dir / "parameters.png", dpi),
         compute(compute_table, grid, colours, out_dir / "compute.png", dpi),
     ]
@@ -547,4 +732,3 @@ def run(args: argparse.Namespace) -> int:
     entries = draw_all(results_dir, agg_dir, out_dir, args.roc_class, args.fig6_epochs, args.dpi)
     log.info("%d figures -> %s", len(entries), out_dir)
     return 0
-

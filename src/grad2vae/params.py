@@ -34,10 +34,15 @@ def count_rows() -> list[dict]:
     rows = []
     for dataset, latent_dim in LATENT_DIMS.items():
         names = [n for n in paper if n in MODELS] + [n for n in model_names() if n not in paper]
-        counts = {name: create_model(name, latent_dim, dataset=dataset).parameter_count() for name in names}
+        counts = {
+            name: create_model(name, latent_dim, dataset=dataset).parameter_count()
+            for name in names
+        }
         for name, count in counts.items():
             published = paper.get(name)
-            multiple = counts["grad2vae"] / count if name != "grad2vae" and "grad2vae" in counts else None
+            multiple = (
+                counts["grad2vae"] / count if name != "grad2vae" and "grad2vae" in counts else None
+            )
             rows.append(
                 {
                     "dataset": dataset,

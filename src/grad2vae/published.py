@@ -31,12 +31,18 @@ def _check(data: dict[str, Any]) -> None:
     columns = table["columns"]
     for dataset, per_column in table["per_class"].items():
         if set(per_column) != set(columns):
-            raise UserError(f"published.yaml: table1.per_class.{dataset} must list {sorted(columns)}")
+            raise UserError(
+                f"published.yaml: table1.per_class.{dataset} must list {sorted(columns)}"
+            )
         for column, values in per_column.items():
             if len(values) != N_CLASSES:
-                raise UserError(f"published.yaml: table1.per_class.{dataset}.{column} needs {N_CLASSES} values")
+                raise UserError(
+                    f"published.yaml: table1.per_class.{dataset}.{column} needs {N_CLASSES} values"
+                )
         if len(table["class_labels"][dataset]) != N_CLASSES:
-            raise UserError(f"published.yaml: table1.class_labels.{dataset} needs {N_CLASSES} labels")
+            raise UserError(
+                f"published.yaml: table1.class_labels.{dataset} needs {N_CLASSES} labels"
+            )
         if set(table["average"][dataset]) != set(columns):
             raise UserError(f"published.yaml: table1.average.{dataset} must list {sorted(columns)}")
 

@@ -64,7 +64,14 @@ STYLESHEET = "style.css"
 
 
 # Modules whose ASSUMPTIONS tuple the report shows; only `attention_maps` (explain) may legitimately be absent.
-ASSUMPTION_MODULES = ("grad2vae.data", "grad2vae.fetch", "grad2vae.config", "grad2vae.schedule", "grad2vae.devices", "grad2vae.attention_maps")
+ASSUMPTION_MODULES = (
+    "grad2vae.data",
+    "grad2vae.fetch",
+    "grad2vae.config",
+    "grad2vae.schedule",
+    "grad2vae.devices",
+    "grad2vae.attention_maps",
+)
 
 
 OPTIONAL_MODULES = ("grad2vae.attention_maps",)
@@ -75,12 +82,24 @@ def default_template_dir() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results-dir", default="results", help="folder holding aggregate/ and figures/ (default: results)")
+    parser.add_argument(
+        "--results-dir",
+        default="results",
+        help="folder holding aggregate/ and figures/ (default: results)",
+    )
     parser.add_argument("--aggregate-dir", help="default: RESULTS/aggregate")
     parser.add_argument("--figures-dir", help="default: RESULTS/figures")
-    parser.add_argument("--explain-summary", help="default: RESULTS/explain/summary.json, used if it exists")
-    parser.add_argument("--report-dir", default="report", help="where index.html and its assets go (default: report)")
-    parser.add_argument("--template-dir", help="folder with index.html.j2 and style.css (default: workflow/report)")
+    parser.add_argument(
+        "--explain-summary", help="default: RESULTS/explain/summary.json, used if it exists"
+    )
+    parser.add_argument(
+        "--report-dir",
+        default="report",
+        help="where index.html and its assets go (default: report)",
+    )
+    parser.add_argument(
+        "--template-dir", help="folder with index.html.j2 and style.css (default: workflow/report)"
+    )
     parser.add_argument("--title", default="Grad2VAE reproduction", help="page title")
 
 
@@ -117,7 +136,13 @@ def gather_assumptions() -> list[dict[str, Any]]:
         items = list(getattr(module, "ASSUMPTIONS", ()) or ())
         if items:
             summary = (module.__doc__ or "").strip().splitlines()
-            groups.append({"source": module_name, "title": summary[0] if summary else module_name, "items": items})
+            groups.append(
+                {
+                    "source": module_name,
+                    "title": summary[0] if summary else module_name,
+                    "items": items,
+                }
+            )
     return groups
 
 
@@ -138,12 +163,16 @@ def protocol_deviations(workflow_config: dict[str, Any], runs: pd.DataFrame) -> 
             out.append(f"latent size {dataset} = {size} (paper: {setup['latent_dim'][dataset]})")
     seeds = workflow_config.get("seeds") if workflow_config else None
     if seeds is not None and len(seeds) != setup["models_per_class"]:
-        out.append(f"{len(seeds)} seed(s) per class (paper: {setup['models_per_class']} models per class)")
+        out.append(
+            f"{len(seeds)} seed(s) per class (paper: {setup['models_per_class']} models per class)"
+        )
     classes = workflow_config.get("normal_classes") if workflow_config else None
     if classes is not None and len(classes) != pub.N_CLASSES:
         out.append(f"{len(classes)} of the 10 normal classes")
     for name, variant in ((workflow_config or {}).get("variants") or {}).items():
-        out.append(f"variant {name} = {variant['model']}: {ablation_study.describe(name, workflow_config)}")
+        out.append(
+            f"variant {name} = {variant['model']}: {ablation_study.describe(name, workflow_config)}"
+        )
     if not workflow_config and not runs.empty:
         epochs = sorted({int(e) for e in runs["epochs"].dropna()}) if "epochs" in runs else []
         if epochs and epochs != [setup["epochs"]]:
@@ -151,7 +180,9 @@ def protocol_deviations(workflow_config: dict[str, Any], runs: pd.DataFrame) -> 
     return out
 
 
-def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary: Path, report_dir: Path) -> dict[str, Any]:
+def gather(
+    results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary: Path, report_dir: Path
+) -> dict[str, Any]:
     payload_path = agg_dir / "aggregate.json"
     if not payload_path.is_file():
         raise UserError(f"{payload_path} not found; run `grad2vae aggregate` first")
@@ -174,18 +205,36 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
     for entry in manifest.get("figures", []):
         source = figures_dir / entry["file"]
         if not source.is_file():
-            raise UserError(f"{source} is listed in {manifest_path} but missing; run `grad2vae figures` again")
+            raise UserError(
+                f"{source} is listed in {manifest_path} but missing; run `grad2vae figures` again"
+            )
         copy_file(source, report_dir / "figures" / source.name)
         figures.setdefault(entry.get("section", "other"), []).append(
-            {"src": f"figures/{source.name}", "title": entry.get("title", ""), "caption": entry.get("caption", ""),
-             "dataset": entry.get("dataset", "")}
+            {
+                "src": f"figures/{source.name}",
+                "title": entry.get("title", ""),
+                "caption": entry.get("caption", ""),
+                "dataset": entry.get("dataset", ""),
+            }
         )
 
     # the tables as downloadable CSVs
     fresh_dir(report_dir / "data")
     downloads = []
-    for name in ("table1.csv", "runs.csv", "summary.csv", "averages.csv", "status.csv", "compute.csv", "parameters.csv",
-                 "stats.json", "claims.json", "ablations.json", "scores.csv", "entropy_only.csv"):
+    for name in (
+        "table1.csv",
+        "runs.csv",
+        "summary.csv",
+        "averages.csv",
+        "status.csv",
+        "compute.csv",
+        "parameters.csv",
+        "stats.json",
+        "claims.json",
+        "ablations.json",
+        "scores.csv",
+        "entropy_only.csv",
+    ):
         if (agg_dir / name).is_file():
             copy_file(agg_dir / name, report_dir / "data" / name)
             downloads.append({"href": f"data/{name}", "name": name})
@@ -219,8 +268,13 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
                 cell.update(diff=fmt_signed(diff), diff_class=sign_class(diff))
             cells.append(cell)
         table_rows.append(
-            {"dataset": row.get("dataset"), "dataset_label": row.get("dataset_label"), "class_label": row.get("class_label"),
-             "is_average": is_average, "cells": cells}
+            {
+                "dataset": row.get("dataset"),
+                "dataset_label": row.get("dataset_label"),
+                "class_label": row.get("class_label"),
+                "is_average": is_average,
+                "cells": cells,
+            }
         )
     # rowspan for the dataset cell
     for dataset in grid["datasets"]:
@@ -237,13 +291,18 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
                 "model": model_label(row["model"]),
                 "ours": fmt_num(row.get("auc_pct_mean")),
                 "ours_reconstruction": fmt_num(row.get("auc_reconstruction_pct_mean")),
-                "oracle": fmt_num(row.get("auc_oracle_pct_mean")) if is_finite_number(row.get("auc_oracle_pct_mean")) else "",
+                "oracle": fmt_num(row.get("auc_oracle_pct_mean"))
+                if is_finite_number(row.get("auc_oracle_pct_mean"))
+                else "",
                 "mstd": fmt_num(row.get("mstd"), 3),
                 "max_class_std": fmt_num(row.get("max_class_std"), 3),
-                "published_label": pub.published_columns().get(row.get("published_column") or "", {}).get("label", ""),
+                "published_label": pub.published_columns()
+                .get(row.get("published_column") or "", {})
+                .get("label", ""),
                 "published": fmt_num(row.get("published_average_pct")),
                 "basis": row.get("published_average_basis") or "",
-                "basis_note": (row.get("published_average_basis") or PRINTED_AVERAGE) != PRINTED_AVERAGE,
+                "basis_note": (row.get("published_average_basis") or PRINTED_AVERAGE)
+                != PRINTED_AVERAGE,
                 "diff": fmt_signed(row.get("difference_pct")),
                 "diff_class": sign_class(row.get("difference_pct")),
                 "classes": f"{int(row.get('n_classes') or 0)}/{int(row.get('n_classes_expected') or 0)}",
@@ -251,22 +310,32 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
             }
         )
 
-
     param_rows = []
     for row in _records(parameters):
         param_rows.append(
-            {"model": model_label(row["model"]), "dataset": pub.dataset_label(row["dataset"]),
-             "latent_dim": fmt_int(row.get("latent_dim")), "ours": fmt_int(row.get("parameters")),
-             "ours_m": fmt_num(row.get("parameters_millions"), 3), "paper_m": fmt_num(row.get("paper_millions"), 3),
-             "ratio": fmt_num(row.get("ratio_to_paper"), 2)}
+            {
+                "model": model_label(row["model"]),
+                "dataset": pub.dataset_label(row["dataset"]),
+                "latent_dim": fmt_int(row.get("latent_dim")),
+                "ours": fmt_int(row.get("parameters")),
+                "ours_m": fmt_num(row.get("parameters_millions"), 3),
+                "paper_m": fmt_num(row.get("paper_millions"), 3),
+                "ratio": fmt_num(row.get("ratio_to_paper"), 2),
+            }
         )
     compute_rows = []
     for row in _records(compute):
         compute_rows.append(
-            {"model": model_label(row["model"]), "dataset": pub.dataset_label(row["dataset"]), "device_type": row.get("device_type"),
-             "runs": fmt_int(row.get("runs")), "mean_wall": fmt_num(row.get("mean_wall_seconds"), 1),
-             "per_epoch": fmt_num(row.get("mean_seconds_per_epoch"), 2), "hours": fmt_num(row.get("wall_hours"), 3),
-             "gpu_hours": fmt_num(row.get("gpu_hours"), 3)}
+            {
+                "model": model_label(row["model"]),
+                "dataset": pub.dataset_label(row["dataset"]),
+                "device_type": row.get("device_type"),
+                "runs": fmt_int(row.get("runs")),
+                "mean_wall": fmt_num(row.get("mean_wall_seconds"), 1),
+                "per_epoch": fmt_num(row.get("mean_seconds_per_epoch"), 2),
+                "hours": fmt_num(row.get("wall_hours"), 3),
+                "gpu_hours": fmt_num(row.get("gpu_hours"), 3),
+            }
         )
 
     # run status: a dataset x model matrix of complete/expected, and the runs that are not complete
@@ -274,11 +343,23 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
     for dataset in grid["datasets"]:
         cells = []
         for model in model_order(grid["models"]):
-            part = status[(status["dataset"] == dataset) & (status["model"] == model)] if not status.empty else status
+            part = (
+                status[(status["dataset"] == dataset) & (status["model"] == model)]
+                if not status.empty
+                else status
+            )
             done = int((part["status"] == "complete").sum()) if len(part) else 0
             failed = int((part["status"] == "failed").sum()) if len(part) else 0
-            cells.append({"complete": done, "failed": failed, "expected": int(len(part)),
-                          "state": "ok" if len(part) and done == len(part) else ("bad" if failed else "partial")})
+            cells.append(
+                {
+                    "complete": done,
+                    "failed": failed,
+                    "expected": int(len(part)),
+                    "state": "ok"
+                    if len(part) and done == len(part)
+                    else ("bad" if failed else "partial"),
+                }
+            )
         status_matrix.append({"dataset": pub.dataset_label(dataset), "cells": cells})
     not_complete = _records(status[status["status"] != "complete"]) if not status.empty else []
     for row in not_complete:
@@ -316,7 +397,9 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
         "explain": gather_explain(explain_summary, report_dir),
         "provenance": provenance,
         "run_versions": provenance.get("run_versions", []),
-        "workflow_config_text": json.dumps(workflow_config, indent=2, sort_keys=True) if workflow_config else "",
+        "workflow_config_text": json.dumps(workflow_config, indent=2, sort_keys=True)
+        if workflow_config
+        else "",
         "citation": pub.citation(),
         "citation_short": pub.load_published()["citation"]["short"],
         "doi": pub.load_published()["citation"]["doi"],
@@ -325,7 +408,9 @@ def gather(results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary:
             "grad2vae": __version__,
             "python": sys.version.split()[0],
             "git_commit": git_commit_label(Path.cwd()),
-            "generated_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "generated_utc": datetime.datetime.now(datetime.timezone.utc).strftime(
+                "%Y-%m-%d %H:%M UTC"
+            ),
             "results_dir": str(results_dir),
         },
     }
@@ -357,7 +442,9 @@ def build_report(
 ) -> Path:
     template_dir = template_dir or default_template_dir()
     if not (template_dir / TEMPLATE).is_file() or not (template_dir / STYLESHEET).is_file():
-        raise UserError(f"{template_dir} lacks {TEMPLATE} or {STYLESHEET}; pass --template-dir (the repository's workflow/report)")
+        raise UserError(
+            f"{template_dir} lacks {TEMPLATE} or {STYLESHEET}; pass --template-dir (the repository's workflow/report)"
+        )
     report_dir.mkdir(parents=True, exist_ok=True)
     context = gather(
         results_dir,

@@ -312,5 +312,3 @@ def gather_scores(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> di
         "entropy_note": payload.get("entropy_only", ""),
         "figures": figures.get("scores", []),
     }
-
-

@@ -54,7 +54,9 @@ def make_scheduler(
     if lr_steps:
         return StepsToValues(optimizer, lr_steps)
     milestones = [lr_decay_epoch] if lr_decay_epoch > 0 else []
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=lr_decay_factor)
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=milestones, gamma=lr_decay_factor
+    )
 
 
 def check_schedule(lr_decay_epoch: int, lr_steps: Sequence[tuple[int, float]]) -> None:
@@ -70,4 +72,6 @@ def check_schedule(lr_decay_epoch: int, lr_steps: Sequence[tuple[int, float]]) -
     if any(epoch < 1 for epoch in epochs) or epochs != sorted(set(epochs)):
         raise ValueError(f"lr_steps epochs {epochs} must be >= 1, distinct and increasing")
     if any(not float(lr) > 0 or float(lr) == float("inf") for _, lr in lr_steps):
-        raise ValueError(f"lr_steps learning rates {[lr for _, lr in lr_steps]} must be positive numbers")
+        raise ValueError(
+            f"lr_steps learning rates {[lr for _, lr in lr_steps]} must be positive numbers"
+        )

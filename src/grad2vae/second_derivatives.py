@@ -80,13 +80,17 @@ def second_derivatives_vectorized(z: Tensor, layer: Tensor, create_graph: bool =
     n, d = z.shape
     w = torch.zeros_like(z, requires_grad=True)
     (g,) = torch.autograd.grad(z, layer, grad_outputs=w, create_graph=True)  # J^T w
-    (u,) = torch.autograd.grad(g, w, grad_outputs=torch.ones_like(g), create_graph=True)  # J 1: (N, d)
+    (u,) = torch.autograd.grad(
+        g, w, grad_outputs=torch.ones_like(g), create_graph=True
+    )  # J 1: (N, d)
     one_hot = torch.eye(d, dtype=z.dtype, device=z.device).unsqueeze(1).expand(d, n, d)
     h = _grad_or_zeros(u, layer, one_hot, create_graph, batched=True)  # (d, N, ...)
     return h.transpose(0, 1)
 
 
-def _grad_or_zeros(output: Tensor, layer: Tensor, grad_outputs, create_graph: bool, batched: bool) -> Tensor:
+def _grad_or_zeros(
+    output: Tensor, layer: Tensor, grad_outputs, create_graph: bool, batched: bool
+) -> Tensor:
     shape = ((grad_outputs.shape[0],) if batched else ()) + tuple(layer.shape)
     if not output.requires_grad:  # no path from layer to output at all: zero curvature
         return layer.new_zeros(shape)
@@ -106,7 +110,9 @@ def _grad_or_zeros(output: Tensor, layer: Tensor, grad_outputs, create_graph: bo
 CLOSED_FORM_METHODS = ("closed_form", "explicit")
 
 
-def closed_form_from_jacobian(logvar: Tensor, eps: Tensor, g: Tensor, sigma: str = "exp_half_logvar") -> Tensor:
+def closed_form_from_jacobian(
+    logvar: Tensor, eps: Tensor, g: Tensor, sigma: str = "exp_half_logvar"
+) -> Tensor:
     """h (N, d, ...) = 0.25 sigma eps (1.g) g from g = d logvar / dL of shape (N, d, ...), for
     sigma = exp(0.5 logvar); for ``sigma="exp_logvar"`` (z = mu + exp(logvar) eps, the companion
     notebook's) dz_i/dL = dmu_i + sigma_i eps_i g_i, hence h_i = sigma_i eps_i (1.g_i) g_i."""
@@ -119,7 +125,11 @@ def closed_form_from_jacobian(logvar: Tensor, eps: Tensor, g: Tensor, sigma: str
 
 
 def second_derivatives_closed_form(
-    logvar: Tensor, eps: Tensor, layer: Tensor, create_graph: bool = True, sigma: str = "exp_half_logvar"
+    logvar: Tensor,
+    eps: Tensor,
+    layer: Tensor,
+    create_graph: bool = True,
+    sigma: str = "exp_half_logvar",
 ) -> Tensor:
     """h of shape (N, d, *layer.shape[1:]), equal to ``second_derivatives(z, layer)`` when the
     path from ``layer`` to (mu, logvar) is piecewise linear and z = mu + exp(0.5 logvar) eps

@@ -71,7 +71,9 @@ def friedman(table: pd.DataFrame) -> tuple[float, float]:
     """(chi-square statistic, p-value) of the Friedman test over the rows; needs >= 3 columns."""
     if table.shape[1] < 3 or table.shape[0] < 2:
         return math.nan, math.nan
-    result = sps.friedmanchisquare(*(table[column].to_numpy(dtype=float) for column in table.columns))
+    result = sps.friedmanchisquare(
+        *(table[column].to_numpy(dtype=float) for column in table.columns)
+    )
     return float(result.statistic), float(result.pvalue)
 
 
@@ -169,7 +171,9 @@ class Comparison:
         return {
             "name": self.name,
             "methods": self.methods,
-            "classes": [int(c) if isinstance(c, (int, np.integer)) else c for c in self.table.index],
+            "classes": [
+                int(c) if isinstance(c, (int, np.integer)) else c for c in self.table.index
+            ],
             "alpha": self.alpha,
             "mean_auc": {m: self.mean(m) for m in self.methods},
             "average_ranks": {m: float(r) for m, r in self.average_ranks.items()},
@@ -268,7 +272,10 @@ def best_average_claim(
 
 
 def critical_difference_diagram(
-    comparison: Comparison, path: str | Path, labels: Mapping[str, str] | None = None, dpi: int = 110
+    comparison: Comparison,
+    path: str | Path,
+    labels: Mapping[str, str] | None = None,
+    dpi: int = 110,
 ) -> Path:
     """Draw ``comparison``'s critical-difference diagram to ``path`` (PNG): each method at its
     average rank, crossbars joining methods whose Holm-corrected Wilcoxon p-value is > alpha.
@@ -295,7 +302,9 @@ def critical_difference_diagram(
     fig, ax = plt.subplots(figsize=(7.5, height))
     sp.critical_difference_diagram(ranks, matrix, alpha=comparison.alpha, ax=ax)
     friedman_text = (
-        f"Friedman p = {comparison.friedman_p:.3g}" if math.isfinite(comparison.friedman_p) else "Friedman: n/a"
+        f"Friedman p = {comparison.friedman_p:.3g}"
+        if math.isfinite(comparison.friedman_p)
+        else "Friedman: n/a"
     )
     ax.set_title(
         f"{comparison.name}: average rank over {comparison.n_blocks} classes (1 = best); bars: "
@@ -351,7 +360,9 @@ def published_table(dataset: str, columns: Sequence[str] | None = None) -> pd.Da
 
     columns = list(columns or pub.published_columns())
     data = {c: [pub.published_auc(dataset, c, k) for k in range(10)] for c in columns}
-    return pd.DataFrame(data, index=pd.Index(range(10), name="normal_class")).dropna(axis=1, how="any")
+    return pd.DataFrame(data, index=pd.Index(range(10), name="normal_class")).dropna(
+        axis=1, how="any"
+    )
 
 
 def analyse(
@@ -377,16 +388,25 @@ def analyse(
     out: dict[str, Any] = {"alpha": alpha, "oracle_note": ORACLE_NOTE, "datasets": {}}
     for dataset in sorted(runs["dataset"].unique()):
         present = runs[runs["dataset"] == dataset]
-        names = [m for m in (methods or sorted(present["model"].unique())) if m in set(present["model"])]
+        names = [
+            m for m in (methods or sorted(present["model"].unique())) if m in set(present["model"])
+        ]
         section: dict[str, Any] = {"label": pub.dataset_label(dataset)}
         table = class_means(present, names) * 100.0
         if table.shape[1] >= 2 and len(table) >= 2:
             ours = compare(table, name=pub.dataset_label(dataset), alpha=alpha)
             section["ours"] = ours.to_dict()
             if claim_method in ours.methods:
-                published_average = pub.published_average(dataset, pub.column_for_model(claim_method) or claim_method)
+                published_average = pub.published_average(
+                    dataset, pub.column_for_model(claim_method) or claim_method
+                )
                 section["claim_ours"] = best_average_claim(
-                    ours, claim_method, published_average, labels, pub.dataset_label(dataset), scale=1.0
+                    ours,
+                    claim_method,
+                    published_average,
+                    labels,
+                    pub.dataset_label(dataset),
+                    scale=1.0,
                 )
             if figure_dir is not None:
                 path = Path(figure_dir) / f"cd_{dataset}.png"
@@ -397,7 +417,9 @@ def analyse(
                     section["cd_diagram_error"] = str(error)
         paper = published_table(dataset)
         if paper.shape[1] >= 2:
-            printed = compare(paper, name=f"{pub.dataset_label(dataset)} (paper's Table 1)", alpha=alpha)
+            printed = compare(
+                paper, name=f"{pub.dataset_label(dataset)} (paper's Table 1)", alpha=alpha
+            )
             section["published"] = printed.to_dict()
             column = pub.column_for_model(claim_method) or claim_method
             if column in printed.methods:

@@ -64,6 +64,7 @@ from grad2vae.run import (
 
 log = logging.getLogger(__name__)
 
+
 def train_one(config: RunConfig, out_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """Train and evaluate one run into ``out_dir``; return its metrics (see CONTRIBUTING.md).
 
@@ -112,7 +113,9 @@ def train_seeds(
     of equal epochs in lock-step. ``derivatives``: Grad2VAE's second-derivative implementation
     (``create_model``; other models ignore it), like ``device`` not part of the config hash."""
     if not configs or len(configs) != len(out_dirs):
-        raise UserError(f"train_seeds needs one out dir per configuration (got {len(configs)} and {len(out_dirs)})")
+        raise UserError(
+            f"train_seeds needs one out dir per configuration (got {len(configs)} and {len(out_dirs)})"
+        )
     if seed_batching not in SEED_BATCHING:
         raise UserError(f"--seed-batching {seed_batching!r}: use one of {', '.join(SEED_BATCHING)}")
     for config in configs:
@@ -135,7 +138,11 @@ def train_seeds(
     for out_dir, done in zip(out_dirs, results):
         if done is not None:
             (out_dir / CHECKPOINT).unlink(missing_ok=True)
-            log.info("%s: run already finished (auc %.4f); nothing to do", out_dir, done.get("auc", float("nan")))
+            log.info(
+                "%s: run already finished (auc %.4f); nothing to do",
+                out_dir,
+                done.get("auc", float("nan")),
+            )
     with contextlib.ExitStack() as locks:
         pending = [i for i, done in enumerate(results) if done is None]
         for i in pending:
@@ -204,10 +211,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "process (see --seed-batching), --out-dir then needs a {seed} placeholder",
     )
     run_group.add_argument(
-        "--data-dir", required=True, help="folder of `grad2vae fetch` (holds mnist/, fashion_mnist/)"
+        "--data-dir",
+        required=True,
+        help="folder of `grad2vae fetch` (holds mnist/, fashion_mnist/)",
     )
     run_group.add_argument(
-        "--out-dir", required=True, help="the run's folder (created); {seed} is replaced by the seed"
+        "--out-dir",
+        required=True,
+        help="the run's folder (created); {seed} is replaced by the seed",
     )
 
     protocol = parser.add_argument_group(
@@ -216,11 +227,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "x 0.1 after epoch 50)"
     )
     protocol.add_argument(
-        "--latent-dim", type=int, default=None, help="bottleneck size (default: 16 mnist, 32 fashion_mnist)"
+        "--latent-dim",
+        type=int,
+        default=None,
+        help="bottleneck size (default: 16 mnist, 32 fashion_mnist)",
     )
     protocol.add_argument("--epochs", type=int, default=None, help="training epochs (default: 100)")
-    protocol.add_argument("--batch-size", type=int, default=None, help="training batch size (default: 128)")
-    protocol.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)")
+    protocol.add_argument(
+        "--batch-size", type=int, default=None, help="training batch size (default: 128)"
+    )
+    protocol.add_argument(
+        "--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)"
+    )
     protocol.add_argument(
         "--lr-decay-epoch",
         type=int,
@@ -243,10 +261,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="test AUC every N epochs; the last epoch is always evaluated; 0: last only (default: 1)",
     )
     protocol.add_argument(
-        "--eval-batch-size", type=int, default=1000, help="test images per scoring batch (default: 1000)"
+        "--eval-batch-size",
+        type=int,
+        default=1000,
+        help="test images per scoring batch (default: 1000)",
     )
     protocol.add_argument(
-        "--train-limit", type=int, default=0, help="use at most N training images; 0: all (default: 0)"
+        "--train-limit",
+        type=int,
+        default=0,
+        help="use at most N training images; 0: all (default: 0)",
     )
     protocol.add_argument(
         "--test-limit", type=int, default=0, help="use at most N test images; 0: all (default: 0)"
@@ -254,10 +278,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     execution = parser.add_argument_group("execution (not part of the configuration hash)")
     execution.add_argument(
-        "--checkpoint-every", type=int, default=5, help="checkpoint every N epochs; 0: never (default: 5)"
+        "--checkpoint-every",
+        type=int,
+        default=5,
+        help="checkpoint every N epochs; 0: never (default: 5)",
     )
     execution.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = CUDA if present)"
+        "--device",
+        default="auto",
+        help="auto, cpu, cuda or cuda:N (default: auto = CUDA if present)",
     )
     execution.add_argument(
         "--gpu-slots",
@@ -285,7 +314,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     execution.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
     )
-    execution.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    execution.add_argument(
+        "--no-progress", action="store_true", help="no progress bar even on a terminal"
+    )
     execution.add_argument(
         "--derivatives",
         default="auto",
@@ -377,7 +408,9 @@ def run(args: argparse.Namespace) -> int:
 
     derivatives = args.derivatives  # an execution choice: not part of the config hash
     if derivatives != "auto" and derivatives not in DERIVATIVE_METHODS:
-        raise UserError(f"--derivatives {derivatives!r}: use auto or one of {', '.join(DERIVATIVE_METHODS)}")
+        raise UserError(
+            f"--derivatives {derivatives!r}: use auto or one of {', '.join(DERIVATIVE_METHODS)}"
+        )
     seeds = list(args.seed)
     if len(seeds) > 1 and "{seed}" not in args.out_dir:
         raise UserError(
@@ -408,4 +441,3 @@ def run(args: argparse.Namespace) -> int:
             f"-> {out_dir}"
         )
     return 0
-

@@ -28,7 +28,9 @@ def model_class(name: str) -> type[AnomalyModel]:
         raise UserError(f"unknown model {name!r}; known models: {known}") from None
 
 
-def check_options(name: str, options: dict[str, Any] | None, label: str | None = None) -> dict[str, Any]:
+def check_options(
+    name: str, options: dict[str, Any] | None, label: str | None = None
+) -> dict[str, Any]:
     """``options`` for model ``name``'s constructor, each value converted to its declared type
     (``AnomalyModel.options``); UserError naming ``label`` (the variant, default the model), the
     option and the accepted ones for an unknown option or value."""
@@ -49,7 +51,9 @@ def check_options(name: str, options: dict[str, Any] | None, label: str | None =
             except (TypeError, ValueError):
                 number = math.nan
             if isinstance(value, bool) or not math.isfinite(number):
-                raise UserError(f"{label}: option {key!r} of {name!r} must be a number, not {value!r}")
+                raise UserError(
+                    f"{label}: option {key!r} of {name!r} must be a number, not {value!r}"
+                )
             checked[key] = number
         elif value not in allowed:
             raise UserError(
@@ -94,4 +98,12 @@ def _load_builtin_models() -> None:
     from grad2vae.models import cae, cae_ocsvm, deep_svdd, grad2vae, inception_caenn, vae  # noqa: F401
 
 
-__all__ = ["AnomalyModel", "MODELS", "check_options", "create_model", "model_class", "model_names", "register"]
+__all__ = [
+    "AnomalyModel",
+    "MODELS",
+    "check_options",
+    "create_model",
+    "model_class",
+    "model_names",
+    "register",
+]

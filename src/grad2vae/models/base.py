@@ -111,7 +111,9 @@ class AnomalyModel(nn.Module):
     ) -> dict[str, Any] | None:
         return None
 
-    def extra_scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def extra_scores(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         return {}
 
     def preprocessing_info(self) -> dict[str, Any]:
@@ -140,7 +142,10 @@ class AnomalyModel(nn.Module):
             clone = copy.deepcopy(self).train()
             x = like[:1].expand(n, *like.shape[1:]).clone()
             forked = [like.device.index or 0] if like.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=forked), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with (
+                torch.random.fork_rng(devices=forked),
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            ):
                 clone.loss(x)["total"]
             return sum(storages.values())
 

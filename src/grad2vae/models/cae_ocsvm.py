@@ -59,7 +59,9 @@ def oracle_auc(aucs: Mapping[str, float]) -> tuple[float, str]:
     hyperparameters on the test set (Golan & El-Yaniv's protocol). Report it as an oracle."""
     missing = [key for key in GRID_KEYS if key not in aucs]
     if missing:
-        raise KeyError(f"oracle grid incomplete: {len(missing)} of {len(GRID_KEYS)} points missing, e.g. {missing[0]}")
+        raise KeyError(
+            f"oracle grid incomplete: {len(missing)} of {len(GRID_KEYS)} points missing, e.g. {missing[0]}"
+        )
     best = max(GRID_KEYS, key=lambda key: (aucs[key], key))
     return float(aucs[best]), best
 
@@ -159,7 +161,9 @@ class CAEOneClassSVM(BaselineCAE):
         self._grid = grid
 
     @torch.no_grad()
-    def extra_scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def extra_scores(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         """The oracle grid's 90 scores and the gamma='scale' variant, higher = more anomalous."""
         if self._svm is None:
             raise RuntimeError(f"{self.name}: call fit_scorer(train_x) before extra_scores()")

@@ -85,7 +85,9 @@ class LeNetEncoder(nn.Module):
         blocks, in_channels, side = [], 1, 28
         for out_channels in channels:
             conv = _conv(in_channels, out_channels)
-            if leaky_gain_init:  # natasasdj FMNIST_LeNet_Autoencoder initialises its convolutions so
+            if (
+                leaky_gain_init
+            ):  # natasasdj FMNIST_LeNet_Autoencoder initialises its convolutions so
                 nn.init.xavier_uniform_(conv.weight, gain=nn.init.calculate_gain("leaky_relu"))
             blocks += [conv, _bn2d(out_channels), nn.LeakyReLU(), nn.MaxPool2d(2, 2)]
             in_channels, side = out_channels, side // 2
@@ -155,14 +157,22 @@ NETWORKS: dict[str, tuple[tuple[int, ...], int, type[nn.Module], str]] = {
 @register
 class DeepSVDD(AnomalyModel):
     name = "deep_svdd"
-    main_score = "squared distance to the hypersphere centre, ||phi(x) - c||^2 (one-class Deep SVDD)"
+    main_score = (
+        "squared distance to the hypersphere centre, ||phi(x) - c||^2 (one-class Deep SVDD)"
+    )
     preprocessing = (
         "per-image global contrast normalisation (L1 scale), then min-max scaling with the min and "
         "max over all pixels of the normal class's training images after GCN; test images use the "
         "same constants"
     )
     #: the README's learning setup (lukasruff/Deep-SVDD-PyTorch, MNIST example)
-    protocol_defaults = {"epochs": 150, "lr": 1e-4, "batch_size": 200, "lr_decay_epoch": 50, "lr_decay_factor": 0.1}
+    protocol_defaults = {
+        "epochs": 150,
+        "lr": 1e-4,
+        "batch_size": 200,
+        "lr_decay_epoch": 50,
+        "lr_decay_factor": 0.1,
+    }
     assumptions = (
         "Networks: MNIST LeNet (8/4 filters, 32-d) and Fashion-MNIST LeNet (32/64/128 filters, "
         "128-d), bias-free, BatchNorm(affine=False, eps 1e-4), LeakyReLU 0.01 — "
@@ -200,13 +210,18 @@ class DeepSVDD(AnomalyModel):
         super().__init__()
         dataset = dataset or "mnist"
         if dataset not in NETWORKS:
-            raise UserError(f"deep_svdd has no network for dataset {dataset!r}; known: {', '.join(NETWORKS)}")
+            raise UserError(
+                f"deep_svdd has no network for dataset {dataset!r}; known: {', '.join(NETWORKS)}"
+            )
         self.dataset = dataset
         channels, rep_dim, decoder, _source = NETWORKS[dataset]
         fashion = dataset == "fashion_mnist"
         self.net = LeNetEncoder(channels, rep_dim)  # phi (built first, as the source does)
         self.autoencoder = nn.ModuleDict(
-            {"encoder": LeNetEncoder(channels, rep_dim, leaky_gain_init=fashion), "decoder": decoder(rep_dim)}
+            {
+                "encoder": LeNetEncoder(channels, rep_dim, leaky_gain_init=fashion),
+                "decoder": decoder(rep_dim),
+            }
         )
         self.autoencoder.requires_grad_(False)  # trained only inside pretrain()
         self.register_buffer("c", torch.zeros(rep_dim))
@@ -311,7 +326,9 @@ class DeepSVDD(AnomalyModel):
             ae.eval()
         epoch_losses = torch.stack(losses).tolist() if losses else []
         if epoch_losses and not all(math.isfinite(v) for v in epoch_losses):
-            raise UserError("deep_svdd: the autoencoder pretraining loss is not finite; try a lower --lr")
+            raise UserError(
+                "deep_svdd: the autoencoder pretraining loss is not finite; try a lower --lr"
+            )
         # phi <- the pretrained encoder (weights and BatchNorm running statistics)
         self.net.load_state_dict(ae["encoder"].state_dict())
         self.init_center(xp)

@@ -82,6 +82,8 @@ from grad2vae.models import register
 from grad2vae.models.base import AnomalyModel
 from grad2vae.models.vae import (
     ASSUMPTIONS as VAE_ASSUMPTIONS,
+)
+from grad2vae.models.vae import (
     CHANNELS,
     HIDDEN,
     KL_REDUCTIONS,
@@ -119,13 +121,17 @@ DERIVATIVE_METHODS = METHODS + CLOSED_FORM_METHODS
 #: CPU: measured (explicit fastest). CUDA: not measured yet (no GPU was lent); "explicit" does the
 #: fewest FLOPs with plain dense kernels, so it is the default until a GPU benchmark says otherwise.
 AUTO_DERIVATIVES = {"cpu": "explicit", "cuda": "explicit"}
+
+
 def resolve_derivatives(device: torch.device | str, requested: str = "auto") -> str:
     """The implementation to use on ``device``: ``requested`` unless it is "auto", then
     ``AUTO_DERIVATIVES`` for the device's type."""
     if requested == "auto":
         requested = AUTO_DERIVATIVES.get(torch.device(device).type, "explicit")
     if requested not in DERIVATIVE_METHODS:
-        raise ValueError(f"second-derivative method {requested!r} is not one of {('auto',) + DERIVATIVE_METHODS}")
+        raise ValueError(
+            f"second-derivative method {requested!r} is not one of {('auto',) + DERIVATIVE_METHODS}"
+        )
     return requested
 
 
@@ -143,7 +149,11 @@ def _channels_last_mask(activation: Tensor) -> Tensor:
 
 
 def explicit_second_derivatives(
-    encoder: Encoder, e1: Tensor, eps: Tensor, create_graph: bool = True, sigma: str = "exp_half_logvar"
+    encoder: Encoder,
+    e1: Tensor,
+    eps: Tensor,
+    create_graph: bool = True,
+    sigma: str = "exp_half_logvar",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(mu, logvar, h) from L_e1 in one pass: the encoder's forward, then g = d logvar / dL_e1
     for all d units written out as the transposed network (ReLU masks from the forward, as
@@ -174,7 +184,11 @@ def explicit_second_derivatives(
             )
         )
         t = F.conv_transpose2d(
-            t, conv3.weight, stride=conv3.stride, padding=conv3.padding, output_padding=output_padding
+            t,
+            conv3.weight,
+            stride=conv3.stride,
+            padding=conv3.padding,
+            output_padding=output_padding,
         )
         t = (t.view(n, d, *a2.shape[1:]) * _channels_last_mask(a2).unsqueeze(1)).flatten(0, 1)
         conv2 = encoder.conv2
@@ -182,6 +196,7 @@ def explicit_second_derivatives(
         g = g.view(n, d, *e1.shape[1:])
         h = closed_form_from_jacobian(logvar, eps, g, sigma)
     return mu, logvar, h
+
 
 ASSUMPTIONS = VAE_ASSUMPTIONS + (
     "Second derivatives taken w.r.t. L_e1 after its ReLU, h_i = d/dL_e1(sum_j dz_i/dL_e1_j), one "
@@ -225,7 +240,9 @@ class AttentionModule(nn.Module):
     """(N, d, C, 28, 28) second derivatives -> (feature map (N, out_channels, 28, 28), attention
     image logits (N, 1, 28, 28))."""
 
-    def __init__(self, latent_dim: int, in_channels: int, out_channels: int, width: int = ATTENTION_WIDTH):
+    def __init__(
+        self, latent_dim: int, in_channels: int, out_channels: int, width: int = ATTENTION_WIDTH
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.aggregate = nn.Conv2d(latent_dim * in_channels, width, 3, padding=1)
@@ -251,7 +268,9 @@ class Grad2VAE(AnomalyModel):
     name = "grad2vae"
     main_score = "reconstruction error (BCE summed over pixels, sampled z, attention fused)"
     assumptions = ASSUMPTIONS
-    parameter_note = "VAE widths + attention width 48 chosen to match the paper's 3.38 M (MNIST, latent 16)"
+    parameter_note = (
+        "VAE widths + attention width 48 chosen to match the paper's 3.38 M (MNIST, latent 16)"
+    )
     options = {
         "kl": KL_REDUCTIONS,
         "sigma": SIGMAS,
@@ -282,12 +301,18 @@ class Grad2VAE(AnomalyModel):
             )
         self.kl = check_choice("kl", kl, KL_REDUCTIONS)
         self.sigma = check_choice("sigma", sigma, SIGMAS)
-        self.derivative_tensors = check_choice("derivative_tensors", derivative_tensors, DERIVATIVE_TENSORS)
+        self.derivative_tensors = check_choice(
+            "derivative_tensors", derivative_tensors, DERIVATIVE_TENSORS
+        )
         self.fusion = check_choice("fusion", fusion, FUSIONS)
         #: option ``attention`` ("on"/"off"); not ``self.attention``, which is the explanation method
         self.attention_on = check_choice("attention", attention, ATTENTION) == "on"
-        if isinstance(attention_weight, bool) or not (float(attention_weight) >= 0 and math.isfinite(attention_weight)):
-            raise ValueError(f"option attention_weight={attention_weight!r} must be a finite number >= 0")
+        if isinstance(attention_weight, bool) or not (
+            float(attention_weight) >= 0 and math.isfinite(attention_weight)
+        ):
+            raise ValueError(
+                f"option attention_weight={attention_weight!r} must be a finite number >= 0"
+            )
         self.attention_weight = float(attention_weight)
         self.latent_dim = latent_dim
         self.derivatives = derivatives
@@ -316,7 +341,9 @@ class Grad2VAE(AnomalyModel):
         method = resolve_derivatives(x.device, self.derivatives)
         if method in CLOSED_FORM_METHODS and type(self.encoder) is not Encoder:
             # the closed form needs a piecewise-linear path from L_e1 to (mu, logvar)
-            raise ValueError(f"derivatives={method!r} is exact only for models.vae.Encoder; use 'loop'")
+            raise ValueError(
+                f"derivatives={method!r} is exact only for models.vae.Encoder; use 'loop'"
+            )
         self.derivatives_used = method
         e1 = self.encoder.first_layer(x)
         if method == "explicit":
@@ -330,7 +357,9 @@ class Grad2VAE(AnomalyModel):
             mu, logvar = self.encoder.from_first_layer(e1)
             z = reparameterize(mu, logvar, eps, self.sigma)
             if method == "closed_form":
-                h = second_derivatives_closed_form(logvar, eps, e1, create_graph=create_graph, sigma=self.sigma)
+                h = second_derivatives_closed_form(
+                    logvar, eps, e1, create_graph=create_graph, sigma=self.sigma
+                )
             else:
                 h = second_derivatives(z, e1, method, create_graph=create_graph)
         if self.derivative_tensors == "summed":
@@ -352,7 +381,10 @@ class Grad2VAE(AnomalyModel):
             return self.decoder(z)
         if self.fusion == "notebook":
             return self.decoder(
-                z, residual=feature_map, upsampled_residual=feature_map, image_residual=torch.sigmoid(attention_logits)
+                z,
+                residual=feature_map,
+                upsampled_residual=feature_map,
+                image_residual=torch.sigmoid(attention_logits),
             )
         return self.decoder(z, residual=feature_map)
 
@@ -401,7 +433,9 @@ class Grad2VAE(AnomalyModel):
         zeros = x.new_zeros(1, tensors, self.attention_module.in_channels, *x.shape[2:])
         feature_map, attention_logits = self.attention_module(zeros)
         return self.fused_decoder(
-            mu, feature_map.expand(len(x), *feature_map.shape[1:]), attention_logits.expand(len(x), *attention_logits.shape[1:])
+            mu,
+            feature_map.expand(len(x), *feature_map.shape[1:]),
+            attention_logits.expand(len(x), *attention_logits.shape[1:]),
         )
 
     def attention(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:

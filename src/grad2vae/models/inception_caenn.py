@@ -28,7 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from grad2vae.models import register
-from grad2vae.models.cae import SHARED_ASSUMPTIONS, FeatureDistanceModel, conv_bn, keras_default_init_
+from grad2vae.models.cae import (
+    SHARED_ASSUMPTIONS,
+    FeatureDistanceModel,
+    conv_bn,
+    keras_default_init_,
+)
 
 FILTERS = (8, 16, 32)
 
@@ -43,7 +48,12 @@ class InceptionLayer(nn.Module):
         self.branch_pool = conv_bn(in_channels, filters, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        branches = [self.branch1(x), self.branch3(x), self.branch5(x), self.branch_pool(self.pool(x))]
+        branches = [
+            self.branch1(x),
+            self.branch3(x),
+            self.branch5(x),
+            self.branch_pool(self.pool(x)),
+        ]
         return torch.cat(branches, dim=1)
 
 

@@ -62,4 +62,7 @@ def from_logits(logits: Tensor, x: Tensor, suffix: str = "") -> dict[str, Tensor
 
 def from_probabilities(reconstruction: Tensor, x: Tensor) -> dict[str, Tensor]:
     """``mse`` and ``bce_excess`` of a reconstruction given as probabilities (sigmoid output)."""
-    return {"mse": squared_error(reconstruction, x), "bce_excess": kl_from_probabilities(reconstruction, x)}
+    return {
+        "mse": squared_error(reconstruction, x),
+        "bce_excess": kl_from_probabilities(reconstruction, x),
+    }

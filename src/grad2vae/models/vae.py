@@ -100,11 +100,15 @@ SIGMAS = ("exp_half_logvar", "exp_logvar")
 def check_choice(name: str, value: object, accepted: tuple[str, ...]) -> str:
     """``value`` if it is one of ``accepted``; else a ValueError naming the option and them."""
     if value not in accepted:
-        raise ValueError(f"option {name}={value!r} is not accepted; accepted values: {', '.join(accepted)}")
+        raise ValueError(
+            f"option {name}={value!r} is not accepted; accepted values: {', '.join(accepted)}"
+        )
     return str(value)
 
 
-def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor, sigma: str = "exp_half_logvar") -> Tensor:
+def reparameterize(
+    mu: Tensor, logvar: Tensor, eps: Tensor, sigma: str = "exp_half_logvar"
+) -> Tensor:
     """z = mu + sigma * eps with sigma = exp(0.5 logvar) (default) or exp(logvar) (``sigma``)."""
     if sigma == "exp_logvar":
         return mu + torch.exp(logvar) * eps
@@ -150,7 +154,9 @@ class Encoder(nn.Module):
     ``first_layer(x)`` gives L_e1 (after its ReLU), ``from_first_layer(e1)`` the rest. Nothing here
     mixes samples (no BatchNorm), so derivatives of one sample's z involve only that sample."""
 
-    def __init__(self, latent_dim: int, channels: tuple[int, int, int] = CHANNELS, hidden: int = HIDDEN):
+    def __init__(
+        self, latent_dim: int, channels: tuple[int, int, int] = CHANNELS, hidden: int = HIDDEN
+    ):
         super().__init__()
         c1, c2, c3 = channels
         self.conv1 = nn.Conv2d(1, c1, 3, padding=1)  # L_e1, 28x28
@@ -180,7 +186,9 @@ class Decoder(nn.Module):
     """z -> logits of the 28x28 image. ``residual`` (same shape as L_d(n-1)'s output: N x c1 x
     28 x 28) is added to that layer's output before the output layer (Grad2VAE's fusion)."""
 
-    def __init__(self, latent_dim: int, channels: tuple[int, int, int] = CHANNELS, hidden: int = HIDDEN):
+    def __init__(
+        self, latent_dim: int, channels: tuple[int, int, int] = CHANNELS, hidden: int = HIDDEN
+    ):
         super().__init__()
         c1, c2, c3 = channels
         self.c3 = c3
