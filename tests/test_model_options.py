@@ -217,3 +217,65 @@ def test_zero_noise_logits_equal_the_forward_pass_at_eps_zero(options):
     torch.testing.assert_close(
         model.zero_noise_logits(x), model(x, zero, create_graph=False)["logits"]
     )
+
+
+#: constructor parameters that are not options (structure, or chosen per device / by the CLI)
+NOT_OPTIONS = {"latent_dim", "channels", "hidden", "attention_width", "derivatives"}
+
+
+@pytest.mark.parametrize("cls", (VAE, Grad2VAE))
+def test_the_options_are_exactly_the_constructors_option_parameters(cls):
+    parameters = inspect.signature(cls).parameters
+    assert set(cls.options) == set(parameters) - NOT_OPTIONS
+    expected = {"kl", "sigma"}
+    if cls is Grad2VAE:
+        expected |= {"derivative_tensors", "fusion", "attention_weight", "attention"}
+    assert set(cls.options) == expected
+    for option, accepted in cls.options.items():
+        assert accepted is float or (
+            isinstance(accepted, tuple) and all(isinstance(v, str) for v in accepted)
+        )
+        if accepted is float:
+            assert isinstance(parameters[option].default, float)
+
+
+@pytest.mark.parametrize(
+    "cls, option, value",
+    [(VAE, "sigma", "exp"), (Grad2VAE, "sigma", "exp"), (VAE, "kl", "max")]
+    + [(Grad2VAE, "attention_weight", value) for value in ("heavy", True, float("inf"), None)],
+)
+def test_a_bad_value_names_the_option_the_value_and_the_accepted_values(cls, option, value):
+    accepted = cls.options[option]
+    listed = ", ".join(accepted) if isinstance(accepted, tuple) else "a finite number >= 0"
+    with pytest.raises(ValueError) as error:
+        build(cls, **{option: value})
+    assert f"option {option}={value!r}" in str(error.value)
+    assert listed in str(error.value)
+
+
+def test_summed_is_the_per_unit_tensors_summed_over_units_on_the_same_weights():
+    per_unit, summed = build(Grad2VAE), build(Grad2VAE, derivative_tensors="summed")
+    shared = {k: v for k, v in per_unit.state_dict().items() if not k.startswith("attention_")}
+    for key, value in shared.items():  # the attention module is built last: same encoder
+        assert torch.equal(summed.state_dict()[key], value), key
+    assert per_unit.attention_module.aggregate.in_channels == LATENT * 2
+    assert summed.attention_module.aggregate.in_channels == 2  # C
+    x, eps = batch()
+    h = per_unit(x, eps)["second_derivatives"]
+    torch.testing.assert_close(
+        summed(x, eps)["second_derivatives"], h.sum(dim=1, keepdim=True), rtol=1e-12, atol=1e-15
+    )
+
+
+def test_attention_off_scores_like_the_vae_on_the_same_weights():
+    off, vae = build(Grad2VAE, attention="off"), build(VAE)
+    vae.load_state_dict(
+        {k: v for k, v in off.state_dict().items() if not k.startswith("attention_module.")}
+    )
+    x, _ = batch()
+    expected = vae.scores(x, torch.Generator().manual_seed(2))
+    scores = off.scores(x, torch.Generator().manual_seed(2))
+    assert scores.keys() == expected.keys()
+    for key in scores:
+        assert torch.equal(scores[key], expected[key]), key
+    assert off.derivatives_used is None  # no derivative was taken

@@ -347,3 +347,48 @@ def test_the_closed_forms_coefficient_is_one_sigma_for_exp_logvar():
         closed_form_from_jacobian(logvar, eps, g),
         0.25 * torch.exp(0.5 * logvar).unsqueeze(-1) * base,
     )
+
+
+def _finite_difference_per_unit(model, x, eps, delta=1e-6):
+    """h[:, i] estimated as the central difference of d(z_i)/dL_e1 along the all-ones direction."""
+    layer = model.encoder.first_layer(x).detach()
+    units = []
+    for i in range(model.latent_dim):
+
+        def first_derivative(shift, i=i):
+            moved = (layer + shift).requires_grad_(True)
+            z = reparameterize(*model.encoder.from_first_layer(moved), eps, model.sigma)
+            (g,) = torch.autograd.grad(z[:, i].sum(), moved)
+            return g
+
+        units.append((first_derivative(delta) - first_derivative(-delta)) / (2 * delta))
+    return torch.stack(units, dim=1)
+
+
+@pytest.mark.parametrize(
+    "options", OPTION_GRID, ids=lambda o: f"{o['sigma']}-{o['derivative_tensors']}"
+)
+@pytest.mark.parametrize("method", METHODS + CLOSED_FORM_METHODS)
+def test_every_method_matches_finite_differences_for_every_derivative_option(method, options):
+    model = tiny_model(derivatives=method, **options)
+    x, eps = tiny_inputs(model, n=2)
+    h = model(x, eps, create_graph=False)["second_derivatives"]
+    estimate = _finite_difference_per_unit(model, x, eps)
+    if options["derivative_tensors"] == "summed":
+        estimate = estimate.sum(dim=1, keepdim=True)
+    assert h.shape == estimate.shape
+    assert (estimate - h).abs().max() <= 1e-6 * h.abs().max()
+
+
+@pytest.mark.parametrize(
+    "options", OPTION_GRID, ids=lambda o: f"{o['sigma']}-{o['derivative_tensors']}"
+)
+@pytest.mark.parametrize("method", METHODS + CLOSED_FORM_METHODS)
+def test_every_method_gives_exact_zeros_at_eps_zero_for_every_derivative_option(method, options):
+    """z = mu: each h_i is proportional to eps_i, so every tensor is exactly 0 (summed too)."""
+    model = tiny_model(derivatives=method, **options)
+    x, eps = tiny_inputs(model, n=2)
+    h = model(x, torch.zeros_like(eps), create_graph=False)["second_derivatives"]
+    tensors = model.latent_dim if options["derivative_tensors"] == "per_unit" else 1
+    assert h.shape == (2, tensors, 2, 28, 28)
+    assert torch.count_nonzero(h) == 0

@@ -32,12 +32,20 @@ at second order are returned as zeros rather than raising.
 
 Closed form (``second_derivatives_closed_form``, methods ``"closed_form"`` and ``"explicit"`` of
 ``Grad2VAE``). PRECONDITION: everything from L to (mu, logvar) is piecewise linear (Conv/Linear
-and ReLU, as in ``models.vae.Encoder``) and z = mu + exp(0.5 logvar) * eps. Then, with
-g_i = d logvar_i / dL and sigma_i = exp(0.5 logvar_i), and the Hessians of mu_i and logvar_i zero
+and ReLU, as in ``models.vae.Encoder``) and z = mu + exp(0.5 logvar) * eps (or exp(logvar),
+below). Then, with g_i = d logvar_i / dL and sigma_i = exp(0.5 logvar_i), and the Hessians of mu_i and logvar_i zero
 (exactly so in autograd too: ReLU's backward has zero derivative w.r.t. its input),
 
     dz_i/dL = dmu_i/dL + 0.5 sigma_i eps_i g_i,   sum_j dz_i/dL_j = 1.dmu_i + 0.5 sigma_i eps_i (1.g_i)
     h_i = 0.5 eps_i (1.g_i) dsigma_i/dL = 0.25 sigma_i eps_i (1.g_i) g_i.
+
+With the companion notebook's z = mu + exp(logvar) * eps (``sigma="exp_logvar"``, sigma_i =
+exp(logvar_i), dsigma_i/dL = sigma_i g_i) the same steps give
+
+    dz_i/dL = dmu_i/dL + sigma_i eps_i g_i,   h_i = eps_i (1.g_i) dsigma_i/dL = sigma_i eps_i (1.g_i) g_i,
+
+coefficient 1 instead of 1/4 (``closed_form_from_jacobian``'s ``sigma``). The derivative tensors
+summed over the units (Grad2VAE's ``derivative_tensors="summed"``) are sum_i h_i of any method.
 
 Only first derivatives are needed: one batched VJP of logvar with the d one-hot cotangents. It is
 kept in the graph like the others and gives the same values and the same parameter gradients up

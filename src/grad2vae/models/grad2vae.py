@@ -42,18 +42,21 @@ text where it speaks; presets/ablation.yaml flips each one alone). Beside the VA
   there has the map's width) and at L_d(n-1), and the sigmoid attention image added before the
   output layer; ``"none"``, nothing added to the decoder while the attention module and its
   loss are still trained (the explanation is learned): the control for whether the attention
-  path carries the input past the bottleneck (issue 13's finding).
-- ``attention_weight``: the weight of the attention-image BCE in the loss (Eq. 3: 1).
+  path carries the input past the bottleneck (issue 13's finding; ours).
+- ``attention_weight``: the weight of the attention-image BCE in the loss, a finite number
+  >= 0 (Eq. 3: 1; other weights are ours).
 - ``attention``: ``"on"``, or ``"off"``: the same network and parameters with the attention
-  path removed (no derivatives, no attention loss, no fusion): a parameter-matched VAE.
+  path removed (no derivatives, no attention loss, no fusion; loss terms reconstruction, kl,
+  total; scored like the VAE; ``attention()`` refuses): a parameter-matched VAE (ours).
 
 API beyond ``AnomalyModel``: ``Grad2VAE(latent_dim, derivatives=...)`` picks the implementation
 of step 2; all give equal results up to rounding (tests/test_second_derivatives.py) and the
 benchmark (``grad2vae bench``) times them side by side:
 
 - ``"loop"``: the reference, 2d reverse passes per step; ``"vectorized"``: 3 autograd calls;
-- ``"closed_form"``: h_i = 0.25 sigma_i eps_i (1.g_i) g_i with g = d logvar / dL_e1 from one
-  batched VJP (first derivatives only; ``second_derivatives.second_derivatives_closed_form``);
+- ``"closed_form"``: h_i = 0.25 sigma_i eps_i (1.g_i) g_i (``sigma="exp_logvar"``: coefficient
+  1, see ``second_derivatives``) with g = d logvar / dL_e1 from one batched VJP (first
+  derivatives only; ``second_derivatives.second_derivatives_closed_form``);
 - ``"explicit"``: the same closed form with g written out as the transposed encoder (masked
   Linear/ConvTranspose on N*d maps, ``explicit_second_derivatives``), sharing the forward pass;
   the fewest FLOPs and the fastest on the CPU;
@@ -219,19 +222,28 @@ ASSUMPTIONS = VAE_ASSUMPTIONS + (
     "Anomaly score = per-sample BCE of the main reconstruction (with the attention fusion); the "
     "attention image's own error is not part of the score — paper Sect. 4.2 ('due to its "
     "reconstruction ability')",
-    "Options (variants only; defaults = every reported run): derivative_tensors per_unit "
-    "(paper Sect. 3) or summed (one tensor sum_i h_i, the notebook's tf.gradients(z, conv)); "
-    "fusion penultimate (Sect. 3), notebook (map after the up-sampling layer, tiled to its 32 "
-    "channels — ours — and at L_d(n-1), attention image before the output) or none (attention "
-    "trained, nothing fused: the leak control); attention_weight (Eq. 3: 1); attention off (same "
-    "parameters, attention path removed) — abukmeil/mgrad2vae and issue 15",
+    "Option derivative_tensors (variants only): per_unit, the d tensors h_i (default, every "
+    "reported run), or summed, one tensor sum_i h_i (N, 1, C, 28, 28) and the aggregating conv "
+    "with C input channels instead of d*C — per_unit: paper Sect. 3 ('for each z_i there is a "
+    "corresponding tensor'); summed: the notebook abukmeil/mgrad2vae's tf.gradients(z, conv)",
+    "Option fusion (variants only): penultimate, the map added to L_d(n-1)'s output (default, "
+    "every reported run); notebook, the map also added after the up-sampling layer (tiled along "
+    "channels to its 32: parameter-free, ours) and the sigmoid attention image before the output "
+    "layer; none, nothing added (attention module and its loss still trained: the control for "
+    "a leak past the bottleneck) — penultimate: paper Sect. 3; notebook: abukmeil/mgrad2vae; "
+    "none: ours (issue 13)",
+    "Option attention_weight (variants only): weight of the attention-image BCE in the loss, "
+    "1.0 (default, every reported run) or any finite number >= 0 — 1: Eq. 3; others: ours",
+    "Option attention (variants only): on (default, every reported run) or off, the same network "
+    "and parameter count with the attention path removed (no derivatives, no attention loss, no "
+    "fusion; scored like the VAE): a parameter-matched control — ours (issue 15)",
     "*_zero_noise scores (eps = 0): every second derivative is then exactly 0, so the attention "
     "module sees zeros (its biases still reach the decoder): the attention path switched off at "
     "test time on weights trained with it — a diagnostic, not a clean control (a model trained "
     "without the fusion is) — issue 13",
     "Second derivatives computed by default in closed form, h_i = 0.25 sigma_i eps_i (1.g_i) g_i "
-    "with g_i = d logvar_i / dL_e1 (exact because every layer from L_e1 to (mu, logvar) is ReLU or "
-    "linear); equal to the per-unit double backward up to float rounding, checked by tests and "
+    "with g_i = d logvar_i / dL_e1 (coefficient 1 instead of 0.25 with sigma = exp(logvar)); exact "
+    "because every layer from L_e1 to (mu, logvar) is ReLU or linear; equal to the per-unit double backward up to float rounding, checked by tests and "
     "by `grad2vae bench` — ours (issue 8, speed); TF32 stays off (its effect on AUC is unmeasured)",
 )
 
@@ -307,13 +319,16 @@ class Grad2VAE(AnomalyModel):
         self.fusion = check_choice("fusion", fusion, FUSIONS)
         #: option ``attention`` ("on"/"off"); not ``self.attention``, which is the explanation method
         self.attention_on = check_choice("attention", attention, ATTENTION) == "on"
-        if isinstance(attention_weight, bool) or not (
-            float(attention_weight) >= 0 and math.isfinite(attention_weight)
-        ):
+        try:
+            weight = math.nan if isinstance(attention_weight, bool) else float(attention_weight)
+        except (TypeError, ValueError):
+            weight = math.nan
+        if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(
-                f"option attention_weight={attention_weight!r} must be a finite number >= 0"
+                f"option attention_weight={attention_weight!r} is not accepted; accepted values: "
+                "a finite number >= 0"
             )
-        self.attention_weight = float(attention_weight)
+        self.attention_weight = weight
         self.latent_dim = latent_dim
         self.derivatives = derivatives
         #: the method the last forward pass used (``derivatives`` resolved on its device)
@@ -415,7 +430,7 @@ class Grad2VAE(AnomalyModel):
         chunks = []
         for start in range(0, len(x), SCORE_CHUNK):
             xs = x[start : start + SCORE_CHUNK]
-            with torch.enable_grad():
+            with torch.set_grad_enabled(self.attention_on):  # attention off: the VAE's pass
                 logits = self(xs, eps[start : start + SCORE_CHUNK], create_graph=False)["logits"]
             with torch.no_grad():
                 chunks.append(variational_scores(logits.detach(), self.zero_noise_logits(xs), xs))

@@ -68,9 +68,14 @@ ASSUMPTIONS = (
     "Reconstruction loss = binary cross-entropy summed over the 28x28 pixels (Keras' H*W*BCE), "
     "computed from logits for numerical stability — abukmeil/mgrad2vae",
     "KL divergence summed over latent units (the notebook takes the mean) — Kingma & Welling 2014",
-    "Option kl (variants only): sum (default, every reported run) or mean = the sum / d, as the "
-    "notebook abukmeil/mgrad2vae; option sigma: exp_half_logvar (default) or exp_logvar, the "
-    "notebook's z = mu + exp(logvar)*eps with its KL unchanged — presets/ablation.yaml flips each",
+    "Option kl (variants only): sum over the latent units (default, every reported run) or mean, "
+    "the sum divided by d exactly — sum: Kingma & Welling 2014; mean: the notebook "
+    "abukmeil/mgrad2vae (-0.5*K.mean(..., axis=-1)); presets/ablation.yaml flips it",
+    "Option sigma (variants only): exp_half_logvar, z = mu + exp(0.5*logvar)*eps (default, every "
+    "reported run), or exp_logvar, z = mu + exp(logvar)*eps in training and scoring with the KL "
+    "unchanged (the sampling variance exp(2*logvar) then differs from the exp(logvar) the KL "
+    "assumes) — default: Kingma & Welling 2014; exp_logvar: the notebook abukmeil/mgrad2vae; "
+    "presets/ablation.yaml flips it",
     "Anomaly score = per-sample BCE of the reconstruction of a sampled z, with a fixed evaluation "
     "generator (reproducible); sampled rather than z = mu because Keras' sampling layer samples at "
     "predict time too and so that the VAE is scored exactly like Grad2VAE, which must sample — ours",
