@@ -205,6 +205,45 @@ def test_grid_estimate_with_seeds_vmapped():
     assert in_turn["hours_seeds_per_job"] == pytest.approx(in_turn["hours"])
 
 
+def test_dataset_rows_from_the_measured_times():
+    def variant(label, method):
+        model = "grad2vae" if method else label
+        return bench_timing.Variant(label, model, method, lambda: torch.nn.Linear(2, 3))
+
+    variants = [variant("grad2vae[loop]", "loop"), variant("grad2vae[explicit]", "explicit")]
+    variants.append(variant("vae", None))
+    flops = [400, 100, 50]
+    prepared = [(v, v.build(), None, f) for v, f in zip(variants, flops)]
+    times = bench_timing.DatasetTimes(
+        dataset="mnist",
+        latent_dim=4,
+        prepared=prepared,
+        step_times={"grad2vae[loop]": [0.4, 0.2], "grad2vae[explicit]": [0.1, 0.1], "vae": [0.1]},
+        eval_times={v.label: {"fit_seconds": 1.0, "scores_seconds": 0.5} for v in variants},
+        eval_images=5,
+        feed={"ours": 1.0, "straightforward": 3.0},
+        feed_kind="map-style",
+    )
+    settings = bench_timing.Settings(train_images=1000, batch_size=100, test_images=10)
+    rows, loader = bench_report.dataset_rows(times, settings, "explicit", matmul_rate=1000.0)
+    loop, explicit, vae = rows
+    assert [r["variant"] for r in rows] == ["grad2vae[loop]", "grad2vae[explicit]", "vae"]
+    assert loop["ms_per_step"] == pytest.approx(300.0) and loop["auto"] is False
+    assert explicit["auto"] is True and vae["auto"] is True
+    assert explicit["speedup_vs_loop"] == pytest.approx(3.0)
+    assert explicit["speedup_vs_loop_paired"] == pytest.approx(3.0)  # median of 4 and 2
+    assert explicit["flop_ratio_vs_loop"] == pytest.approx(4.0)
+    assert vae["speedup_vs_loop"] is None and vae["flop_ratio_vs_loop"] is None
+    assert explicit["seconds_per_epoch"] == pytest.approx(10 * 0.1 + 1.0)
+    assert explicit["seconds_per_eval"] == pytest.approx(1.0 + 0.5 * 10 / 5)
+    assert explicit["fraction_of_matmul_rate"] == pytest.approx(100 / 0.1 / 1000.0)
+    assert vae["parameters"] == 9 and set(ROW_KEYS) <= set(vae)
+    assert (
+        loader["data_ratio"] == pytest.approx(3.0) and loader["straightforward_kind"] == "map-style"
+    )
+    assert loader["per_model"]["vae"]["ratio"] == pytest.approx((10 * 0.1 + 3.0) / (10 * 0.1 + 1.0))
+
+
 def test_straightforward_dataset_gives_the_trainers_tensors():
     images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
     dataset = bench_timing.StraightforwardDataset(images)

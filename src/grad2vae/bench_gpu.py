@@ -1,6 +1,8 @@
-"""The GPU-oriented sections of ``grad2vae bench`` (issue 14), each measured side by side in one
-run: the peak device memory of a training step, TF32 on against off, and
-``torch.compile(mode="reduce-overhead")`` against eager for the small models' steps.
+"""What `grad2vae bench` measures on a GPU: peak memory, TF32 and torch.compile (issue 14).
+
+Each measured side by side in one run: the peak device memory of a training step, TF32 on
+against off, and ``torch.compile(mode="reduce-overhead")`` against eager for the small models'
+steps.
 
 TF32 stays off in training (``devices.deterministic``) until its effect on the AUCs is measured;
 this only times it. On the CPU there is no TF32 and no device memory counter: those sections say
@@ -130,10 +132,12 @@ def time_compile(models: dict[str, torch.nn.Module], batch: torch.Tensor, repeat
         compile_seconds = time.perf_counter() - start
         times = interleaved(
             {"eager": lambda: training_step(model, eager_optimizer, batch),
-             "compiled": lambda: training_step(compiled_model, compiled_optimizer, batch, compiled_loss)},
+             "compiled": lambda: training_step(
+                 compiled_model, compiled_optimizer, batch, compiled_loss)},
             device, repeats, steps,
         )  # fmt: skip
         results[label] = {**_pair(times, "eager", "compiled"), "compile_seconds": compile_seconds}
         log(f"  {label}: eager {1000 * results[label]['seconds_per_step_eager']:.1f} ms, compiled "
-            f"{1000 * results[label]['seconds_per_step_compiled']:.1f} ms per step after {compile_seconds:.0f} s")  # fmt: skip
+            f"{1000 * results[label]['seconds_per_step_compiled']:.1f} ms per step "
+            f"after {compile_seconds:.0f} s")  # fmt: skip
     return results

@@ -1,11 +1,173 @@
-"""How `grad2vae bench` reports: the verdict per device, the estimated hours of the grid and the
-printed tables."""
+"""What `grad2vae bench` reports: the JSON result, the verdict and grid estimate, the tables.
+
+The JSON result: the rows of one dataset from its measurements (``dataset_rows``) and the whole
+result so far (``result_json``, written after every section); from its rows, the verdict per
+device and the estimated hours of the grid; from the result, the printed tables
+(``format_report``)."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import math
+import os
+import platform
+import statistics
+from typing import Any
 
-from grad2vae.bench_timing import GRID, REFERENCE_METHOD, Settings
+import torch
+
+from grad2vae.bench_timing import GRID, REFERENCE_METHOD, DatasetTimes, Settings
+from grad2vae.devices import device_name
+
+SCHEMA = "grad2vae-bench/1"
+
+
+# --------------------------------------------------------------------------------------------
+# The JSON result
+@dataclasses.dataclass
+class Sections:
+    """What the sections have measured so far, as it goes into the JSON (per dataset where a
+    dict)."""
+
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    peak_memory_bytes: dict[str, dict[str, int | None]] = dataclasses.field(default_factory=dict)
+    seed_groups: dict[str, dict] = dataclasses.field(default_factory=dict)
+    tf32: dict[str, dict] = dataclasses.field(default_factory=dict)
+    compile: dict[str, dict] = dataclasses.field(default_factory=dict)
+    derivative_checks: dict[str, dict] = dataclasses.field(default_factory=dict)
+    loaders: dict[str, dict] = dataclasses.field(default_factory=dict)
+    matmul_rates: list[float] = dataclasses.field(default_factory=list)
+
+
+def result_json(
+    sections: Sections,
+    device: torch.device,
+    settings: Settings,
+    malloc: str | None,
+    auto_method: str,
+    complete: bool,
+) -> dict:
+    """The benchmark's JSON: the machine, the settings and every section so far; once
+    ``complete``, also the verdict and the grid estimate."""
+    from grad2vae.cohort import AUTO_SEED_BATCHING
+    from grad2vae.models.grad2vae import AUTO_DERIVATIVES
+
+    rates = sections.matmul_rates
+    result = {
+        "schema": SCHEMA,
+        "complete": complete,
+        "date": datetime.date.today().isoformat(),
+        "device": device_name(device),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "cpu_malloc": malloc,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "settings": dataclasses.asdict(settings),
+        "matmul": {
+            "size": settings.matmul_size,
+            "flops_per_second": statistics.median(rates) if rates else None,
+            "flops_per_second_all": rates,
+        },
+        "rows": sections.rows,
+        "peak_memory_bytes": sections.peak_memory_bytes,
+        "seed_groups": sections.seed_groups,
+        "tf32": sections.tf32,
+        "compile": sections.compile,
+        "derivative_checks": sections.derivative_checks,
+        "loaders": sections.loaders,
+        "auto_method": auto_method,
+        "auto_table": dict(AUTO_DERIVATIVES),
+    }
+    if complete:
+        result["verdict"] = verdict(sections.rows, sections.derivative_checks)
+        result["grid"] = grid_estimate(
+            sections.rows,
+            settings,
+            auto_method,
+            sections.seed_groups,
+            AUTO_SEED_BATCHING.get(device.type, "vmap"),
+        )
+    return result
+
+
+def dataset_rows(
+    times: DatasetTimes, settings: Settings, auto_method: str, matmul_rate: float
+) -> tuple[list[dict[str, Any]], dict]:
+    """One dataset's rows (one per variant: medians of the rounds, epoch and evaluation seconds,
+    FLOP rates, speed-ups over the loop) and its data-feeding entry (``loaders``)."""
+    step_times, feed = times.step_times, times.feed
+    steps_per_epoch = math.ceil(settings.train_images / settings.batch_size)
+    loop_label = f"grad2vae[{REFERENCE_METHOD}]"
+    loop_step = statistics.median(step_times[loop_label]) if loop_label in step_times else None
+    loader: dict[str, Any] = {
+        "ours_seconds_per_epoch": feed["ours"],
+        "straightforward_seconds_per_epoch": feed["straightforward"],
+        "straightforward_kind": times.feed_kind,
+        "data_ratio": feed["straightforward"] / max(feed["ours"], 1e-12),
+        "per_model": {},
+    }
+    rows = []
+    for variant, model, _, flops in times.prepared:
+        step_rounds = step_times[variant.label]
+        step = statistics.median(step_rounds)
+        epoch = steps_per_epoch * step + feed["ours"]
+        epoch_plain = steps_per_epoch * step + feed["straightforward"]
+        evaluation = times.eval_times[variant.label]
+        eval_seconds = evaluation["fit_seconds"] + evaluation["scores_seconds"] * (
+            settings.test_images / max(times.eval_images, 1)
+        )
+        achieved = flops / step
+        against_loop = bool(variant.method and loop_step)
+        row = {
+            "dataset": times.dataset,
+            "latent_dim": times.latent_dim,
+            "variant": variant.label,
+            "model": variant.model_name,
+            "derivatives": variant.method,
+            "auto": variant.method is None or variant.method == auto_method,
+            "ms_per_step": 1000 * step,
+            "ms_min": 1000 * min(step_rounds),
+            "ms_max": 1000 * max(step_rounds),
+            "images_per_second": settings.batch_size / step,
+            "seconds_per_epoch": epoch,
+            "seconds_per_eval": eval_seconds,
+            "eval_fit_seconds": evaluation["fit_seconds"],
+            "eval_scores_seconds_measured": evaluation["scores_seconds"],
+            "eval_images_measured": times.eval_images,
+            "flops_per_step": flops,
+            "achieved_flops_per_second": achieved,
+            "fraction_of_matmul_rate": achieved / matmul_rate,
+            "speedup_vs_loop": (loop_step / step) if against_loop else None,
+            # the same ratio paired round by round (both timed within seconds of each other),
+            # more robust to load that changes between rounds
+            "speedup_vs_loop_paired": (
+                statistics.median(a / b for a, b in zip(step_times[loop_label], step_rounds))
+                if against_loop
+                else None
+            ),
+            "seconds_per_step_rounds": step_rounds,
+            "flop_ratio_vs_loop": None,
+            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+        rows.append(row)
+        loader["per_model"][variant.label] = {
+            "epoch_seconds_ours": epoch,
+            "epoch_seconds_straightforward": epoch_plain,
+            "ratio": epoch_plain / epoch,
+        }
+    loop_row = next((r for r in rows if r["variant"] == loop_label), None)
+    if loop_row:
+        for row in rows:
+            if row["derivatives"]:
+                row["flop_ratio_vs_loop"] = loop_row["flops_per_step"] / row["flops_per_step"]
+    return rows, loader
+
+
+# --------------------------------------------------------------------------------------------
+# Verdict and grid estimate
 
 
 def verdict(rows: list[dict], checks: dict) -> dict:
@@ -108,37 +270,41 @@ def format_report(result: dict) -> str:
         f"{result['threads']} threads), torch {result['torch']}"
         + (f", CPU malloc {result['cpu_malloc']}" if result.get("cpu_malloc") else "")
         + (" [TINY MODE: toy sizes, numbers meaningless]" if result["settings"]["tiny"] else ""),
-        f"matmul {result['matmul']['size']}^2 float32: {result['matmul']['flops_per_second'] / gf:.1f} GFLOP/s "
-        f"(median of the rounds)",
+        f"matmul {result['matmul']['size']}^2 float32: "
+        f"{result['matmul']['flops_per_second'] / gf:.1f} GFLOP/s (median of the rounds)",
         "",
         f"{'dataset':<14}{'variant':<24}{'ms/step':>10}{'img/s':>8}{'s/epoch':>9}{'s/eval':>9}"
         f"{'GFLOP':>9}{'GFLOP/s':>9}{'%mm':>6}{'xloop':>7}{'paired':>7}{'flop/':>7}",
     ]
     for r in result["rows"]:
+        variant = r["variant"] + (" *" if r["derivatives"] and r["auto"] else "")
         lines.append(
-            f"{r['dataset']:<14}{r['variant'] + (' *' if r['derivatives'] and r['auto'] else ''):<24}"
+            f"{r['dataset']:<14}{variant:<24}"
             f"{r['ms_per_step']:>10.1f}{r['images_per_second']:>8.0f}{r['seconds_per_epoch']:>9.1f}"
             f"{r['seconds_per_eval']:>9.1f}{r['flops_per_step'] / gf:>9.2f}"
             f"{r['achieved_flops_per_second'] / gf:>9.1f}{100 * r['fraction_of_matmul_rate']:>6.0f}"
             + (
-                f"{r['speedup_vs_loop']:>7.2f}{r['speedup_vs_loop_paired']:>7.2f}{r['flop_ratio_vs_loop']:>7.2f}"
+                f"{r['speedup_vs_loop']:>7.2f}{r['speedup_vs_loop_paired']:>7.2f}"
+                f"{r['flop_ratio_vs_loop']:>7.2f}"
                 if r["speedup_vs_loop"]
                 else ""
             )
         )
     lines.append(
-        "(* = the method 'auto' picks on this device; xloop = speed-up over the loop (ratio of medians), "
-        "paired = median of the per-round ratios; "
+        "(* = the method 'auto' picks on this device; xloop = speed-up over the loop "
+        "(ratio of medians), paired = median of the per-round ratios; "
         "flop/ = loop FLOPs / its FLOPs)"
     )
     for dataset, groups in result.get("seed_groups", {}).items():
         lines.append("")
         lines.append(
-            f"{dataset}: several seeds in one process, seconds per step of all seeds (vmap vs in turn)"
+            f"{dataset}: several seeds in one process, seconds per step of all seeds "
+            "(vmap vs in turn)"
         )
         for label, g in groups.items():
             lines.append(
-                f"  {label:<22} {g['seeds']} seeds: in turn {g['seconds_per_step_in_turn']:.3f} s, "
+                f"  {label:<22} {g['seeds']} seeds: "
+                f"in turn {g['seconds_per_step_in_turn']:.3f} s, "
                 f"vmapped {g['seconds_per_step_vmap']:.3f} s, speed-up {g['speedup']:.2f}x "
                 f"(paired {g['speedup_paired']:.2f}x)"
             )
@@ -153,7 +319,8 @@ def format_report(result: dict) -> str:
     for dataset, loader in result["loaders"].items():
         lines.append("")
         lines.append(
-            f"{dataset}: data feeding per epoch: ours {loader['ours_seconds_per_epoch'] * 1000:.1f} ms, "
+            f"{dataset}: data feeding per epoch: "
+            f"ours {loader['ours_seconds_per_epoch'] * 1000:.1f} ms, "
             f"DataLoader {loader['straightforward_seconds_per_epoch'] * 1000:.1f} ms "
             f"({loader['data_ratio']:.1f}x); whole epoch DataLoader / ours:"
         )
@@ -171,12 +338,14 @@ def format_report(result: dict) -> str:
                 continue
             lines.append(f"{dataset}: {title}, ms per step {slow} / {fast} (speed-up):")
             lines.append("  " + ", ".join(
-                f"{label} {1000 * r[f'seconds_per_step_{slow}']:.1f} / {1000 * r[f'seconds_per_step_{fast}']:.1f} "
-                f"({r['speedup']:.2f}x)" for label, r in section.items()))  # fmt: skip
+                f"{label} {1000 * r[f'seconds_per_step_{slow}']:.1f} / "
+                f"{1000 * r[f'seconds_per_step_{fast}']:.1f} ({r['speedup']:.2f}x)"
+                for label, r in section.items()))  # fmt: skip
     for dataset, peaks in result.get("peak_memory_bytes", {}).items():
         if any(v is not None for v in peaks.values()):
             lines.append(f"{dataset}: peak memory of a step: " + ", ".join(
-                f"{label} {v / 2**30:.2f} GiB" for label, v in peaks.items() if v is not None))  # fmt: skip
+                f"{label} {v / 2**30:.2f} GiB"
+                for label, v in peaks.items() if v is not None))  # fmt: skip
     grid = result["grid"]
     lines.append("")
     lines.append(
@@ -184,8 +353,9 @@ def format_report(result: dict) -> str:
         f"(auto on {result['device_type']} = {result['auto_method']})"
     )
     lines.append(
-        f"grid estimate ({grid['runs']} runs: {', '.join(grid['models'])} x {', '.join(grid['datasets'])}, "
-        f"one at a time): {grid['hours']:.1f} h with grad2vae {grid['grad2vae_method']}"
+        f"grid estimate ({grid['runs']} runs: "
+        f"{', '.join(grid['models'])} x {', '.join(grid['datasets'])}, one at a time): "
+        f"{grid['hours']:.1f} h with grad2vae {grid['grad2vae_method']}"
         + (
             f", {grid['hours_with_grad2vae_loop']:.1f} h with the loop"
             if grid["hours_with_grad2vae_loop"]
@@ -196,7 +366,8 @@ def format_report(result: dict) -> str:
     )
     if grid.get("hours_seeds_per_job") is not None:
         lines.append(
-            f"  with seeds_per_job {grid['seeds_per_job']} (seed_batching auto = {grid['seed_batching']} "
-            f"on {result['device_type']}): {grid['hours_seeds_per_job']:.1f} h"
+            f"  with seeds_per_job {grid['seeds_per_job']} "
+            f"(seed_batching auto = {grid['seed_batching']} on {result['device_type']}): "
+            f"{grid['hours_seeds_per_job']:.1f} h"
         )
     return "\n".join(lines)

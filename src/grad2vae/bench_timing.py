@@ -1,5 +1,8 @@
-"""What `grad2vae bench` measures: the settings, the variants timed side by side (models and
-derivative methods), steps, seed groups, evaluation, data feeding and FLOP counts."""
+"""What `grad2vae bench` measures: every timing and check, returned as numbers.
+
+The settings, the variants timed side by side (models and derivative methods), steps, seed
+groups, evaluation, data feeding, FLOP counts and the derivative methods' agreement; and one
+dataset's timed sections in the order ``bench.run_benchmark`` runs them."""
 
 from __future__ import annotations
 
@@ -183,7 +186,8 @@ def time_seed_groups(
             "rounds": times,
         }
         log(
-            f"  {label}: {seeds} seeds, in turn {1000 * in_turn_s:.0f} ms, vmapped {1000 * vmap_s:.0f} ms per step"
+            f"  {label}: {seeds} seeds, in turn {1000 * in_turn_s:.0f} ms, "
+            f"vmapped {1000 * vmap_s:.0f} ms per step"
         )
         models.clear()  # free this model's seeds before the next model's
         optimizers.clear()
@@ -350,3 +354,114 @@ def check_derivatives(
         entry["agrees"] = all(value <= 1e-4 for value in entry.values())
         result[method] = entry
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# One dataset's timed sections, in the order ``bench.run_benchmark`` runs them
+
+#: a variant ready to time: the variant, its model, its optimizer and its FLOPs per step
+Prepared = tuple[Variant, torch.nn.Module, torch.optim.Optimizer, int]
+
+
+@dataclasses.dataclass
+class DatasetTimes:
+    """What the timed sections measured for one dataset (``bench_report.dataset_rows`` turns it
+    into the JSON rows)."""
+
+    dataset: str
+    latent_dim: int
+    prepared: list[Prepared]
+    step_times: dict[str, list[float]]  # seconds per step, one per round, per variant label
+    eval_times: dict[str, dict]  # time_evaluation per variant label
+    eval_images: int  # test images actually scored
+    feed: dict[str, float]  # median seconds per epoch of the data feeding: ours, straightforward
+    feed_kind: str  # StraightforwardDataset.kind
+
+
+def prepare_variants(
+    device: torch.device,
+    settings: Settings,
+    dataset: str,
+    latent_dim: int,
+    batch: torch.Tensor,
+    log: Callable[[str], None],
+) -> tuple[list[Prepared], dict[str, int | None]]:
+    """Every variant built, FLOP-counted and warmed up; with the peak device memory of one of its
+    steps per label (None off CUDA)."""
+    prepared: list[Prepared] = []
+    peaks: dict[str, int | None] = {}
+    for variant in build_variants(settings, dataset, latent_dim):
+        torch.manual_seed(settings.seed)
+        model = variant.build().to(device).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        flops = count_step_flops(model, optimizer, batch)  # also the first warm-up step
+        for _ in range(settings.warmup - 1):
+            training_step(model, optimizer, batch)
+        peak = bench_gpu.peak_memory(device, lambda: training_step(model, optimizer, batch))
+        peaks[variant.label] = peak
+        prepared.append((variant, model, optimizer, flops))
+        peak_text = f", peak {peak / 2**30:.2f} GiB" if peak is not None else ""
+        log(f"  {variant.label}: {flops / 1e9:.2f} GFLOP per step{peak_text}")
+    return prepared, peaks
+
+
+def time_rounds(
+    device: torch.device,
+    settings: Settings,
+    prepared: list[Prepared],
+    batch: torch.Tensor,
+    matmul_a: torch.Tensor,
+    log: Callable[[str], None],
+) -> tuple[dict[str, list[float]], list[float]]:
+    """--repeats rounds, each a matmul probe then every variant's steps (A, B, C, A, B, C, ...),
+    so that other load on the machine hits every variant alike: the seconds per step of each
+    round per variant label, and the probe's FLOP/s per round."""
+    time_matmul(device, settings.matmul_size, matmul_a)  # warm-up
+    step_times: dict[str, list[float]] = {v.label: [] for v, *_ in prepared}
+    matmul_rates = []
+    for round_index in range(settings.repeats):
+        matmul_rates.append(time_matmul(device, settings.matmul_size, matmul_a))
+        for variant, model, optimizer, _ in prepared:
+            step_times[variant.label].append(time_steps(model, optimizer, batch, settings.steps))
+        log(
+            f"  round {round_index + 1}/{settings.repeats}: "
+            + ", ".join(f"{label} {1000 * times[-1]:.0f} ms" for label, times in step_times.items())
+        )
+    return step_times, matmul_rates
+
+
+def time_feeding(
+    train_x: torch.Tensor,
+    straightforward: StraightforwardDataset,
+    settings: Settings,
+    device: torch.device,
+) -> dict[str, float]:
+    """Median seconds of one epoch's data feeding, ours and straightforward, both interleaved."""
+    feed: dict[str, list[float]] = {"ours": [], "straightforward": []}
+    for repeat in range(settings.loader_repeats + 1):
+        ours = feed_ours(train_x, settings.batch_size, torch.Generator().manual_seed(repeat))
+        plain = feed_straightforward(straightforward, settings.batch_size, device, repeat)
+        if repeat:  # the first is a warm-up
+            feed["ours"].append(ours)
+            feed["straightforward"].append(plain)
+    return {key: statistics.median(values) for key, values in feed.items()}
+
+
+def time_evaluations(
+    prepared: list[Prepared],
+    train_x: torch.Tensor,
+    eval_x: torch.Tensor,
+    settings: Settings,
+    log: Callable[[str], None],
+) -> dict[str, dict]:
+    """``time_evaluation`` per variant label, once each (it is long; its noise is small relative
+    to its length)."""
+    eval_times = {}
+    for variant, model, _, _ in prepared:
+        t = time_evaluation(model, train_x, eval_x, settings.eval_batch_size, settings.seed)
+        eval_times[variant.label] = t
+        log(
+            f"  {variant.label}: evaluation fit {t['fit_seconds']:.2f} s, "
+            f"scores of {len(eval_x)} images {t['scores_seconds']:.2f} s"
+        )
+    return eval_times
