@@ -58,6 +58,11 @@ except WorkflowError:
 include: "workflow/rules/common.smk"
 
 
+# `snakemake --report report.zip`: this text, then every figure marked with report() and its
+# caption from workflow/report/captions (the captions `grad2vae report` shows too)
+report: "workflow/report/workflow.rst"
+
+
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
     model="|".join(MODELS),

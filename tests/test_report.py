@@ -17,8 +17,10 @@ from conftest import unavailable
 from markupsafe import escape
 from test_aggregate import oracle_grid, write_fake_run
 
+from grad2vae.captions import caption_html, entry_caption, read_caption
 from grad2vae.cli import main as cli_main
-from grad2vae.layout import TRAIN_LOG
+from grad2vae.errors import UserError
+from grad2vae.layout import CAPTIONS_DIR, FIGURE_CAPTIONS, TRAIN_LOG
 from grad2vae.report import gather_assumptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,6 +318,52 @@ def test_report_escapes_everything(report_html):
     assert "Test &lt;report&gt;" in text
     assert "Caption with &lt;i&gt;markup&lt;/i&gt; &amp; ampersand" in text
     assert "&lt;b&gt;offline&lt;/b&gt;" in text
+
+
+CAPTIONS = ROOT / "workflow" / "report" / CAPTIONS_DIR
+
+
+def test_every_figure_has_a_caption_file_and_every_caption_file_a_figure():
+    assert set(FIGURE_CAPTIONS.values()) == {path.name for path in CAPTIONS.glob("*.rst")}
+
+
+def test_caption_files_are_valid_restructuredtext():
+    """`snakemake --report` renders them with Jinja, then docutils: no Jinja syntax, no warnings."""
+    try:
+        from docutils.core import publish_doctree
+        from docutils.utils import SystemMessage
+    except ImportError:
+        unavailable("docutils is not installed (it comes with snakemake: pip install -e '.[test]')")
+    for path in sorted(CAPTIONS.glob("*.rst")):
+        text = path.read_text(encoding="utf-8")
+        assert "{{" not in text and "{%" not in text, path.name
+        try:
+            publish_doctree(text, settings_overrides={"halt_level": 2, "report_level": 5})
+        except SystemMessage as problem:
+            pytest.fail(f"{path.name}: {problem}")
+
+
+def test_report_shows_each_figures_caption_file_and_details(report_html):
+    manifest = json.loads(
+        (report_html.parents[1] / "results" / "figures" / "figures.json").read_text()
+    )
+    text = report_html.read_text(encoding="utf-8")
+    for entry in manifest["figures"]:
+        caption = caption_html(read_caption(CAPTIONS.parent, entry["caption_file"]))
+        assert str(caption) in text, entry["file"]
+        assert str(escape(entry["details"])) in text, entry["file"]
+    details = {entry["file"]: entry["details"] for entry in manifest["figures"]}
+    assert details["roc_class1.png"] == "Normal class 1; the seeds of the runs shown: 0, 1."
+
+
+def test_caption_html_escapes_and_marks_literals():
+    html = caption_html("Read <b> & ``metrics.json``\nwrapped.\n\nNext paragraph.")
+    assert html == "Read &lt;b&gt; &amp; <code>metrics.json</code> wrapped. Next paragraph."
+
+
+def test_missing_caption_file_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"captions/fig6.rst.*--template-dir"):
+        entry_caption(tmp_path, {"caption_file": "fig6.rst", "details": ""})
 
 
 def test_report_assets_are_relative_and_present(report_html):

@@ -72,3 +72,18 @@ EXPLAIN_FIGURES_PER_CLASS = (
 )
 EXPLAIN_FIGURES_PER_DATASET = ("fig5_attention_{dataset}.png", "deletion_curves_{dataset}.png")
 EXPLAIN_TABLES = ("faithfulness.csv", "deletion_curves.csv")
+
+# ---- the caption of every figure: a reStructuredText file in CAPTIONS_DIR of the report's
+# templates (workflow/report/captions), shown by `grad2vae report` and by `snakemake --report`
+CAPTIONS_DIR = "captions"
+FIGURE_CAPTIONS = {
+    "fig6_auc_vs_epoch.png": "fig6.rst",
+    "fig6_compute.png": "fig6_compute.rst",
+    "fig6_scores.png": "fig6_scores.rst",
+    "anomaly_ratio.png": "anomaly_ratio.rst",
+    "per_class_auc.png": "per_class_auc.rst",
+    "parameters.png": "parameters.rst",
+    "compute.png": "compute.rst",
+    CD_FIGURE: "critical_difference.rst",
+    ROC_FIGURE: "roc.rst",
+}

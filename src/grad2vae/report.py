@@ -34,6 +34,7 @@ from grad2vae import __version__
 from grad2vae import ablations as ablation_study
 from grad2vae import published as pub
 from grad2vae.atomic import write_text
+from grad2vae.captions import entry_caption
 from grad2vae.errors import UserError
 from grad2vae.gitstate import git_commit_label
 from grad2vae.labels import model_label, model_order
@@ -181,7 +182,12 @@ def protocol_deviations(workflow_config: dict[str, Any], runs: pd.DataFrame) -> 
 
 
 def gather(
-    results_dir: Path, agg_dir: Path, figures_dir: Path, explain_summary: Path, report_dir: Path
+    results_dir: Path,
+    agg_dir: Path,
+    figures_dir: Path,
+    explain_summary: Path,
+    report_dir: Path,
+    template_dir: Path,
 ) -> dict[str, Any]:
     payload_path = agg_dir / "aggregate.json"
     if not payload_path.is_file():
@@ -213,7 +219,7 @@ def gather(
             {
                 "src": f"figures/{source.name}",
                 "title": entry.get("title", ""),
-                "caption": entry.get("caption", ""),
+                "caption": entry_caption(template_dir, entry),
                 "dataset": entry.get("dataset", ""),
             }
         )
@@ -394,7 +400,7 @@ def gather(
         "not_complete": not_complete,
         "deviations": protocol_deviations(workflow_config, runs),
         "assumptions": gather_assumptions(),
-        "explain": gather_explain(explain_summary, report_dir),
+        "explain": gather_explain(explain_summary, report_dir, template_dir),
         "provenance": provenance,
         "run_versions": provenance.get("run_versions", []),
         "workflow_config_text": json.dumps(workflow_config, indent=2, sort_keys=True)
@@ -452,6 +458,7 @@ def build_report(
         figures_dir or results_dir / "figures",
         explain_summary or results_dir / "explain" / "summary.json",
         report_dir,
+        template_dir,
     )
     context["title"] = title
     page = render(context, template_dir)

@@ -14,6 +14,7 @@ import pandas as pd
 from grad2vae import entropy_only
 from grad2vae import published as pub
 from grad2vae.atomic import atomic_path
+from grad2vae.captions import entry_caption
 from grad2vae.errors import UserError
 from grad2vae.labels import model_label
 from grad2vae.tables import read_table
@@ -79,7 +80,9 @@ def fresh_dir(path: Path) -> None:
     path.mkdir(parents=True)
 
 
-def gather_explain(summary_path: Path, report_dir: Path) -> dict[str, Any] | None:
+def gather_explain(
+    summary_path: Path, report_dir: Path, template_dir: Path
+) -> dict[str, Any] | None:
     """Copy the explain outputs into REPORT/explain/ and describe them; None if there are none."""
     if not summary_path.is_file():
         return None
@@ -104,7 +107,7 @@ def gather_explain(summary_path: Path, report_dir: Path) -> dict[str, Any] | Non
             {
                 "src": f"explain/{name}",
                 "title": entry.get("title", source.stem),
-                "caption": entry.get("caption", ""),
+                "caption": entry_caption(template_dir, entry),
             }
         )
     for index, entry in enumerate(summary.get("tables", []) or []):
@@ -127,7 +130,7 @@ def gather_explain(summary_path: Path, report_dir: Path) -> dict[str, Any] | Non
             {
                 "href": f"explain/{name}",
                 "title": entry.get("title", source.stem),
-                "caption": entry.get("caption", ""),
+                "caption": entry_caption(template_dir, entry),
                 "columns": [str(c) for c in frame.columns],
                 "rows": rows,
                 "total_rows": len(frame),

@@ -7,11 +7,13 @@ import sys
 
 from grad2vae.layout import (
     AGGREGATE_FILES,
+    CAPTIONS_DIR,
     CD_FIGURE,
     EXPLAIN_FIGURES_PER_CLASS,
     EXPLAIN_FIGURES_PER_DATASET,
     EXPLAIN_SUMMARY as EXPLAIN_SUMMARY_NAME,
     EXPLAIN_TABLES,
+    FIGURE_CAPTIONS,
     FIGURE_FILES,
     IDX_NAMES,
     MANIFEST_NAME,
@@ -87,12 +89,56 @@ def model_protocol(model):
     return protocol
 
 
-def figure_files():
-    """What `grad2vae figures` writes: FIGURE_FILES, a critical-difference diagram per dataset."""
-    names = list(FIGURE_FILES) + [
-        CD_FIGURE.format(dataset=d) for d in config["datasets"]
+# The category of each figure in `snakemake --report` (its caption: layout.FIGURE_CAPTIONS).
+REPORT_CATEGORIES = {
+    "fig6_auc_vs_epoch.png": "Training (Fig. 6)",
+    "fig6_compute.png": "Training (Fig. 6)",
+    "fig6_scores.png": "Scores",
+    "anomaly_ratio.png": "Scores",
+    "per_class_auc.png": "Results (Table 1)",
+    ROC_FIGURE: "Results (Table 1)",
+    CD_FIGURE: "Statistical tests",
+    "parameters.png": "Models and compute",
+    "compute.png": "Models and compute",
+}
+
+
+def report_figure(path, name, category=None, subcategory=None):
+    """``path`` marked for `snakemake --report` with the caption file of figure ``name`` (its
+    pattern in grad2vae.layout), the one `grad2vae report` shows too."""
+    return report(
+        path,
+        caption=f"../report/{CAPTIONS_DIR}/{FIGURE_CAPTIONS[name]}",
+        category=category or REPORT_CATEGORIES[name],
+        subcategory=subcategory,
+    )
+
+
+def caption_files():
+    """Every caption file the report shows (a changed caption renders the report again)."""
+    return [
+        f"{TEMPLATE_DIR}/{CAPTIONS_DIR}/{name}"
+        for name in sorted(set(FIGURE_CAPTIONS.values()))
     ]
-    return [f"{FIGURES_DIR}/{name}" for name in names]
+
+
+def figure_files():
+    """What `grad2vae figures` writes: FIGURE_FILES, a critical-difference diagram per dataset;
+    the figures marked for `snakemake --report`."""
+    files = [
+        (
+            report_figure(f"{FIGURES_DIR}/{name}", name)
+            if name in FIGURE_CAPTIONS
+            else f"{FIGURES_DIR}/{name}"
+        )
+        for name in FIGURE_FILES
+    ]
+    return files + [
+        report_figure(
+            f"{FIGURES_DIR}/{CD_FIGURE.format(dataset=d)}", CD_FIGURE, subcategory=d
+        )
+        for d in config["datasets"]
+    ]
 
 
 def up(path, levels=1):
@@ -168,7 +214,8 @@ def roc_figure():
     roc_class = config["figures"]["roc_class"]
     if roc_class not in config["normal_classes"]:
         roc_class = config["normal_classes"][0]
-    return f"{FIGURES_DIR}/{ROC_FIGURE.format(normal_class=roc_class)}"
+    path = f"{FIGURES_DIR}/{ROC_FIGURE.format(normal_class=roc_class)}"
+    return report_figure(path, ROC_FIGURE)
 
 
 def train_options(wildcards):

@@ -8,6 +8,7 @@ rule report:
         explain_inputs,
         template=f"{TEMPLATE_DIR}/index.html.j2",
         stylesheet=f"{TEMPLATE_DIR}/style.css",
+        captions=caption_files(),
     output:
         REPORT_HTML,
     log:

@@ -1,0 +1,44 @@
+"""The prose captions of the report's figures: reStructuredText files in the report templates'
+``captions/`` folder (``layout.CAPTIONS_DIR``), which ``snakemake --report`` shows as they are and
+``grad2vae report`` shows with the details only a run can give (from figures.json).
+
+Caption files are plain paragraphs; the only markup they use is ``literal`` text.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from markupsafe import Markup, escape
+
+from grad2vae.errors import UserError
+from grad2vae.layout import CAPTIONS_DIR
+
+LITERAL = re.compile(r"``(.+?)``")
+
+
+def read_caption(template_dir: Path, name: str) -> str:
+    """The text of caption file ``name`` of the templates in ``template_dir``."""
+    path = Path(template_dir) / CAPTIONS_DIR / name
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise UserError(
+            f"caption {path} cannot be read ({error.strerror or error}); point --template-dir at "
+            f"a folder with {CAPTIONS_DIR}/{name} (the repository's workflow/report)"
+        ) from None
+
+
+def caption_html(text: str) -> Markup:
+    """``text`` (plain paragraphs, ``literals``) as HTML, escaped."""
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    html = [LITERAL.sub(r"<code>\1</code>", str(escape(p))) for p in paragraphs]
+    return Markup(" ".join(html))
+
+
+def entry_caption(template_dir: Path, entry: dict) -> Markup:
+    """The caption of one figures.json entry: its caption file, then its details."""
+    text = read_caption(template_dir, entry["caption_file"]) if "caption_file" in entry else ""
+    details = str(entry.get("details") or entry.get("caption") or "")
+    return caption_html(f"{text}\n\n{details}" if text and details else text or details)
