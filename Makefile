@@ -25,11 +25,14 @@ test: $(STAMP)
 	bash scripts/install-system-deps
 	$(BIN)/python -m pytest -ra
 
+# the Python scripts (no .py ending, so ruff is given them by name)
+PY_SCRIPTS := scripts/gpu-acceptance scripts/outputs-digest scripts/score-study
+
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
-	$(BIN)/ruff check src tests scripts/outputs-digest
-	$(BIN)/ruff format --check src tests scripts/outputs-digest
+	$(BIN)/ruff check src tests $(PY_SCRIPTS)
+	$(BIN)/ruff format --check src tests $(PY_SCRIPTS)
 
 clean-results:
 	rm -rf results/* report/*

@@ -38,7 +38,8 @@ def write_fake_run(
     n_test: int = 60,
     auc_extra: dict | None = None,
 ) -> Path:
-    """A finished run: metrics.json, history.tsv (AUC rising to ``auc``), scores.csv.gz, model.pt."""
+    """A finished run: metrics.json, history.tsv (AUC rising to ``auc``), scores.csv.gz,
+    model.pt."""
     run = Path(results) / RUN_DIR.format(
         dataset=dataset, model=model, normal_class=normal_class, seed=seed
     )
@@ -48,7 +49,8 @@ def write_fake_run(
     for epoch in range(1, epochs + 1):
         value = auc - 0.1 * (epochs - epoch) / epochs
         lines.append(
-            f"{epoch}\t0.001\t1.5\t{100 / epoch:.3f}\t{110 / epoch:.3f}\t{value:.6f}\t{value - 0.05:.6f}"
+            f"{epoch}\t0.001\t1.5\t{100 / epoch:.3f}\t{110 / epoch:.3f}\t"
+            f"{value:.6f}\t{value - 0.05:.6f}"
         )
     (run / "history.tsv").write_text("\n".join(lines) + "\n")
     rng = np.random.default_rng([seed, normal_class, len(model), len(dataset)])

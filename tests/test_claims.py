@@ -98,8 +98,8 @@ def test_fig6_claim_uses_the_mean_curve_and_reports_each_run():
         for normal_class in (0, 1):
             for epoch in range(1, 51):
                 auc = 0.97 if epoch >= reach + normal_class else 0.9
-                rows.append({"dataset": "mnist", "model": model, "normal_class": normal_class, "seed": 0,
-                             "epoch": epoch, "auc": auc})  # fmt: skip
+                rows.append({"dataset": "mnist", "model": model, "normal_class": normal_class,
+                             "seed": 0, "epoch": epoch, "auc": auc})  # fmt: skip
     history = pd.DataFrame(rows)
     runs = pd.DataFrame(
         {"dataset": ["mnist"] * 3, "model": ["grad2vae", "vae", "cae"], "auc": [0.97] * 3}
@@ -164,7 +164,8 @@ def pub_table(dataset: str) -> pd.DataFrame:
 def test_class_remarks_on_runs_holds_fails_and_needs_all_classes():
     def runs_from(table):
         return pd.DataFrame(
-            [{"dataset": "fashion_mnist", "model": m, "normal_class": c, "seed": 0, "auc": table.loc[c, m] / 100}
+            [{"dataset": "fashion_mnist", "model": m, "normal_class": c, "seed": 0,
+              "auc": table.loc[c, m] / 100}
              for m in table.columns for c in table.index]
         )  # fmt: skip
 
@@ -186,8 +187,9 @@ def test_best_average_holds_fails_and_names_missing_competitors():
     rows = []
     for normal_class in range(10):
         for model, level in (("grad2vae", 0.97), ("vae", 0.90), ("cae", 0.85)):
-            rows.append({"dataset": "mnist", "model": model, "normal_class": normal_class, "seed": 0,
-                         "auc": level + 0.01 * rng.random(), "auc_mse": 1.0 - level})  # fmt: skip
+            rows.append({"dataset": "mnist", "model": model, "normal_class": normal_class,
+                         "seed": 0, "auc": level + 0.01 * rng.random(),
+                         "auc_mse": 1.0 - level})  # fmt: skip
     runs = pd.DataFrame(rows)
     result = claims.best_average(runs, ["mnist"], ["grad2vae", "vae", "cae"])
     assert result["verdict"] == verdicts.SUPPORTED
@@ -297,7 +299,8 @@ def test_score_findings_say_whether_the_ordering_survives_each_score():
          ("mnist", "entropy_only", "entropy", 1, 25.0)],
         columns=["dataset", "model", "score", "n_classes", "auc_pct_mean"],
     )  # fmt: skip
-    runs = pd.DataFrame({"dataset": "mnist", "model": ["grad2vae", "vae"], "mean_reconstruction_anomalous": [104.0, 134.0],
+    runs = pd.DataFrame({"dataset": "mnist", "model": ["grad2vae", "vae"],
+                         "mean_reconstruction_anomalous": [104.0, 134.0],
                          "mean_reconstruction_normal": [100.0, 100.0]})  # fmt: skip
     found = score_findings.score_findings(per_score, runs, ["mnist"])["mnist"]
     assert found["ordering"]["mse"]["same_order_as_main"] is False

@@ -271,13 +271,14 @@ def test_cuda_seed_group_larger_than_the_free_memory_splits_with_identical_resul
 ):
     def config(seed):
         return RunConfig(
-            model="vae", dataset="mnist", normal_class=2, seed=seed, latent_dim=4, epochs=2, batch_size=16,
-            lr=1e-3, lr_decay_epoch=0, lr_decay_factor=0.1, eval_every=1, eval_batch_size=50, train_limit=30,
-            test_limit=40,
+            model="vae", dataset="mnist", normal_class=2, seed=seed, latent_dim=4, epochs=2,
+            batch_size=16, lr=1e-3, lr_decay_epoch=0, lr_decay_factor=0.1, eval_every=1,
+            eval_batch_size=50, train_limit=30, test_limit=40,
         )  # fmt: skip
 
     seeds = [0, 1, 2]
-    alone = [train.train_one(config(s), tmp_path / "alone" / f"seed{s}", data_dir=tiny_data_dir, device="cpu")
+    alone = [train.train_one(config(s), tmp_path / "alone" / f"seed{s}", data_dir=tiny_data_dir,
+                             device="cpu")
              for s in seeds]  # fmt: skip
     # a card with room for two of the three seeds' steps
     memory = {}
@@ -294,8 +295,10 @@ def test_cuda_seed_group_larger_than_the_free_memory_splits_with_identical_resul
     monkeypatch.setattr(devices, "available_memory", budget)
     monkeypatch.setattr(cohort_module, "memory_cohorts", spy)
     caplog.set_level("INFO", logger="grad2vae.cohort")
-    together = train.train_seeds([config(s) for s in seeds], [tmp_path / "group" / f"seed{s}" for s in seeds],
-                                data_dir=tiny_data_dir, device="cpu", seed_batching="sequential")  # fmt: skip
+    together = train.train_seeds([config(s) for s in seeds],
+                                 [tmp_path / "group" / f"seed{s}" for s in seeds],
+                                 data_dir=tiny_data_dir, device="cpu",
+                                 seed_batching="sequential")  # fmt: skip
     assert "training them in sub-cohorts of 2, one after another" in caplog.text
     for one, grouped in zip(alone, together):
         assert grouped["auc"] == one["auc"] and grouped["auc_scores"] == one["auc_scores"]
@@ -319,8 +322,8 @@ def test_cuda_acceptance_command_plans_and_refuses_without_a_gpu(tmp_path):
     assert dry.returncode == 0 and "GPU tests" in dry.stdout and "-m gpu" in dry.stdout
     assert "--seeds-per-process 10" in dry.stdout and not any(tmp_path.iterdir())
     if not torch.cuda.is_available():
-        real = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+        real = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
         assert real.returncode == 2 and "no CUDA device" in real.stderr
 
 

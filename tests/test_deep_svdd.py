@@ -54,7 +54,8 @@ def test_cli_trains_and_scores_with_the_readme_setup(tiny_data_dir, tmp_path):
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     # the schedule options not given come from the README (protocol_defaults), --epochs from us
-    assert {k: metrics["config"][k] for k in ("epochs", "lr", "batch_size", "lr_decay_epoch", "lr_decay_factor")} == {
+    assert {k: metrics["config"][k]
+            for k in ("epochs", "lr", "batch_size", "lr_decay_epoch", "lr_decay_factor")} == {
         "epochs": 1, "lr": 1e-4, "batch_size": 200, "lr_decay_epoch": 50, "lr_decay_factor": 0.1,
     }  # fmt: skip
     assert metrics["parameters"] == 8 * 25 + 4 * 8 * 25 + 4 * 7 * 7 * 32  # phi only, bias-free
@@ -189,7 +190,8 @@ def test_pretraining_logs_every_epoch_and_shows_the_bar(caplog, capsys):
     model = create_model("deep_svdd", 16, dataset="mnist")
     caplog.set_level("INFO", logger="grad2vae.models.deep_svdd")
     model.pretrain(torch.rand(20, 1, 28, 28), epochs=3, batch_size=8, lr=1e-4, lr_decay_epoch=2,
-                   lr_decay_factor=0.1, generator=torch.Generator().manual_seed(0), progress=True)  # fmt: skip
+                   lr_decay_factor=0.1, generator=torch.Generator().manual_seed(0),
+                   progress=True)  # fmt: skip
     lines = [r.getMessage() for r in caplog.records if "pretraining: epoch" in r.getMessage()]
     assert [line.split()[3] for line in lines] == ["1/3", "2/3", "3/3"]
     assert (

@@ -34,13 +34,17 @@ def fake_gpus(monkeypatch):
     return set_count
 
 
-HOLDER = textwrap.dedent("""
+HOLDER = textwrap.dedent(
+    """
     import sys, time
     from grad2vae import devices
-    slot = devices.try_acquire_gpu_slot(int(sys.argv[2]), sys.argv[1], device_count=int(sys.argv[3]))
+    slot = devices.try_acquire_gpu_slot(int(sys.argv[2]), sys.argv[1], """
+    "device_count=int(sys.argv[3]))"
+    """
     print(slot.index if slot else "none", flush=True)
     time.sleep(float(sys.argv[4]))
-    """)
+    """
+)
 
 
 def _holder(slot_dir, n_slots=2, device_count=2, sleep=60.0):

@@ -351,16 +351,20 @@ def _args(tmp_path: Path, **overrides) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+CAPTIONS_FOLDER = Path(__file__).resolve().parents[1] / "workflow" / "report" / "captions"
+
+
 def _check_summary(out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"figures", "tables"}
     for kind in ("figures", "tables"):
         assert summary[kind], kind
         for entry in summary[kind]:
-            assert set(entry) == {"file", "title", "caption"}
+            assert set(entry) == {"file", "title", "caption_file", "details"}
             assert not Path(entry["file"]).is_absolute()
             assert (out / entry["file"]).is_file()
-            assert entry["title"].strip() and len(entry["caption"]) > 80
+            assert (CAPTIONS_FOLDER / entry["caption_file"]).is_file()
+            assert entry["title"].strip() and entry["details"].strip()
     for entry in summary["figures"]:
         assert (out / entry["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return summary
@@ -568,12 +572,12 @@ def test_explain_from_real_runs_through_the_cli(trained_runs, tiny_data_dir, tmp
 
     table = pd.read_csv(out / "faithfulness.csv")
     assert len(table) == 8 and table["n_images"].eq(10).all()
-    assert "z_2 and z_3" in summary["figures"][0]["caption"]  # units 2 and d = 3
+    assert "z_2 and z_3 of d = 3" in summary["figures"][0]["details"]
 
     # the report picks every figure and the table up from summary.json
     from grad2vae.report_sections import gather_explain
 
-    shown = gather_explain(out / "summary.json", tmp_path / "report")
+    shown = gather_explain(out / "summary.json", tmp_path / "report", CAPTIONS_FOLDER.parent)
     assert shown["problems"] == []
     assert [f["title"] for f in shown["figures"]] == [f["title"] for f in summary["figures"]]
     assert all((tmp_path / "report" / f["src"]).is_file() for f in shown["figures"])

@@ -29,19 +29,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def config(seed: int = 0, epochs: int = 4, model: str = "vae") -> RunConfig:
     return RunConfig(
-        model=model, dataset="mnist", normal_class=2, seed=seed, latent_dim=4, epochs=epochs, batch_size=16,
-        lr=1e-3, lr_decay_epoch=0, lr_decay_factor=0.1, eval_every=1, eval_batch_size=50, train_limit=30,
-        test_limit=40,
+        model=model, dataset="mnist", normal_class=2, seed=seed, latent_dim=4, epochs=epochs,
+        batch_size=16, lr=1e-3, lr_decay_epoch=0, lr_decay_factor=0.1, eval_every=1,
+        eval_batch_size=50, train_limit=30, test_limit=40,
     )  # fmt: skip
 
 
 def train_command(data_dir: Path, out_dir: Path, device: str, *extra: str) -> list[str]:
     cfg = config()
     return [
-        sys.executable, "-m", "grad2vae.cli", "train", "--model", cfg.model, "--dataset", cfg.dataset,
-        "--normal-class", str(cfg.normal_class), "--seed", str(cfg.seed), "--latent-dim", "4",
-        "--epochs", str(cfg.epochs), "--batch-size", "16", "--lr-decay-epoch", "0", "--lr-decay-factor", "0.1",
-        "--eval-batch-size", "50",
+        sys.executable, "-m", "grad2vae.cli", "train", "--model", cfg.model,
+        "--dataset", cfg.dataset, "--normal-class", str(cfg.normal_class), "--seed", str(cfg.seed),
+        "--latent-dim", "4",
+        "--epochs", str(cfg.epochs), "--batch-size", "16", "--lr-decay-epoch", "0",
+        "--lr-decay-factor", "0.1", "--eval-batch-size", "50",
         "--train-limit", "30", "--test-limit", "40", "--checkpoint-every", "1", "--device", device,
         "--data-dir", str(data_dir), "--out-dir", str(out_dir), "--no-progress", *extra,
     ]  # fmt: skip
@@ -74,10 +75,13 @@ def test_gpu_killed_run_resumes_on_the_other_device_with_identical_metrics(tiny_
 
 def test_gpu_vmapped_seed_group_equals_runs_alone_within_tolerance(tiny_data_dir, tmp_path):
     seeds = [0, 1, 2]
-    alone = [train.train_one(config(s), tmp_path / "alone" / f"seed{s}", data_dir=tiny_data_dir, device="cuda:0")
+    alone = [train.train_one(config(s), tmp_path / "alone" / f"seed{s}", data_dir=tiny_data_dir,
+                             device="cuda:0")
              for s in seeds]  # fmt: skip
-    group = train.train_seeds([config(s) for s in seeds], [tmp_path / "group" / f"seed{s}" for s in seeds],
-                             data_dir=tiny_data_dir, device="cuda:0", seed_batching="vmap")  # fmt: skip
+    group = train.train_seeds([config(s) for s in seeds],
+                              [tmp_path / "group" / f"seed{s}" for s in seeds],
+                              data_dir=tiny_data_dir, device="cuda:0",
+                              seed_batching="vmap")  # fmt: skip
     for one, grouped in zip(alone, group):
         assert grouped["seed_batching"] == "vmap"
         assert grouped["auc"] == pytest.approx(one["auc"], abs=1e-3)
@@ -93,8 +97,9 @@ def test_gpu_seed_group_larger_than_the_free_memory_splits_and_finishes(
 
     monkeypatch.setattr(devices, "available_memory", room_for_one)
     caplog.set_level("INFO", logger="grad2vae.cohort")
-    group = train.train_seeds([config(s, epochs=2) for s in seeds], [tmp_path / f"seed{s}" for s in seeds],
-                             data_dir=tiny_data_dir, device="cuda:0")  # fmt: skip
+    group = train.train_seeds([config(s, epochs=2) for s in seeds],
+                              [tmp_path / f"seed{s}" for s in seeds],
+                              data_dir=tiny_data_dir, device="cuda:0")  # fmt: skip
     assert "sub-cohorts of 1" in caplog.text and len(group) == 4
 
 

@@ -20,7 +20,7 @@ from test_aggregate import oracle_grid, write_fake_run
 from grad2vae.captions import caption_html, entry_caption, read_caption
 from grad2vae.cli import main as cli_main
 from grad2vae.errors import UserError
-from grad2vae.layout import CAPTIONS_DIR, FIGURE_CAPTIONS, TRAIN_LOG
+from grad2vae.layout import CAPTIONS, CAPTIONS_DIR, TRAIN_LOG
 from grad2vae.report import gather_assumptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,12 +135,18 @@ def make_explain(results: Path) -> None:
             {
                 "file": "sub/attention.png",
                 "title": "Attention <maps>",
-                "caption": "Caption with <i>markup</i> & ampersand",
+                "caption_file": "fig4.rst",
+                "details": "Details with <i>markup</i> & ampersand",
             },
-            {"file": "../../outside.png", "title": "escapes the folder", "caption": ""},
+            {"file": "../../outside.png", "title": "escapes the folder"},
         ],
         "tables": [
-            {"file": "faithfulness.csv", "title": "Faithfulness", "caption": "deletion test"}
+            {
+                "file": "faithfulness.csv",
+                "title": "Faithfulness",
+                "caption_file": "faithfulness.rst",
+                "details": "deletion test",
+            }
         ],
     }
     (explain / "summary.json").write_text(json.dumps(summary))
@@ -268,7 +274,7 @@ def test_report_table1_complete_and_statistics(report_html):
 
 
 def test_statistics_section_says_why_tests_were_not_run(tmp_path):
-    """One normal class (like the end-to-end test): no ranks or tests, a reason, a placeholder figure."""
+    """One normal class (like the end-to-end test): no ranks or tests, a reason, a placeholder."""
     results = tmp_path / "results"
     for model in ("grad2vae", "vae"):
         write_fake_run(results, "mnist", model, 1, 0)
@@ -316,15 +322,15 @@ def test_report_escapes_everything(report_html):
     text = report_html.read_text(encoding="utf-8")
     assert "<script>" not in text and "&lt;script&gt;" in text  # the failed run's reason
     assert "Test &lt;report&gt;" in text
-    assert "Caption with &lt;i&gt;markup&lt;/i&gt; &amp; ampersand" in text
+    assert "Details with &lt;i&gt;markup&lt;/i&gt; &amp; ampersand" in text
     assert "&lt;b&gt;offline&lt;/b&gt;" in text
 
 
-CAPTIONS = ROOT / "workflow" / "report" / CAPTIONS_DIR
+CAPTIONS_FOLDER = ROOT / "workflow" / "report" / CAPTIONS_DIR
 
 
 def test_every_figure_has_a_caption_file_and_every_caption_file_a_figure():
-    assert set(FIGURE_CAPTIONS.values()) == {path.name for path in CAPTIONS.glob("*.rst")}
+    assert set(CAPTIONS.values()) == {path.name for path in CAPTIONS_FOLDER.glob("*.rst")}
 
 
 def test_caption_files_are_valid_restructuredtext():
@@ -334,7 +340,7 @@ def test_caption_files_are_valid_restructuredtext():
         from docutils.utils import SystemMessage
     except ImportError:
         unavailable("docutils is not installed (it comes with snakemake: pip install -e '.[test]')")
-    for path in sorted(CAPTIONS.glob("*.rst")):
+    for path in sorted(CAPTIONS_FOLDER.glob("*.rst")):
         text = path.read_text(encoding="utf-8")
         assert "{{" not in text and "{%" not in text, path.name
         try:
@@ -349,7 +355,7 @@ def test_report_shows_each_figures_caption_file_and_details(report_html):
     )
     text = report_html.read_text(encoding="utf-8")
     for entry in manifest["figures"]:
-        caption = caption_html(read_caption(CAPTIONS.parent, entry["caption_file"]))
+        caption = caption_html(read_caption(CAPTIONS_FOLDER.parent, entry["caption_file"]))
         assert str(caption) in text, entry["file"]
         assert str(escape(entry["details"])) in text, entry["file"]
     details = {entry["file"]: entry["details"] for entry in manifest["figures"]}
@@ -426,7 +432,8 @@ def check_report_in_browser(
     expected body rows, no console errors."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         unavailable(
-            "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+            "Debian's chromium and chromium-driver are not installed "
+            "(apt-get install chromium chromium-driver)"
         )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -454,7 +461,8 @@ def check_report_in_browser(
         driver.get(index_html.resolve().as_uri())
         assert driver.execute_script("return document.readyState") == "complete"
         images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+            "return Array.from(document.images)"
+            ".map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
         )
         assert images, "no images in the report"
         broken = [src for src, complete, width in images if not complete or width == 0]

@@ -162,8 +162,8 @@ def test_entropy_only_auc_is_the_auc_of_the_image_entropy(tiny_data_dir):
 def test_a_run_records_the_auc_of_every_score_per_epoch(tiny_data_dir, tmp_path):
     config = RunConfig(
         model="vae", dataset="mnist", normal_class=2, seed=0, latent_dim=4, epochs=2, batch_size=32,
-        lr=1e-3, lr_decay_epoch=0, lr_decay_factor=0.1, eval_every=1, eval_batch_size=50, train_limit=30,
-        test_limit=40,
+        lr=1e-3, lr_decay_epoch=0, lr_decay_factor=0.1, eval_every=1, eval_batch_size=50,
+        train_limit=30, test_limit=40,
     )  # fmt: skip
     metrics = train.train_one(config, tmp_path / "run", data_dir=tiny_data_dir, device="cpu")
     assert set(metrics["auc_scores"]) == {"mse", "bce_excess", *ZERO_NOISE_KEYS}

@@ -73,7 +73,8 @@ def slurm_cluster(tmp_path_factory):
     missing = [tool for tool in SLURM_TOOLS if _which(tool) is None]
     if missing:
         unavailable(
-            f"Slurm is not installed (missing {', '.join(missing)}): apt-get install slurm-wlm munge"
+            "Slurm is not installed (missing "
+            f"{', '.join(missing)}): apt-get install slurm-wlm munge"
         )
     state = tmp_path_factory.mktemp("slurm-state")
     env = dict(os.environ, GRAD2VAE_SLURM_STATE=str(state))
@@ -120,7 +121,8 @@ def tiny_config(data_dir: Path, **changes) -> dict:
 
 
 def snakemake(workdir: Path, config: dict, profiles: list[str], *targets: str, timeout: int = 600):
-    """Start `snakemake --profile ...` in workdir (returns the Popen; output in workdir/snakemake.out)."""
+    """Start `snakemake --profile ...` in workdir (returns the Popen; output in
+    workdir/snakemake.out)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.test.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ)

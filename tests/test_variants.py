@@ -72,8 +72,8 @@ def test_variant_configurations_are_checked_before_anything_runs():
             RunConfig(model="a b", base_model="cae", dataset="mnist", normal_class=0, seed=0)
         )
     with pytest.raises(UserError, match="set lr_decay_epoch to 0"):
-        validate_config(RunConfig(model="v", base_model="cae", dataset="mnist", normal_class=0, seed=0,
-                                  lr_steps=((5, 1e-5),)))  # fmt: skip
+        validate_config(RunConfig(model="v", base_model="cae", dataset="mnist", normal_class=0,
+                                  seed=0, lr_steps=((5, 1e-5),)))  # fmt: skip
 
 
 def test_unknown_options_and_values_name_the_variant_the_option_and_the_accepted_ones():
@@ -148,7 +148,8 @@ def test_cli_trains_a_variant_under_its_name_with_absolute_lr_steps(tmp_path, ca
     args = ["train", "--model", "cae_own_protocol", "--base-model", "cae", "--dataset", "mnist",
             "--normal-class", "1", "--seed", "0", "--data-dir", str(data), "--out-dir", str(out),
             "--epochs", "2", "--batch-size", "4", "--lr", "1e-4", "--lr-decay-epoch", "0",
-            "--lr-steps", "1:1e-5", "--device", "cpu", "--no-progress", "--checkpoint-every", "0"]  # fmt: skip
+            "--lr-steps", "1:1e-5", "--device", "cpu", "--no-progress",
+            "--checkpoint-every", "0"]  # fmt: skip
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "cae_own_protocol" and metrics["base_model"] == "cae"
@@ -168,8 +169,9 @@ def test_cli_trains_a_variant_under_its_name_with_absolute_lr_steps(tmp_path, ca
 def test_cli_refuses_an_option_without_a_variant_name(tmp_path):
     from grad2vae.cli import main
 
-    code = main(["train", "--model", "vae", "--option", "kl=mean", "--dataset", "mnist", "--normal-class", "1",
-                 "--seed", "0", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "r")])  # fmt: skip
+    code = main(["train", "--model", "vae", "--option", "kl=mean", "--dataset", "mnist",
+                 "--normal-class", "1", "--seed", "0", "--data-dir", str(tmp_path),
+                 "--out-dir", str(tmp_path / "r")])  # fmt: skip
     assert code != 0
 
 
@@ -187,8 +189,9 @@ def test_presets_plan_their_grids(tmp_path):
     commands = [
         line for line in own.stdout.splitlines() if "--model inception_caenn_own_protocol " in line
     ]
-    assert commands and all("--base-model inception_caenn " in c and "--lr-steps 250:1e-05" in c and "--epochs 350" in c
-                            and "--batch-size 200" in c and "--lr-decay-epoch 0" in c for c in commands)  # fmt: skip
+    assert commands and all("--base-model inception_caenn " in c and "--lr-steps 250:1e-05" in c
+                            and "--epochs 350" in c and "--batch-size 200" in c
+                            and "--lr-decay-epoch 0" in c for c in commands)  # fmt: skip
     paper = [
         line for line in own.stdout.splitlines() if "--model deep_svdd_paper_protocol " in line
     ]
@@ -225,8 +228,10 @@ def test_a_bad_variant_is_an_error_before_any_job_runs(tmp_path, variants, named
 
 
 def test_table1_puts_each_variant_beside_its_models_published_column():
-    layout = table1_layout(["inception_caenn", "grad2vae", "inception_caenn_own_protocol", "vae_kl_mean", "vae"],
-                           {"inception_caenn_own_protocol": "inception_caenn", "vae_kl_mean": "vae"})  # fmt: skip
+    layout = table1_layout(["inception_caenn", "grad2vae", "inception_caenn_own_protocol",
+                            "vae_kl_mean", "vae"],
+                           {"inception_caenn_own_protocol": "inception_caenn",
+                            "vae_kl_mean": "vae"})  # fmt: skip
     models = [g["model"] for g in layout]
     at = models.index("inception_caenn")
     assert models[at + 1] == "inception_caenn_own_protocol"
@@ -315,9 +320,10 @@ def test_tiny_ablation_grid_end_to_end_to_a_report_with_the_ablations_section(tm
         variants["vae_kl_mean"] = {"model": "vae", "options": {"kl": "mean"}}
     config = write_config(tmp_path / "ablation.yaml", {
         "results_dir": str(results), "report_dir": str(report), "data": {"dir": str(data)},
-        "datasets": ["mnist"], "normal_classes": [1, 2], "seeds": [0], "models": ["vae"], "variants": variants,
-        "train": {"epochs": 2, "batch_size": 8, "train_limit": 8, "test_limit": 24, "checkpoint_every": 0,
-                  "device": "cpu"},
+        "datasets": ["mnist"], "normal_classes": [1, 2], "seeds": [0], "models": ["vae"],
+        "variants": variants,
+        "train": {"epochs": 2, "batch_size": 8, "train_limit": 8, "test_limit": 24,
+                  "checkpoint_every": 0, "device": "cpu"},
         "resources": {"train": {"threads": 1, "gpu": 0, "mem_mb": 2000, "runtime": 10}},
         "figures": {"roc_class": 1, "dpi": 50},
         "explain": {"enabled": False},

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,11 @@ import yaml
 from conftest import write_synthetic_dataset
 from test_report import check_report_in_browser, parse
 
-from grad2vae.layout import RUN_DIR, TRAIN_LOG
+from grad2vae.layout import CAPTIONS, CAPTIONS_DIR, CD_FIGURE, ROC_FIGURE, RUN_DIR, TRAIN_LOG
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+CAPTION_FOLDER = ROOT / "workflow" / "report" / CAPTIONS_DIR
 
 
 def snakemake(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -79,8 +81,8 @@ def test_paper_config_dry_run_lists_800_training_jobs(tmp_path):
 
 
 def test_table1_complete_preset_adds_deep_svdd_and_cae_ocsvm(tmp_path):
-    """presets/table1-complete.yaml: 1200 training jobs (config.yaml's 800 + 400), Deep SVDD with its
-    source's schedule, the other models' commands unchanged."""
+    """presets/table1-complete.yaml: 1200 training jobs (config.yaml's 800 + 400), Deep SVDD with
+    its source's schedule, the other models' commands unchanged."""
     overlay = write_config(
         tmp_path / "overlay.yaml",
         {"results_dir": str(tmp_path / "r"), "report_dir": str(tmp_path / "p")},
@@ -96,8 +98,8 @@ def test_table1_complete_preset_adds_deep_svdd_and_cae_ocsvm(tmp_path):
     }
     assert all(len(v) == 200 for v in per_model.values())
     assert all(
-        "--epochs 150 --batch-size 200 --lr 0.0001 --lr-decay-epoch 50 --lr-decay-factor 0.1 --eval-every 0"
-        in c
+        "--epochs 150 --batch-size 200 --lr 0.0001 --lr-decay-epoch 50 --lr-decay-factor 0.1 "
+        "--eval-every 0" in c
         for c in per_model["deep_svdd"]
     )
     assert all(
@@ -233,7 +235,8 @@ def test_lint_and_format():
 def test_every_rule_has_a_log_and_train_declares_resources():
     text = "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
     rules = [r.lstrip() for r in re.split(r"^ *rule(?=[ :])", text, flags=re.M)[1:]]
-    # the train rule and the seed-group rules of train.seeds_per_job > 1 (anonymous, named in a loop)
+    # the train rule and the seed-group rules of train.seeds_per_job > 1 (anonymous, named in a
+    # loop)
     assert {r.split(":")[0] for r in rules} == {
         "data",
         "train",
@@ -337,18 +340,19 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
         assert (
             results / "benchmarks" / "train" / "mnist" / "grad2vae" / "class1" / "seed0.tsv"
         ).is_file()
-    for name in (
+    figures = (
         "fig6_auc_vs_epoch.png",
         "per_class_auc.png",
-        "roc_class1.png",
         "parameters.png",
         "compute.png",
-        "cd_mnist.png",
-        "cd_fashion_mnist.png",
         "fig6_scores.png",
         "fig6_compute.png",
         "anomaly_ratio.png",
-    ):
+        "roc_class1.png",
+        "cd_mnist.png",
+        "cd_fashion_mnist.png",
+    )
+    for name in figures:
         assert (results / "figures" / name).is_file()
     # every score's AUC beside the main one, the paper's seven claims, the entropy-only scorer
     for run in runs:
@@ -357,8 +361,9 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
             expected |= {"auc_bce_zero_noise", "auc_mse_zero_noise", "auc_bce_excess_zero_noise"}
         assert all(0 <= float(run[column]) <= 1 for column in expected), run
     claims = json.loads((results / "aggregate" / "claims.json").read_text())
-    assert len(claims) == 7 and all(c["verdict"] in ("supported", "partly supported", "not supported",
-                                                        "cannot be judged") for c in claims)  # fmt: skip
+    assert len(claims) == 7 and all(c["verdict"] in ("supported", "partly supported",
+                                                        "not supported", "cannot be judged")
+                                    for c in claims)  # fmt: skip
     entropy = list(csv.DictReader((results / "aggregate" / "entropy_only.csv").open()))
     assert [(e["dataset"], e["normal_class"], e["test_images"]) for e in entropy] == [
         ("mnist", "1", "24"),
@@ -381,6 +386,18 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
     payload = json.loads((results / "aggregate" / "aggregate.json").read_text())
     assert payload["counts"] == {"complete": 8, "failed": 0, "missing": 0}
     assert payload["workflow_config"]["train"]["epochs"] == 2
+
+    # The catalogue's report: every figure, with the caption file `grad2vae report` shows too.
+    archive_path = tmp_path / "report.zip"
+    done = snakemake("--report", str(archive_path), "--configfile", str(config))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    with zipfile.ZipFile(archive_path) as archive:
+        names = archive.namelist()
+        html = archive.read(next(n for n in names if n.endswith("report.html"))).decode()
+    assert {Path(n).name for n in names if n.endswith(".png")} == set(figures)
+    for caption in {CAPTIONS[name] for name in (*figures[:-3], CD_FIGURE, ROC_FIGURE)}:
+        first_words = " ".join((CAPTION_FOLDER / caption).read_text().split()[:5])
+        assert first_words in html, caption
 
     # Execution settings (device, checkpoints) do not re-run finished runs; the protocol does.
     execution = write_config(

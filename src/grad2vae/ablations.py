@@ -55,15 +55,17 @@ def ablations(
     workflow_config: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The payload of ``ablations.json`` (module docstring). ``runs``: runs.csv rows without the
-    oracle pseudo-model; ``avgs``: tables.averages. Empty ``datasets`` when there are no variants."""
+    oracle pseudo-model; ``avgs``: tables.averages. Empty ``datasets`` when there are no
+    variants."""
     variants = [model for model in grid["models"] if model in bases]
     out: dict[str, Any] = {
         "alpha": stats.ALPHA,
         "method": (
-            "Each variant against its default (the registered model as published, same grid and seeds): "
-            "average AUC over the normal classes (percent) and mstd; paired two-sided Wilcoxon signed-rank "
-            "test over the classes on which both have runs (AUC averaged over seeds first), p-values "
-            f"Holm-corrected over the dataset's variants, significant at alpha = {stats.ALPHA:g}."
+            "Each variant against its default (the registered model as published, same "
+            "grid and seeds): average AUC over the normal classes (percent) and mstd; "
+            "paired two-sided Wilcoxon signed-rank test over the classes on which both "
+            "have runs (AUC averaged over seeds first), p-values Holm-corrected over "
+            f"the dataset's variants, significant at alpha = {stats.ALPHA:g}."
         ),
         "datasets": {},
     }
@@ -118,14 +120,15 @@ def _sentence(rows: list[dict[str, Any]]) -> str:
     if not matter:
         reachable = min(row["smallest_possible_p"] for row in tested) * len(tested)
         why = (
-            f" (with {max(row['n_classes'] for row in tested)} classes the smallest reachable Holm-corrected "
-            f"p-value is about {min(1.0, reachable):.3g})"
+            f" (with {max(row['n_classes'] for row in tested)} classes the smallest reachable "
+            f"Holm-corrected p-value is about {min(1.0, reachable):.3g})"
             if reachable > stats.ALPHA
             else ""
         )
         return f"No open choice changes the average AUC significantly{why}."
     parts = [
-        f"{row['variant']} ({row['changes']}: {row['difference_pct']:+.2f} points, Holm p = {row['p_holm']:.3g})"
+        f"{row['variant']} ({row['changes']}: {row['difference_pct']:+.2f} "
+        f"points, Holm p = {row['p_holm']:.3g})"
         for row in sorted(matter, key=lambda r: -abs(r["difference_pct"]))
     ]
     return "Choices that change the average AUC significantly: " + "; ".join(parts) + "."

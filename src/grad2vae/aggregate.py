@@ -1,56 +1,17 @@
 """Collect finished runs into one tidy table, per-class statistics, mstd and the paper's Table 1.
 
-Reads the run directories of CONTRIBUTING.md under RESULTS (default ``results``):
-  RESULTS/runs/{dataset}/{model}/class{c}/seed{s}/metrics.json, history.tsv
-  RESULTS/logs/train/{dataset}/{model}/class{c}/seed{s}.log   (the Snakemake log of the run)
-and writes, into OUT (default RESULTS/aggregate), atomically:
-  runs.csv        one row per finished run of the expected grid: dataset, normal_class, model,
-                  seed, main_score, auc, auc_reconstruction (both 0-1), epochs, wall_seconds,
-                  seconds_per_epoch, device, device_type, parameters, ...
-  history.csv.gz  the per-epoch history of every finished run (long format, for Fig. 6)
-  status.csv      every expected run: complete | failed | missing, with the reason
-  summary.csv     per (dataset, normal class, model): seeds found, mean and std of the AUC of
-                  each score over seeds, in percent (Table 1's units)
-  averages.csv    per (dataset, model): mean over classes, mstd, largest per-class std, the
-                  published average and the difference
-  table1.csv      Table 1 laid out like the paper: one row per dataset and normal class plus an
-                  Average row; ours (mean, std) beside the published column, and the difference
-  compute.csv     wall time and device-hours (GPU-hours for CUDA runs) per model and dataset
-  parameters.csv  our parameter counts beside the paper's
-  aggregate.json  grid, counts, mstd claims, provenance (versions, commits, devices)
-  claims.json     every claim of the paper with our definition, evidence and verdict, under
-                  the main and every other score (grad2vae.claims)
-  scores.csv      per (dataset, model, score): the average AUC under every score a model reports
-                  (main, mse, bce_excess, *_zero_noise), and the model-free entropy-only AUC
-  entropy_only.csv  AUC of H(x), the test image's binary entropy, per (dataset, normal class)
-                  (needs --data-dir; empty without)
-  score_findings.json  the sentences of the report's section "Which score, and what the
-                  attention path does" (grad2vae.score_findings)
-  stats.json      the statistics section (grad2vae.stats.analyse): per dataset, average ranks over
-                  the normal classes (mean over seeds first), Friedman, pairwise Wilcoxon signed-rank
-                  p-values with Holm's correction, the paper's "best average AUC" claim checked on
-                  ours and on its printed Table 1; ``skipped`` says why a test could not run
+Reads RESULTS/runs/{dataset}/{model}/class{c}/seed{s}/ (metrics.json, history.tsv) and the runs'
+Snakemake logs RESULTS/logs/train/{dataset}/{model}/class{c}/seed{s}.log (RESULTS: --results-dir,
+default ``results``). Writes atomically into OUT (default RESULTS/aggregate): runs.csv,
+history.csv.gz, status.csv, summary.csv, averages.csv, table1.csv, compute.csv, parameters.csv,
+aggregate.json, claims.json, scores.csv, entropy_only.csv (needs --data-dir),
+score_findings.json and stats.json. The expected grid comes from --workflow-config, from
+--datasets/--models/--normal-classes/--seeds (which override it), or else from the run
+directories present; status.csv marks each expected run complete, failed or missing.
+docs/design-notes.md describes every file, the CAE + OC-SVM oracle rows and the statistics.
 
-CAE + OC-SVM's oracle protocol (the best TEST AUC over its nu x gamma grid, Golan & El-Yaniv;
-``grad2vae.stats.oracle_run``) becomes the pseudo-model ``cae_ocsvm_oracle``: extra rows of
-runs.csv (``protocol`` = oracle), of summary/averages and its own Table 1 column, labelled as
-selecting hyperparameters on the test labels. It is not a run (no status row) and is left out of
-the ranks and tests.
-
-The expected grid comes from --workflow-config (the JSON that the Snakefile writes, or any YAML
-or JSON with datasets / normal_classes / models / seeds), from --datasets/--models/
---normal-classes/--seeds (which override it), or else from the run directories present. A run is
-complete when its metrics.json exists (train writes it last); failed when it has a train log or a
-non-empty run directory but no metrics.json (the last error line of the log is the reason);
-missing otherwise. A partial grid aggregates whatever is complete and lists the rest.
-
-Statistics: std is the sample standard deviation over seeds (ddof=1; empty with one seed). A
-dataset average is the mean over normal classes of the per-class means (the paper's Average row).
-"mstd" is not defined in the paper; we read it as the mean over the normal classes of the
-per-class std over seeds (percentage points), and also report the largest per-class std, since
-"maximum mstd ... did not exceed 0.117" may mean either.
-
-Example: grad2vae aggregate --results-dir results --workflow-config results/aggregate/workflow_config.json
+Example: grad2vae aggregate --results-dir results \\
+             --workflow-config results/aggregate/workflow_config.json
 """
 
 from __future__ import annotations
@@ -130,12 +91,13 @@ def statistics_payload(
     result["methods"] = methods
     result["labels"] = labels
     result["method"] = (
-        "Per dataset: one value per normal class and method, the AUC (percent) averaged over seeds first; "
-        "only classes where every method has a run. Average rank over the classes (1 = best AUC, ties share "
-        "the mean rank); Friedman test (scipy.stats.friedmanchisquare); every pair of methods by the two-sided "
-        "Wilcoxon signed-rank test on the paired class values (scipy.stats.wilcoxon), p-values corrected by "
-        f"Holm's step-down method over the pairs, significant at alpha = {stats.ALPHA:g}. Critical-difference "
-        "diagram drawn by scikit-posthocs from these ranks and Holm-corrected p-values."
+        "Per dataset: one value per normal class and method, the AUC (percent) averaged over seeds "
+        "first; only classes where every method has a run. Average rank over the classes (1 = best "
+        "AUC, ties share the mean rank); Friedman test (scipy.stats.friedmanchisquare); every pair "
+        "of methods by the two-sided Wilcoxon signed-rank test on the paired class values "
+        "(scipy.stats.wilcoxon), p-values corrected by Holm's step-down method over the pairs, "
+        f"significant at alpha = {stats.ALPHA:g}. Critical-difference diagram drawn by "
+        "scikit-posthocs from these ranks and Holm-corrected p-values."
     )
     for dataset in grid["datasets"]:
         section = result["datasets"].setdefault(dataset, {"label": pub.dataset_label(dataset)})
@@ -152,9 +114,9 @@ def statistics_payload(
         ours = section.get("ours")
         if ours is None:
             skipped.append(
-                f"Ranks, Friedman and Wilcoxon tests not computed: they need at least 2 methods and 2 normal "
-                f"classes on which every method has a run; this grid has {len(present)} method(s) with runs "
-                f"and {len(table)} such class(es)."
+                "Ranks, Friedman and Wilcoxon tests not computed: they need at least 2 methods and "
+                f"2 normal classes on which every method has a run; this grid has {len(present)} "
+                f"method(s) with runs and {len(table)} such class(es)."
             )
         else:
             n, k = len(ours["classes"]), len(ours["methods"])
@@ -165,14 +127,15 @@ def statistics_payload(
             smallest = smallest_wilcoxon_p(n)
             if smallest > stats.ALPHA:
                 notes.append(
-                    f"With {n} normal classes the smallest possible two-sided Wilcoxon p-value is 2/2^{n} = "
-                    f"{smallest:.3g} > alpha = {stats.ALPHA:g}: no pairwise difference can be significant, whatever "
-                    "the AUCs (the paper's protocol has 10 classes)."
+                    f"With {n} normal classes the smallest possible two-sided Wilcoxon p-value is "
+                    f"2/2^{n} = {smallest:.3g} > alpha = {stats.ALPHA:g}: no pairwise difference "
+                    "can be significant, whatever the AUCs (the paper's protocol has 10 classes)."
                 )
         if ours is not None and len(grid["normal_classes"]) < pub.N_CLASSES:
             notes.append(
-                f"This grid has {len(grid['normal_classes'])} of the 10 normal classes: the published averages "
-                "quoted in the claims are the paper's over all 10, ours over the classes here."
+                f"This grid has {len(grid['normal_classes'])} of the 10 "
+                "normal classes: the published averages quoted in the claims "
+                "are the paper's over all 10, ours over the classes here."
             )
         if absent:
             notes.append(
@@ -248,8 +211,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, help="expected seeds")
     parser.add_argument(
         "--data-dir",
-        help="verified datasets (`grad2vae fetch`): the model-free entropy-only AUC is computed from "
-        "their test images; without it, entropy_only.csv is written empty and the report says why",
+        help="verified datasets (`grad2vae fetch`): the model-free "
+        "entropy-only AUC is computed from their test images; without "
+        "it, entropy_only.csv is written empty and the report says why",
     )
 
 
@@ -282,7 +246,8 @@ def entropy_for_grid(
     table = entropy_only.entropy_table(data_dir, grid["datasets"], grid["normal_classes"], limit)
     return (
         table,
-        f"H(x) of the {'full test set' if not limit else f'{limit} test images (test_limit)'} of each normal class",
+        f"H(x) of the {'full test set' if not limit else f'{limit} test images (test_limit)'} "
+        "of each normal class",
     )
 
 
@@ -359,11 +324,14 @@ def aggregate(
         "claim_verdicts": verdict_counts(claims),
         "entropy_only": entropy_note,
         "definitions": {
-            "auc_pct": "100 x AUC-ROC of the model's main score, label 1 = anomaly (Table 1's units)",
+            "auc_pct": "100 x AUC-ROC of the model's main "
+            "score, label 1 = anomaly (Table 1's units)",
             "std": "sample standard deviation over seeds (ddof=1), percentage points",
             "average": "mean over normal classes of the per-class means (Table 1's Average row)",
-            "mstd": "mean over normal classes of the per-class std over seeds (our reading of the paper's 'mstd')",
-            "max_class_std": "largest per-class std over seeds (the other reading of 'maximum mstd')",
+            "mstd": "mean over normal classes of the per-class "
+            "std over seeds (our reading of the paper's 'mstd')",
+            "max_class_std": "largest per-class std over "
+            "seeds (the other reading of 'maximum mstd')",
             "difference": "ours minus published, percentage points",
         },
         "citation": pub.citation(),

@@ -162,7 +162,8 @@ DEFAULT_FRACTIONS = tuple(round(0.05 * step, 2) for step in range(11))  # 0, 5, 
 
 
 def deletion_order(attention: Tensor, generator: torch.Generator) -> Tensor:
-    """Pixel indices (N, P), most-attended first; ties in a random order drawn from ``generator``."""
+    """Pixel indices (N, P), most-attended first; ties in a random order drawn from
+    ``generator``."""
     flat = attention.detach().reshape(attention.shape[0], -1).to(torch.float64)
     count, pixels = flat.shape
     tie_break = torch.stack([torch.randperm(pixels, generator=generator) for _ in range(count)])

@@ -2,39 +2,9 @@
 
 It times every model of the grid side by side on one device, Grad2VAE's derivative
 implementations against the per-unit loop, our training loop against a DataLoader one, and
-estimates the hours of the full 800-run grid on this device.
-
-What is measured, per (dataset, model variant), at the paper's settings (batch 128, ~6,000
-training images of the normal class, 10,000 test images; synthetic tensors of the same shapes):
-
-- ms per training step (loss + backward + Adam step) and images/s: the median of --repeats
-  rounds after --warmup steps; the rounds are interleaved (A, B, C, A, B, C, ...) with a
-  matrix-multiply probe, so that other load on the machine hits every variant alike;
-- seconds per epoch = ceil(train images / batch) steps + the data feeding of one epoch;
-- seconds per evaluation = ``fit_scorer`` on the training images + ``scores`` over the test set
-  in chunks of --eval-batch-size (timed on --eval-images test images, scaled to --test-images);
-- FLOPs per step (``torch.utils.flop_counter.FlopCounterMode`` over forward + backward; it
-  works at the dispatcher, so the double-backward ops of the derivative methods are counted),
-  the achieved FLOP/s and its fraction of the measured matmul rate (same device, same rounds);
-- for Grad2VAE: every derivative method (loop, vectorized, closed_form, explicit) with the check
-  that it agrees with the loop (values, loss and every parameter gradient) and its speed-up;
-- the data feeding of our trainer (a device tensor indexed by a seeded randperm) against the
-  straightforward one (a map-style dataset that converts each uint8 image on access, as
-  torchvision's MNIST + ToTensor does, and a shuffling DataLoader per batch, moved to the
-  device), per model as the ratio of whole-epoch times;
-- several seeds in one process: one vmapped step of --seeds-per-process models against the
-  same models stepped in turn (the two ways ``grad2vae train --seed 0 1 ...`` can step them),
-  per model that supports vmap on the device, as the speed-up of the vmapped step;
-- peak device memory (``torch.cuda.max_memory_allocated``) of one training step per variant and
-  of each seed group's step, vmapped and in turn (CUDA only);
-- with --tf32: each model's step with TF32 off (as trained) against on; with --compile: the
-  small models' steps eager against ``torch.compile(mode="reduce-overhead")`` (``bench_gpu``);
-- the estimated hours of the grid (4 models x 10 classes x 10 seeds x 2 datasets, 100 epochs,
-  evaluation every epoch), runs one after another on this device, Grad2VAE with the method that
-  "auto" picks on this device.
-
-On the CPU the benchmark sets the C allocator as the trainer does
-(``devices.keep_freed_memory``) and records it; ``GRAD2VAE_MALLOC=default`` measures without it.
+estimates the hours of the full 800-run grid on this device; docs/design-notes.md lists what is
+measured and how. On the CPU it sets the C allocator as the trainer does
+(``GRAD2VAE_MALLOC=default`` measures without it).
 
 Output: a table on stdout and, with --output, a JSON file (written atomically after every
 section, ``complete`` false until the end, so a crash keeps what was measured). Ratios within

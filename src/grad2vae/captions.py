@@ -9,13 +9,31 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from markupsafe import Markup, escape
 
 from grad2vae.errors import UserError
-from grad2vae.layout import CAPTIONS_DIR
+from grad2vae.layout import CAPTIONS, CAPTIONS_DIR
 
 LITERAL = re.compile(r"``(.+?)``")
+
+
+def report_entry(path: Path | str, name: str, title: str, details: str = "", **fields: Any) -> dict:
+    """The report's entry (figures.json, explain's summary.json) for the file at ``path``.
+
+    ``name`` is the file's name as ``layout.CAPTIONS`` spells it (with its ``{placeholders}``);
+    its caption file holds the fixed prose, shared with ``snakemake --report``; ``details`` is
+    what only this run can say (classes, seeds, models shown). ``fields`` are added as they are
+    (e.g. ``section``, ``dataset``).
+    """
+    return {
+        "file": Path(path).name,
+        **fields,
+        "title": title,
+        "caption_file": CAPTIONS[name],
+        "details": details,
+    }
 
 
 def read_caption(template_dir: Path, name: str) -> str:
@@ -40,5 +58,5 @@ def caption_html(text: str) -> Markup:
 def entry_caption(template_dir: Path, entry: dict) -> Markup:
     """The caption of one figures.json entry: its caption file, then its details."""
     text = read_caption(template_dir, entry["caption_file"]) if "caption_file" in entry else ""
-    details = str(entry.get("details") or entry.get("caption") or "")
+    details = str(entry.get("details") or "")
     return caption_html(f"{text}\n\n{details}" if text and details else text or details)

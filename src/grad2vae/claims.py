@@ -60,8 +60,8 @@ def best_average_dataset(
         " (tested on the paper's own Table 1 numbers)" if printed else ""
     )
     judged = stats.best_average_claim(
-        comparison, CLAIMED, published, {m: claim_label(m) for m in table.columns}, where, scale=1.0,
-        value_label="mean of its printed classes" if printed else "ours",
+        comparison, CLAIMED, published, {m: claim_label(m) for m in table.columns}, where,
+        scale=1.0, value_label="mean of its printed classes" if printed else "ours",
     )  # fmt: skip
     result = {SUPPORTED: HOLDS, NOT_SUPPORTED: FAILS, PARTLY: MIXED}.get(judged["verdict"], UNKNOWN)
     return {
@@ -86,13 +86,17 @@ def best_average(runs: pd.DataFrame, datasets: list[str], models: list[str]) -> 
         if "sentence" in r
     ]
     if missing:
-        why += f"; the paper's competitors {', '.join(missing)} were not run here, so the claim is checked against the models in the grid only"
+        why += (
+            f"; the paper's competitors {', '.join(missing)} were not run here, so the claim is "
+            "checked against the models in the grid only"
+        )
     return claim(
         "best_average",
-        "Per dataset, Grad2VAE's AUC averaged over seeds, then over the normal classes, is the highest "
-        "of all methods in the grid, and the two-sided Wilcoxon signed-rank test over the classes "
-        "(Holm-corrected over all pairs, alpha 0.05) finds it significantly better than each: holds; "
-        "best average without significance against some: partly; another method higher: fails.",
+        "Per dataset, Grad2VAE's AUC averaged over seeds, then over the normal "
+        "classes, is the highest of all methods in the grid, and the two-sided "
+        "Wilcoxon signed-rank test over the classes (Holm-corrected over all pairs, "
+        "alpha 0.05) finds it significantly better than each: holds; best average "
+        "without significance against some: partly; another method higher: fails.",
         main["verdict"],
         why,
         {
@@ -140,7 +144,8 @@ def mstd(avgs: pd.DataFrame, datasets: list[str], n_seeds: int) -> dict[str, Any
     if n_seeds < 2:
         verdict, why = (
             CANNOT,
-            f"a standard deviation over seeds needs at least 2 seeds per class; the grid has {n_seeds}",
+            "a standard deviation over seeds needs at least "
+            f"2 seeds per class; the grid has {n_seeds}",
         )
     elif a == b:
         verdict, why = a, f"both readings: {verdicts['mean_of_class_stds'][1]}"
@@ -154,9 +159,9 @@ def mstd(avgs: pd.DataFrame, datasets: list[str], n_seeds: int) -> dict[str, Any
         )
     return claim(
         "mstd",
-        f"'mstd' is undefined in the paper; two readings, in AUC percentage points: (a) the mean over "
-        f"normal classes of the per-class standard deviation over seeds, (b) the largest per-class "
-        f"standard deviation. Holds on a dataset when Grad2VAE's value is <= {limit}.",
+        "'mstd' is undefined in the paper; two readings, in AUC percentage points: (a) the mean "
+        "over normal classes of the per-class standard deviation over seeds, (b) the largest "
+        f"per-class standard deviation. Holds on a dataset when Grad2VAE's value is <= {limit}.",
         verdict,
         why,
         {
@@ -209,13 +214,14 @@ def no_class_bias(runs: pd.DataFrame, datasets: list[str], models: list[str]) ->
     return claim(
         "no_class_bias",
         "Per dataset, from the per-class AUC (mean over seeds): each method's worst class and its "
-        "spread (max - min over classes). Holds when Grad2VAE has both the highest worst class and the "
-        "smallest spread of all methods; partly when only one of the two; fails "
-        "when neither.",
+        "spread (max - min over classes). Holds when Grad2VAE has both the highest worst class and "
+        "the smallest spread of all methods; partly when only one of the two; fails when neither.",
         main["verdict"],
         main["why"],
         {"datasets": main["datasets"],
-         "on_printed_table1": {"verdict": combine({d: r["result"] for d, r in printed.items()})[0], "datasets": printed}},
+         "on_printed_table1": {
+             "verdict": combine({d: r["result"] for d, r in printed.items()})[0],
+             "datasets": printed}},
         by_score=by_score,
     )  # fmt: skip
 
@@ -242,7 +248,8 @@ def class_remarks_check(
             )
             checks[f"{model}_{kind}_class"] = {
                 "expected": wanted[model], "found": found,
-                "auc": None if column is None or found is None else round_value(float(column[found]), 3),
+                "auc": None if column is None or found is None
+                else round_value(float(column[found]), 3),
                 "holds": None if found is None else found == wanted[model],
             }  # fmt: skip
     return checks
@@ -272,7 +279,8 @@ def class_remarks(runs: pd.DataFrame) -> dict[str, Any]:
     if not judged:
         verdict, why = (
             CANNOT,
-            f"Deep SVDD and Inception-CAENN need runs of all ten {pub.dataset_label(dataset)} classes (extra_models / the table1-complete preset)",
+            f"Deep SVDD and Inception-CAENN need runs of all ten {pub.dataset_label(dataset)} "
+            "classes (extra_models / the table1-complete preset)",
         )
     elif all(judged) and len(judged) == len(outcomes):
         verdict, why = SUPPORTED, "all four remarks hold on our runs"
@@ -280,15 +288,19 @@ def class_remarks(runs: pd.DataFrame) -> dict[str, Any]:
         verdict, why = NOT_SUPPORTED, f"none of the {len(judged)} judged remarks holds on our runs"
     else:
         verdict = PARTLY if any(judged) else CANNOT
-        why = f"{sum(judged)} of {len(judged)} judged remarks hold on our runs ({len(outcomes) - len(judged)} not judged)"
+        why = (
+            f"{sum(judged)} of {len(judged)} judged remarks hold on our runs "
+            f"({len(outcomes) - len(judged)} not judged)"
+        )
     labels = pub.load_published()["table1"]["class_labels"][dataset]
     return claim(
         "class_remarks",
-        f"The paper counts classes from 1: on {pub.dataset_label(dataset)}, 'the 2nd class' is "
-        f"{labels[1]} (index 1), 'the 6th and 7th' are {labels[5]} and {labels[6]} (indices 5, 6). "
-        "'Learn perfectly' is read as: it is the method's best class. Four checks, on the per-class "
-        "AUC (mean over seeds) of all ten classes: Deep SVDD's and Inception-CAENN's best class is "
-        f"{labels[1]}; Deep SVDD's worst is {labels[5]}; Inception-CAENN's worst is {labels[6]}.",
+        f"The paper counts classes from 1: on {pub.dataset_label(dataset)}, 'the 2nd "
+        f"class' is {labels[1]} (index 1), 'the 6th and 7th' are {labels[5]} and "
+        f"{labels[6]} (indices 5, 6). 'Learn perfectly' is read as: it is the method's "
+        "best class. Four checks, on the per-class AUC (mean over seeds) of all ten "
+        f"classes: Deep SVDD's and Inception-CAENN's best class is {labels[1]}; Deep "
+        f"SVDD's worst is {labels[5]}; Inception-CAENN's worst is {labels[6]}.",
         verdict,
         why,
         {"ours": ours, "on_printed_table1": printed},
@@ -338,9 +350,9 @@ def parameter_ratios(params: pd.DataFrame, tolerance: float = 0.10) -> dict[str,
         verdict, why = NOT_SUPPORTED, f"no judged ratio within {tolerance:.0%} of the stated ones"
     return claim(
         "parameter_ratios",
-        f"Our trainable-parameter counts (MNIST, latent size 16): Grad2VAE's over each model's, within "
-        f"{tolerance:.0%} of the stated ratio. The ratios of the paper's own counts (3.38 M over 0.266, "
-        "3.25, 0.335 M) are shown too: the stated 1.03x is 1.04x by its own numbers.",
+        "Our trainable-parameter counts (MNIST, latent size 16): Grad2VAE's over each model's, "
+        f"within {tolerance:.0%} of the stated ratio. The ratios of the paper's own counts (3.38 M "
+        "over 0.266, 3.25, 0.335 M) are shown too: the stated 1.03x is 1.04x by its own numbers.",
         verdict,
         why,
         {"ratios": ratios, "our_counts": ours_counts, "paper_counts_millions": counts},

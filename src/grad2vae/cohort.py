@@ -29,8 +29,9 @@ SEED_BATCHING = ("auto", "vmap", "sequential")
 
 #: what "auto" means per device type, where the model supports vmap: the verdict of `grad2vae
 #: bench` (docs/benchmarks.md). CPU: measured, vmapped steps are slower than steps in turn
-#: (2 seeds, one thread: Grad2VAE 0.84x, VAE 0.94x, CAE 0.76x, Inception-CAENN 0.68x). CUDA: not measured yet (no GPU was lent); vmap
-#: replaces k small kernels by one k-times larger, which is what an idle GPU needs.
+#: (2 seeds, one thread: Grad2VAE 0.84x, VAE 0.94x, CAE 0.76x, Inception-CAENN 0.68x). CUDA: not
+#: measured yet (no GPU was lent); vmap replaces k small kernels by one k-times larger, which is
+#: what an idle GPU needs.
 AUTO_SEED_BATCHING = {"cpu": "sequential", "cuda": "vmap"}
 
 
@@ -173,8 +174,9 @@ def train_in_lockstep(
         raise UserError(f"no training images of class {config.normal_class} in {config.dataset}")
     if labels.min() == labels.max():
         raise UserError(
-            f"the test set ({len(labels)} images) holds only {'anomalies' if labels[0] else 'normal images'}; "
-            "AUC needs both: raise --test-limit (0 = full test set)"
+            f"the test set ({len(labels)} images) holds only "
+            f"{'anomalies' if labels[0] else 'normal images'}; AUC "
+            "needs both: raise --test-limit (0 = full test set)"
         )
     train_x = split.train_x.to(device)
     shared = types.SimpleNamespace(
@@ -201,7 +203,8 @@ def train_in_lockstep(
     n_train = len(train_x)
     batches = math.ceil(n_train / config.batch_size)
     log.info(
-        "%s %s class %d seed %s on %s: %d training images (%d batches of %d), %d test images, %d epochs",
+        "%s %s class %d seed %s on %s: %d training images "
+        "(%d batches of %d), %d test images, %d epochs",
         config.model,
         config.dataset,
         config.normal_class,
@@ -251,7 +254,8 @@ def train_in_lockstep(
     metrics = []
     for run in runs:
         if run.failure is None:
-            execution = {"cpu_malloc": malloc, "seeds_in_process": group_size, "seed_batching": modes.get(id(run)),
+            execution = {"cpu_malloc": malloc, "seeds_in_process": group_size,
+                         "seed_batching": modes.get(id(run)),
                          "mig_instance": devices.mig_instance()}  # fmt: skip
             with run.own_rng():
                 metrics.append(run.finish(setup_seconds, execution))
@@ -279,8 +283,9 @@ def memory_cohorts(
             size = devices.seeds_per_cohort(device, len(runs), batch_size, memory)
             if size < len(cohort):
                 log.info(
-                    "%d seeds need about %.1f GiB on %s to step together (%.1f MiB per image and seed, "
-                    "%d images a step), more than fits: training them in sub-cohorts of %d, one after another",
+                    "%d seeds need about %.1f GiB on %s to step together (%.1f "
+                    "MiB per image and seed, %d images a step), more than fits: "
+                    "training them in sub-cohorts of %d, one after another",
                     len(cohort), len(cohort) * devices.per_step_bytes(memory, batch_size) / 2**30,
                     device, memory["per_image"] / 2**20, batch_size, size,
                 )  # fmt: skip

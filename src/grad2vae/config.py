@@ -70,8 +70,8 @@ ASSUMPTIONS: tuple[str, ...] = (
     "batch-order generator (sha256(seed, 'pretrain')); a resumed run takes its result from the "
     "checkpoint's model state; extra_scores() run only at the final evaluation, after the main "
     "scores, and their AUCs go to metrics.json auc_extra — issue 9",
-    "several seeds of one (model, dataset, class) may train in one process (train.seeds_per_job "
-    "> 1): each run keeps its own RNG streams and files; stepped in turn the runs are bit-identical "
+    "several seeds of one (model, dataset, class) may train in one process (train.seeds_per_job > "
+    "1): each run keeps its own RNG streams and files; stepped in turn the runs are bit-identical "
     "to runs alone, vmapped (the default on GPUs) equal up to float rounding, which Adam can "
     "amplify for parameters whose gradient is exactly zero (convolution biases before BatchNorm); "
     "metrics.json records seeds_in_process and seed_batching — issue 8 (speed) and our choice",
@@ -118,6 +118,22 @@ class RunConfig:
     def registered_model(self) -> str:
         """The registry name of the model to build (``base_model`` of a variant, else ``model``)."""
         return self.base_model or self.model
+
+    def identity(self) -> dict[str, Any]:
+        """What names this run in its outputs (metrics.json, model.pt): model, a variant's
+        registered model and options (only for a variant), dataset, normal class, seed."""
+        variant = (
+            {"base_model": self.base_model, "model_options": self.model_options}
+            if self.base_model
+            else {}
+        )
+        return {
+            "model": self.model,
+            **variant,
+            "dataset": self.dataset,
+            "normal_class": self.normal_class,
+            "seed": self.seed,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The hashed configuration. The variant fields appear only when set, so that every run
@@ -217,7 +233,8 @@ def check_variant_name(name: str, known_models: list[str]) -> None:
         raise UserError(f"variant {name!r} has a registered model's name: give it another name")
     if not name or not all(ch.isalnum() or ch in "_-" for ch in name) or not name[0].isalpha():
         raise UserError(
-            f"variant name {name!r}: use a letter then letters, digits, '_' or '-' (it names run folders)"
+            f"variant name {name!r}: use a letter then "
+            "letters, digits, '_' or '-' (it names run folders)"
         )
 
 
@@ -233,8 +250,8 @@ def check_data_present(data_dir: str | os.PathLike, dataset: str) -> Path:
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
         raise UserError(
-            f"dataset {dataset!r} is missing from {folder} (no {', '.join(missing)}); fetch it with "
-            f"`snakemake data` or `grad2vae fetch --data-dir {data_dir}`"
+            f"dataset {dataset!r} is missing from {folder} (no {', '.join(missing)}); fetch it "
+            f"with `snakemake data` or `grad2vae fetch --data-dir {data_dir}`"
         )
     return folder
 

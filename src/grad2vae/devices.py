@@ -1,32 +1,14 @@
 """Device choice for a run: CUDA when present, else the CPU; GPU slots for jobs side by side.
 
-Rules (``resolve_device``):
-
-- ``cpu`` -> the CPU. ``cuda:N`` -> exactly that device (no slot locking: the user chose).
-- ``auto`` -> CUDA if ``torch.cuda.is_available()``, else the CPU (also when a scheduler set
-  ``CUDA_VISIBLE_DEVICES`` on a machine without a working GPU). ``cuda`` -> like ``auto`` but an
-  error when CUDA is missing.
-- ``CUDA_VISIBLE_DEVICES`` is never changed here, except to narrow a list of several MIG
-  instances to the one a job takes (below): device indices are indices into the devices the
-  process can see.
-- Every ``auto``/``cuda`` job takes a *GPU slot*, also when it sees one device: a non-blocking
-  ``fcntl.flock`` on one of the slot files in the slot dir (default ``.snakemake/gpu-slots``);
-  the first free slot wins and the lock is held until the process ends (the kernel drops it
-  when the process dies, also on SIGKILL, so a lock is never stale). There are ``device_count x
-  jobs_per_gpu`` slots (``--jobs-per-gpu``, default 1), slot ``i`` on visible device ``i %
-  device_count``: with the default no two jobs share a card, and a job that finds every slot
-  taken waits (polling, one log line) until one frees, or raises ``UserError`` after ``timeout``
-  seconds if one is given. ``--gpu-slots`` above that number is refused, naming the fix.
-- Slot files are named after the host and the *physical* device: its UUID (the same card has
-  the same UUID in every job, whatever index a scheduler's cgroup gives it), else its
-  ``CUDA_VISIBLE_DEVICES`` entry. Jobs on different hosts sharing a file system, or granted
-  different cards, never block each other.
-- MIG: a process sees only one MIG instance (``device_count()`` is 1), so when
-  ``CUDA_VISIBLE_DEVICES`` lists several (``MIG-...`` entries) a job takes one of them by the same
-  slot locks and narrows ``CUDA_VISIBLE_DEVICES`` to it before CUDA initialises; metrics.json
-  records it (``mig_instance``).
-- A file system without ``flock`` (ENOLCK, ENOSYS, EOPNOTSUPP) is an error naming it and the way
-  out (``--slot-dir`` on a local disk), never mistaken for a busy slot.
+``resolve_device`` turns ``--device`` into a device: ``cpu`` -> the CPU; ``cuda:N`` -> exactly
+that device (no slot); ``auto`` -> CUDA if ``torch.cuda.is_available()``, else the CPU; ``cuda``
+-> like ``auto`` but an error when CUDA is missing. Every ``auto``/``cuda`` job takes a *GPU
+slot*, a non-blocking ``fcntl.flock`` on a slot file in the slot dir (default
+``.snakemake/gpu-slots``) held until the process ends; there are ``device_count x jobs_per_gpu``
+slots, and a job that finds every slot taken waits, or raises ``UserError`` after ``timeout``
+seconds if one is given. With several MIG instances in ``CUDA_VISIBLE_DEVICES`` a job takes one
+and narrows ``CUDA_VISIBLE_DEVICES`` to it before CUDA initialises. docs/design-notes.md gives
+every rule (slot files, MIG, file systems without ``flock``).
 """
 
 from __future__ import annotations
@@ -128,7 +110,8 @@ def try_acquire_gpu_slot(
     The lock stays held for the rest of the process (see ``release_gpu_slots`` for tests)."""
     if n_slots < 1 or device_count < 1:
         raise UserError(
-            f"need at least one GPU slot and one device (got {n_slots} slots, {device_count} devices)"
+            "need at least one GPU slot and one device "
+            f"(got {n_slots} slots, {device_count} devices)"
         )
     slot_dir = Path(slot_dir)
     slot_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +119,10 @@ def try_acquire_gpu_slot(
     for slot in range(n_slots):
         path = slot_dir / _slot_filename(slot, device_count, ids)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        way_out = "put the GPU slot locks on a local disk with --slot-dir (e.g. --slot-dir /tmp/gpu-slots)"
+        way_out = (
+            "put the GPU slot locks on a local disk with "
+            "--slot-dir (e.g. --slot-dir /tmp/gpu-slots)"
+        )
         try:
             taken = try_flock(fd, path, way_out)
         except UserError:
@@ -216,8 +202,8 @@ def claim_mig_instance(
     slot locks as whole cards: a process sees only one MIG instance, so without this every job
     would run on the first while the others idle."""
     slot = acquire_gpu_slot(
-        len(entries) * jobs_per_gpu, slot_dir, len(entries), timeout=timeout, poll_seconds=poll_seconds,
-        ids=entries,
+        len(entries) * jobs_per_gpu, slot_dir, len(entries), timeout=timeout,
+        poll_seconds=poll_seconds, ids=entries,
     )  # fmt: skip
     return entries[slot.device_index]
 
@@ -264,7 +250,8 @@ def resolve_device(
                 )
             return torch.device("cpu")
         raise UserError(
-            f"--device {spec} asked for CUDA but torch sees no CUDA device; use --device auto or cpu"
+            f"--device {spec} asked for CUDA but torch "
+            "sees no CUDA device; use --device auto or cpu"
         )
     count = torch.cuda.device_count()
     if match is not None and match.group(1) is not None:
@@ -279,9 +266,10 @@ def resolve_device(
     allowed = count * jobs_per_gpu
     if gpu_slots is not None and gpu_slots > allowed:
         raise UserError(
-            f"--gpu-slots {gpu_slots} is more than the {count} visible GPU(s) x {jobs_per_gpu} job(s) per GPU: "
-            f"jobs would share cards; lower --gpu-slots (with Snakemake: --resources gpu={allowed}) or allow "
-            f"sharing with --jobs-per-gpu {-(-gpu_slots // count)} (config: train.jobs_per_gpu)"
+            f"--gpu-slots {gpu_slots} is more than the {count} visible GPU(s) x {jobs_per_gpu} "
+            "job(s) per GPU: jobs would share cards; lower --gpu-slots (with Snakemake: "
+            f"--resources gpu={allowed}) or allow sharing with --jobs-per-gpu "
+            f"{-(-gpu_slots // count)} (config: train.jobs_per_gpu)"
         )
     n_slots = gpu_slots if gpu_slots is not None else allowed
     if _MIG_INSTANCE is not None:

@@ -2,4 +2,5 @@
 
 
 class UserError(Exception):
-    """Bad input (unknown name, missing file, wrong hash...): the message says what and what to do."""
+    """Bad input (unknown name, missing file, wrong hash...): the message says what and what to
+    do."""

@@ -1,34 +1,15 @@
 """Attention figures (Figs. 3-5) and the faithfulness table, from the runs' saved weights.
 
-Nothing is trained here: for every (dataset, normal class) target, the trained Grad2VAE and vanilla
-VAE runs of one seed are loaded from `RESULTS_DIR/runs/{dataset}/{model}/class{c}/seed{s}/model.pt`
-and explained on test images of that dataset.
-
-Two attentions are compared:
-  online   Grad2VAE's own attention image, `model.attention(x, generator)["attention_image"]`
-           (aggregated second derivatives of the sampled latent code w.r.t. L_e1);
-  offline  Liu et al. (CVPR 2020, liuem607/expVAE): Grad-CAM on the output of the encoder's last
-           convolution (before its activation) with the gradient of sum(mu); channel weights =
-           global average pool of the gradients; weighted sum of channels, bilinear upsampling
-           to 28x28, absolute value, min-max normalised per image. Computed on the VAE (as in the
-           paper's Figs. 4 and 5) and also on Grad2VAE itself (same model, fair comparison).
-
-Outputs in OUT_DIR (every file written atomically):
-  fig3_second_derivatives_{dataset}_class{c}.png   Fig. 3 analogue: unfolded second derivatives
-  fig4_attention_{dataset}_class{c}.png            Fig. 4 analogue: normal-class test images
-  fig5_attention_{dataset}.png                     Fig. 5 analogue: one test image of every class
-  deletion_curves_{dataset}.png                    the curves behind the faithfulness table
-  faithfulness.csv, deletion_curves.csv            faithfulness per dataset, class and attention
-  summary.json                                     {"figures": [...], "tables": [...]} for the report
-
-Faithfulness (deletion test): pixels are set to 0 (the datasets' background, "no ink") in order of
-decreasing attention, 0 %, 5 %, ..., 50 % of the pixels; the curve is the mean absolute change of
-the model's main anomaly score; its area (mean over the steps) is divided by the area obtained
-when the pixels are deleted in random order (same model, same images, seeded). 1 = no better than
-random; higher = the attention points at the pixels that drive the model's score. Each attention
-is scored by the model it explains (plus cross-model rows), beside a control that deletes the
-brightest pixels first, with a 95 % bootstrap interval over the images. attention_maps.ASSUMPTIONS lists every
-choice.
+Nothing is trained here: for every (dataset, normal class) target, the trained Grad2VAE and
+vanilla VAE runs of one seed are loaded from
+`RESULTS_DIR/runs/{dataset}/{model}/class{c}/seed{s}/model.pt` and explained on test images of
+that dataset, Grad2VAE's own (online) attention beside Liu et al.'s Grad-CAM (offline) one.
+Writes atomically into OUT_DIR: fig3_second_derivatives_{dataset}_class{c}.png,
+fig4_attention_{dataset}_class{c}.png, fig5_attention_{dataset}.png (the analogues of Figs. 3-5),
+deletion_curves_{dataset}.png, faithfulness.csv and deletion_curves.csv (the deletion test per
+dataset, class and attention) and summary.json (the report's list of figures and tables).
+docs/design-notes.md describes both attentions and the faithfulness score;
+attention_maps.ASSUMPTIONS lists every choice.
 
 Example:
   grad2vae explain --results-dir results --data-dir data --out-dir results/explain \\
@@ -180,8 +161,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         outside = [c for c in chosen or [] if c not in args.normal_classes]
         if outside:
             raise UserError(
-                f"--fig{number}-classes {outside} are not in --normal-classes {args.normal_classes}: "
-                f"add them there (their runs are loaded) or leave them out of Fig. {number}"
+                f"--fig{number}-classes {outside} are not in --normal-classes "
+                f"{args.normal_classes}: add them there (their runs are loaded) or leave them out "
+                f"of Fig. {number}"
             )
     try:
         from grad2vae.data import DATASETS

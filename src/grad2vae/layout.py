@@ -73,10 +73,11 @@ EXPLAIN_FIGURES_PER_CLASS = (
 EXPLAIN_FIGURES_PER_DATASET = ("fig5_attention_{dataset}.png", "deletion_curves_{dataset}.png")
 EXPLAIN_TABLES = ("faithfulness.csv", "deletion_curves.csv")
 
-# ---- the caption of every figure: a reStructuredText file in CAPTIONS_DIR of the report's
-# templates (workflow/report/captions), shown by `grad2vae report` and by `snakemake --report`
+# ---- the caption of every figure and table the report shows: a reStructuredText file in
+# CAPTIONS_DIR of the report's templates (workflow/report/captions), shown by `grad2vae report`
+# and by `snakemake --report`
 CAPTIONS_DIR = "captions"
-FIGURE_CAPTIONS = {
+CAPTIONS = {
     "fig6_auc_vs_epoch.png": "fig6.rst",
     "fig6_compute.png": "fig6_compute.rst",
     "fig6_scores.png": "fig6_scores.rst",
@@ -86,4 +87,9 @@ FIGURE_CAPTIONS = {
     "compute.png": "compute.rst",
     CD_FIGURE: "critical_difference.rst",
     ROC_FIGURE: "roc.rst",
+    EXPLAIN_FIGURES_PER_CLASS[0]: "fig3.rst",
+    EXPLAIN_FIGURES_PER_CLASS[1]: "fig4.rst",
+    EXPLAIN_FIGURES_PER_DATASET[0]: "fig5.rst",
+    EXPLAIN_FIGURES_PER_DATASET[1]: "deletion_curves.rst",
+    EXPLAIN_TABLES[0]: "faithfulness.rst",
 }

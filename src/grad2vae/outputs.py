@@ -40,8 +40,8 @@ def history_columns(history: list[dict[str, Any]]) -> list[str]:
                 if key.startswith(prefix) and key not in columns and key != "auc_reconstruction":
                     columns.append(key)
     return [
-        "epoch", "lr", "seconds", "train_seconds", *found["loss_"], "auc", "auc_reconstruction", *found["auc_"],
-        *found["mean_"],
+        "epoch", "lr", "seconds", "train_seconds", *found["loss_"], "auc", "auc_reconstruction",
+        *found["auc_"], *found["mean_"],
     ]  # fmt: skip
 
 

@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
             ours, paper = row["grad2vae_multiple"], row["paper_grad2vae_multiple"]
             multiple = f"{ours:.2f}x ({_fmt(paper, '.2f')}x)"
         print(
-            f"{row['dataset']:<14} {row['latent_dim']:>6}  {row['model']:<16} {row['parameters']:>10,} "
-            f"{_fmt(row['paper_parameters'], ',.0f'):>10} {_fmt(row['ratio'], '.3f'):>6}  {multiple}".rstrip()
+            f"{row['dataset']:<14} {row['latent_dim']:>6}  {row['model']:<16} "
+            f"{row['parameters']:>10,} {_fmt(row['paper_parameters'], ',.0f'):>10} "
+            f"{_fmt(row['ratio'], '.3f'):>6}  {multiple}".rstrip()
         )
     print("\nNotes:")
     for row in rows[: len(rows) // len(LATENT_DIMS)]:

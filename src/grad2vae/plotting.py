@@ -1,6 +1,6 @@
 """What every figure of the pipeline shares: matplotlib without a display, one way to save a PNG
 (atomically, without the matplotlib version in its metadata, so that equal figures are
-byte-identical), the model colours, the "no data" panel and the figure's entry for the report."""
+byte-identical), the model colours and the "no data" panel."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from grad2vae.atomic import atomic_path  # noqa: E402
-from grad2vae.layout import FIGURE_CAPTIONS  # noqa: E402
 
-__all__ = ["figure_entry", "no_data", "palette", "plt", "save_png"]
+__all__ = ["no_data", "palette", "plt", "save_png"]
 
 
 def save_png(fig: plt.Figure, path: Path, dpi: int) -> None:
@@ -43,20 +42,3 @@ def no_data(ax: plt.Axes, text: str) -> None:
     )
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-def figure_entry(path: Path, name: str, title: str, details: str = "", **fields: Any) -> dict:
-    """The report's entry for the figure at ``path``: its file, title, caption file and details.
-
-    ``name`` is the figure's file name as ``layout.FIGURE_CAPTIONS`` spells it (with its
-    ``{placeholders}``); the caption there is the figure's fixed prose, shared with
-    ``snakemake --report``; ``details`` is what only this run can say (classes, seeds shown).
-    ``fields`` are added as they are (e.g. ``section``, ``dataset``).
-    """
-    return {
-        "file": path.name,
-        **fields,
-        "title": title,
-        "caption_file": FIGURE_CAPTIONS[name],
-        "details": details,
-    }

@@ -27,7 +27,8 @@ class Progress:
         width = 30
         filled = int(width * batch / max(batches, 1))
         self.stream.write(
-            f"\r{self.label} {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] {batch}/{batches}"
+            f"\r{self.label} {epoch}/{epochs} "
+            f"[{'#' * filled}{'.' * (width - filled)}] {batch}/{batches}"
         )
         self.stream.flush()
         self._shown = True

@@ -1,18 +1,12 @@
 """Render the HTML report (REPORT/index.html) from the aggregated tables and the figures.
 
 Reads RESULTS/aggregate/ (`grad2vae aggregate`), RESULTS/figures/ (`grad2vae figures`) and, if it
-exists, RESULTS/explain/summary.json (`grad2vae explain`: {"figures": [{"file", "title",
-"caption"}], "tables": [{"file", "title", "caption"}]}, files relative to summary.json). Writes
-REPORT/index.html (default: report/), with its assets beside it: style.css, figures/*.png,
-explain/*, data/*.csv. Links are relative, so the folder opens from the file system (file://)
-without a server and can be copied or zipped as a whole. The page is rendered by jinja2 with
-autoescaping from the templates in --template-dir (default: the repository's workflow/report/).
-
-Sections: summary (dataset averages, ours beside published; the paper's mstd claims and
-learning setup), Table 1, statistics (RESULTS/aggregate/stats.json: average ranks, Friedman,
-Wilcoxon-Holm, critical-difference diagrams, the paper's claims with our verdict), Fig. 6, per-class figures, parameters and compute, explainability (if any), the
-assumptions every model and module documents, run status (complete / failed / missing) and
-provenance (versions, commits, devices, configuration).
+exists, RESULTS/explain/summary.json (`grad2vae explain`); each figure's caption is its file in
+the templates' captions/ folder followed by the run's details (grad2vae.captions). Writes
+REPORT/index.html (default: report/) with its assets beside it: style.css, figures/*.png,
+explain/*, data/*.csv. Links are relative, so the folder opens from file:// and can be copied or
+zipped as a whole. Rendered by jinja2 with autoescaping from the templates in --template-dir
+(default: the repository's workflow/report/). The sections are those of index.html.j2.
 
 Example: grad2vae report --results-dir results --report-dir report
 """
@@ -64,7 +58,7 @@ TEMPLATE = "index.html.j2"
 STYLESHEET = "style.css"
 
 
-# Modules whose ASSUMPTIONS tuple the report shows; only `attention_maps` (explain) may legitimately be absent.
+# Modules whose ASSUMPTIONS tuple the report shows; only `attention_maps` (explain) may be absent.
 ASSUMPTION_MODULES = (
     "grad2vae.data",
     "grad2vae.fetch",
@@ -113,7 +107,7 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def gather_assumptions() -> list[dict[str, Any]]:
-    """[{"source", "title", "items"}] for every registered model, then every module's ASSUMPTIONS."""
+    """[{"source", "title", "items"}] for every registered model, then each module's ASSUMPTIONS."""
     from grad2vae.models import MODELS, model_names
 
     groups = []
@@ -123,7 +117,8 @@ def gather_assumptions() -> list[dict[str, Any]]:
         groups.append(
             {
                 "source": f"grad2vae.models: {name}",
-                "title": f"{model_label(name)} ({cls.__name__}); main score: {getattr(cls, 'main_score', 'main')}",
+                "title": f"{model_label(name)} ({cls.__name__}); "
+                f"main score: {getattr(cls, 'main_score', 'main')}",
                 "items": items,
             }
         )
@@ -311,7 +306,8 @@ def gather(
                 != PRINTED_AVERAGE,
                 "diff": fmt_signed(row.get("difference_pct")),
                 "diff_class": sign_class(row.get("difference_pct")),
-                "classes": f"{int(row.get('n_classes') or 0)}/{int(row.get('n_classes_expected') or 0)}",
+                "classes": f"{int(row.get('n_classes') or 0)}/"
+                f"{int(row.get('n_classes_expected') or 0)}",
                 "runs": int(row.get("n_runs") or 0),
             }
         )
@@ -449,7 +445,8 @@ def build_report(
     template_dir = template_dir or default_template_dir()
     if not (template_dir / TEMPLATE).is_file() or not (template_dir / STYLESHEET).is_file():
         raise UserError(
-            f"{template_dir} lacks {TEMPLATE} or {STYLESHEET}; pass --template-dir (the repository's workflow/report)"
+            f"{template_dir} lacks {TEMPLATE} or {STYLESHEET}; pass --template-dir "
+            "(the repository's workflow/report)"
         )
     report_dir.mkdir(parents=True, exist_ok=True)
     context = gather(

@@ -308,8 +308,15 @@ def gather_scores(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> di
             values = part[part["model"] == model].set_index("score")["auc_pct_mean"]
             label = entropy_only.LABEL if model == entropy_only.NAME else model_label(model)
             rows.append({"model": label, "cells": [fmt_num(values.get(score)) for score in scores]})
-        datasets.append({"dataset": dataset, "label": pub.dataset_label(dataset), "scores": scores, "rows": rows,
-                         "sentences": (findings.get(dataset) or {}).get("sentences", [])})  # fmt: skip
+        datasets.append(
+            {
+                "dataset": dataset,
+                "label": pub.dataset_label(dataset),
+                "scores": scores,
+                "rows": rows,
+                "sentences": (findings.get(dataset) or {}).get("sentences", []),
+            }
+        )
     return {
         "datasets": datasets,
         "entropy_note": payload.get("entropy_only", ""),

@@ -1,6 +1,6 @@
 """The figures of the finished runs: per-class AUC beside the published Table 1, ROC curves,
 parameter counts, compute, and the critical-difference diagram of each dataset. Each function
-draws one PNG and returns its entry of figures.json (``plotting.figure_entry``)."""
+draws one PNG and returns its entry of figures.json (``captions.report_entry``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import seaborn as sns
 
 from grad2vae import published as pub
 from grad2vae.aggregate import statistics_payload
+from grad2vae.captions import report_entry
 from grad2vae.labels import model_label
 from grad2vae.layout import CD_FIGURE, ROC_FIGURE, RUN_DIR, SCORES
-from grad2vae.plotting import figure_entry, no_data, plt, save_png
+from grad2vae.plotting import no_data, plt, save_png
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def per_class(summary: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi:
     fig.tight_layout()
     save_png(fig, path, dpi)
     citation = pub.load_published()["citation"]["short"]
-    return figure_entry(
+    return report_entry(
         path,
         "per_class_auc.png",
         "Per-class AUC, ours and published",
@@ -165,7 +166,7 @@ def roc(
     fig.tight_layout()
     save_png(fig, path, dpi)
     seeds = ", ".join(str(s) for s in sorted(used_seeds)) or "none"
-    return figure_entry(
+    return report_entry(
         path,
         ROC_FIGURE,
         f"ROC curves, normal class {normal_class}",
@@ -222,7 +223,7 @@ def parameters(params: pd.DataFrame, grid: dict, path: Path, dpi: int) -> dict:
     ax.set_title("Parameters: ours beside the paper's")
     fig.tight_layout()
     save_png(fig, path, dpi)
-    return figure_entry(path, "parameters.png", "Parameter counts", section="parameters")
+    return report_entry(path, "parameters.png", "Parameter counts", section="parameters")
 
 
 def compute(compute_table: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi: int) -> dict:
@@ -241,43 +242,38 @@ def compute(compute_table: pd.DataFrame, grid: dict, colours: dict, path: Path, 
             ),
         )
         order = [model_label(m) for m in grid["models"] if m in set(data["model"])]
-        sns.barplot(
-            data=data,
-            x="label",
-            y="mean_seconds_per_epoch",
-            hue="dataset_label",
-            order=order,
-            ax=axes[0],
-            hue_order=[pub.dataset_label(d) for d in grid["datasets"] if d in set(data["dataset"])],
-            palette="Greens",
-            errorbar=None,
-        )
+        hue_order = [pub.dataset_label(d) for d in grid["datasets"] if d in set(data["dataset"])]
+        _bars(axes[0], data, "mean_seconds_per_epoch", "dataset_label", order, "Greens", hue_order)
         axes[0].set_ylabel("seconds per epoch (mean over runs)")
-        axes[0].set_xlabel("")
-        axes[0].legend(title=None, fontsize=8)
         axes[0].set_title("Time per epoch")
         hours = data.groupby(["label", "hours_kind"], as_index=False)["wall_hours"].sum()
-        sns.barplot(
-            data=hours,
-            x="label",
-            y="wall_hours",
-            hue="hours_kind",
-            order=order,
-            ax=axes[1],
-            palette="Oranges",
-            errorbar=None,
-        )
+        _bars(axes[1], hours, "wall_hours", "hours_kind", order, "Oranges")
         for container in axes[1].containers:
             axes[1].bar_label(container, fmt="%.3g", fontsize=7, padding=2)
         axes[1].set_ylabel("device-hours (sum of wall time)")
-        axes[1].set_xlabel("")
-        axes[1].legend(title=None, fontsize=8)
         axes[1].set_title("Total training time")
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     save_png(fig, path, dpi)
-    return figure_entry(path, "compute.png", "Wall time and GPU-hours", section="compute")
+    return report_entry(path, "compute.png", "Wall time and GPU-hours", section="compute")
+
+
+def _bars(ax, data, y: str, hue: str, order: list, colours: str, hue_order=None) -> None:
+    """Bars of ``y`` per model label, grouped by ``hue``, without error bars."""
+    sns.barplot(
+        data=data,
+        x="label",
+        y=y,
+        hue=hue,
+        order=order,
+        hue_order=hue_order,
+        ax=ax,
+        palette=colours,
+        errorbar=None,
+    )
+    ax.set_xlabel("")
+    ax.legend(title=None, fontsize=8)
 
 
 def critical_difference(runs: pd.DataFrame, grid: dict, out_dir: Path, dpi: int) -> list[dict]:
@@ -306,7 +302,7 @@ def critical_difference(runs: pd.DataFrame, grid: dict, out_dir: Path, dpi: int)
                 f"significance level alpha = {ours['alpha']:g}."
             )
         entries.append(
-            figure_entry(
+            report_entry(
                 path,
                 CD_FIGURE,
                 f"Critical-difference diagram — {pub.dataset_label(dataset)}",

@@ -165,8 +165,9 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         way_out = (
-            f"set {LOCK_DIR_ENV} to a folder on a local disk (e.g. {LOCK_DIR_ENV}=/tmp/grad2vae-locks), "
-            f"or {RUN_LOCK_ENV}=off to train without the run lock (then make sure no two jobs train "
+            f"set {LOCK_DIR_ENV} to a folder on a local disk (e.g. "
+            f"{LOCK_DIR_ENV}=/tmp/grad2vae-locks), or {RUN_LOCK_ENV}=off to "
+            "train without the run lock (then make sure no two jobs train "
             "the same run: they would overwrite each other's checkpoint)"
         )
         try:
@@ -189,7 +190,8 @@ class RunLock:
 
 
 class Run:
-    """One run between setup and finish; ``train_in_lockstep`` steps one or several of them in lock-step.
+    """One run between setup and finish; ``train_in_lockstep`` steps one or several of them in
+    lock-step.
 
     Setup (``__init__``): the model from the run's seed, optimizer, schedule, batch-order
     generator, resume from the checkpoint, the model's pretraining. Then per epoch:
@@ -197,8 +199,8 @@ class Run:
     evaluation, history, checkpoint); finally ``finish`` writes scores, model and metrics."""
 
     def __init__(
-        self, config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process, derivatives,
-        progress=None,
+        self, config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process,
+        derivatives, progress=None,
     ):  # fmt: skip
         from grad2vae.models import create_model
 
@@ -340,9 +342,9 @@ class Run:
             )
             raise NonFiniteLossError(
                 f"epoch {epoch}: loss term {', '.join(repr(b) for b in culprits)} is not finite "
-                f"(first in batch {int(at)} of {batches}; non-finite epoch means: {', '.join(bad)}); "
-                f"training stopped, {kept} in {self.out_dir} and no metrics were written. "
-                "Try another seed or a lower --lr."
+                f"(first in batch {int(at)} of {batches}; non-finite epoch means: "
+                f"{', '.join(bad)}); training stopped, {kept} in {self.out_dir} and no metrics "
+                "were written. Try another seed or a lower --lr."
             )
         eval_start = time.perf_counter()
         evaluated = epoch == config.epochs or (
@@ -424,16 +426,8 @@ class Run:
         auc_extra = extra_aucs(self.last_extra, labels)
         write_scores(out_dir / SCORES, self.shared.split, self.last_scores)
         model_payload = {
-            "model": config.model,
-            **(
-                {"base_model": config.base_model, "model_options": config.model_options}
-                if config.base_model
-                else {}
-            ),
+            **config.identity(),
             "latent_dim": config.latent_dim,
-            "dataset": config.dataset,
-            "normal_class": config.normal_class,
-            "seed": config.seed,
             "config_hash": self.chash,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         }
@@ -445,16 +439,7 @@ class Run:
         train_total = sum(row["train_seconds"] for row in history)
         eval_total = sum(row["eval_seconds"] for row in history)
         metrics = {
-            "model": config.model,
-            # a variant's registered model and options (``variants:``); absent for a plain model
-            **(
-                {"base_model": config.base_model, "model_options": config.model_options}
-                if config.base_model
-                else {}
-            ),
-            "dataset": config.dataset,
-            "normal_class": config.normal_class,
-            "seed": config.seed,
+            **config.identity(),
             "main_score": getattr(model, "main_score", "main"),
             "auc": final["auc"],
             "auc_reconstruction": final["auc_reconstruction"],
@@ -498,7 +483,8 @@ class Run:
         if self.rng is not None:
             # Trained in a group: Snakemake removes the outputs of every run of a failed group
             # job (or of a job it reruns because one run is missing), so a final checkpoint stays
-            # until the whole group has finished (``train_in_lockstep``): a rerun then only re-evaluates.
+            # until the whole group has finished (``train_in_lockstep``): a rerun then only
+            # re-evaluates.
             save_checkpoint(
                 out_dir / CHECKPOINT,
                 config,

@@ -37,16 +37,18 @@ def score_findings(
             )
             main = differences.get("main")
             for score, difference in differences.items():
-                ordering[score] = {"grad2vae_minus_vae_pct": round_value(difference, 3),
-                                   "same_order_as_main": bool(np.sign(difference) == np.sign(main))}  # fmt: skip
+                ordering[score] = {
+                    "grad2vae_minus_vae_pct": round_value(difference, 3),
+                    "same_order_as_main": bool(np.sign(difference) == np.sign(main))}  # fmt: skip
             kept = [s for s, o in ordering.items() if s != "main" and o["same_order_as_main"]]
             flipped = [
                 s for s, o in ordering.items() if s != "main" and not o["same_order_as_main"]
             ]
             leader = "Grad2VAE" if main > 0 else "the VAE"
             sentences.append(
-                f"Under the main score {leader} has the higher average AUC ({main:+.2f} points, Grad2VAE minus VAE); "
-                f"the ordering survives under {', '.join(kept) or 'no other score'}"
+                f"Under the main score {leader} has the higher average AUC "
+                f"({main:+.2f} points, Grad2VAE minus VAE); the ordering "
+                f"survives under {', '.join(kept) or 'no other score'}"
                 + (f" and reverses under {', '.join(flipped)}." if flipped else ".")
             )
         else:
@@ -56,7 +58,8 @@ def score_findings(
             "mean_reconstruction_normal",
         } <= set(runs.columns):
             mine = runs[runs["dataset"] == dataset]
-            ratio = pd.to_numeric(mine["mean_reconstruction_anomalous"], errors="coerce") / pd.to_numeric(
+            ratio = pd.to_numeric(
+                mine["mean_reconstruction_anomalous"], errors="coerce") / pd.to_numeric(
                 mine["mean_reconstruction_normal"], errors="coerce")  # fmt: skip
             for model, values in ratio.groupby(mine["model"]):
                 if values.notna().any():
@@ -76,9 +79,9 @@ def score_findings(
         )
         if len(entropy):
             sentences.append(
-                f"The image entropy H(x) alone, with no model, ranks anomalies with an average AUC of "
-                f"{float(entropy.iloc[0]):.2f} % over these classes: BCE contains H(x), so part of a BCE-based AUC is "
-                "the class's ink rather than the model."
+                "The image entropy H(x) alone, with no model, ranks anomalies with an average AUC "
+                f"of {float(entropy.iloc[0]):.2f} % over these classes: BCE contains H(x), so part "
+                "of a BCE-based AUC is the class's ink rather than the model."
             )
         out[dataset] = {"label": pub.dataset_label(dataset), "ordering": ordering,
                         "anomalous_over_normal_error": ratios, "sentences": sentences}  # fmt: skip

@@ -1,56 +1,15 @@
 """Grad2VAE's second-order derivatives of the latent code with respect to an encoder layer.
 
-For each latent unit z_i and each sample, the tensor (of the layer's shape)
-
-    h_i = d/dL ( sum_j dz_i/dL_j ),
-
-the Hessian of z_i with respect to the layer L times the all-ones vector: one tensor per unit, as
-the paper describes them (Sect. 3, Sect. 4.1, Fig. 3). ``g = tf.gradients(z_i, L); h =
-tf.gradients(g, L)`` computes it for one unit: ``tf.gradients`` sums over its outputs, so the
-inner sum runs over every element of L (and over the batch, which is harmless when nothing between
-L and z mixes samples: each sample's z then depends only on that sample's L, so the batch sum
-separates into per-sample derivatives). The companion notebook abukmeil/mgrad2vae calls
-``tf.gradients(z, conv)`` on the whole latent vector, which also sums over the units: its one
-tensor equals sum_i h_i, not the paper's d tensors.
-
-Two implementations, equal up to floating-point rounding (tests/test_second_derivatives.py):
-
-- ``"loop"``: the plain per-unit loop, 2*d reverse-mode calls.
-- ``"vectorized"``: three calls for all units at once. (1) g = J^T w for a dummy cotangent w
-  (N, d); (2) u = d(g . 1)/dw = J 1, i.e. sum_j dz_i/dL_j for every unit, a forward-mode JVP
-  along the all-ones direction done by the double-backward trick; (3) one batched VJP of u with
-  the d one-hot cotangents (``autograd.grad(..., is_grads_batched=True)``, a vmap over d).
-
-With ``create_graph=True`` the result stays in the autograd graph, so a loss computed from it
-trains every parameter it depends on (the parameters between L and z, and those before L through
-L's value). The benchmark (``grad2vae bench``) times both methods through ``Grad2VAE``.
-
-Where the derivatives are zero: a piecewise-linear (ReLU) path from L to z has zero curvature
-almost everywhere, so with z = mu the result is identically zero; it is non-zero only through the
-non-linear sigma = exp(0.5 logvar) in z = mu + sigma * eps. Parts of the graph that do not reach L
-at second order are returned as zeros rather than raising.
-
-Closed form (``second_derivatives_closed_form``, methods ``"closed_form"`` and ``"explicit"`` of
-``Grad2VAE``). PRECONDITION: everything from L to (mu, logvar) is piecewise linear (Conv/Linear
-and ReLU, as in ``models.vae.Encoder``) and z = mu + exp(0.5 logvar) * eps (or exp(logvar),
-below). Then, with g_i = d logvar_i / dL and sigma_i = exp(0.5 logvar_i), and the Hessians of mu_i and logvar_i zero
-(exactly so in autograd too: ReLU's backward has zero derivative w.r.t. its input),
-
-    dz_i/dL = dmu_i/dL + 0.5 sigma_i eps_i g_i,   sum_j dz_i/dL_j = 1.dmu_i + 0.5 sigma_i eps_i (1.g_i)
-    h_i = 0.5 eps_i (1.g_i) dsigma_i/dL = 0.25 sigma_i eps_i (1.g_i) g_i.
-
-With the companion notebook's z = mu + exp(logvar) * eps (``sigma="exp_logvar"``, sigma_i =
-exp(logvar_i), dsigma_i/dL = sigma_i g_i) the same steps give
-
-    dz_i/dL = dmu_i/dL + sigma_i eps_i g_i,   h_i = eps_i (1.g_i) dsigma_i/dL = sigma_i eps_i (1.g_i) g_i,
-
-coefficient 1 instead of 1/4 (``closed_form_from_jacobian``'s ``sigma``). The derivative tensors
-summed over the units (Grad2VAE's ``derivative_tensors="summed"``) are sum_i h_i of any method.
-
-Only first derivatives are needed: one batched VJP of logvar with the d one-hot cotangents. It is
-kept in the graph like the others and gives the same values and the same parameter gradients up
-to rounding (tests/test_second_derivatives.py); it is *wrong* for an encoder with curvature
-between L and (mu, logvar) (e.g. sigmoid, tanh, softplus, BatchNorm in train mode).
+For each latent unit z_i and each sample, h_i = d/dL ( sum_j dz_i/dL_j ), a tensor of the layer's
+shape: the Hessian of z_i with respect to the layer L times the all-ones vector, one tensor per
+unit, as the paper describes them (Sect. 3, Sect. 4.1, Fig. 3). ``second_derivatives`` computes
+them by ``"loop"`` (2*d reverse-mode calls) or ``"vectorized"`` (three calls for all units);
+``second_derivatives_closed_form`` needs only first derivatives and is valid ONLY when everything
+from L to (mu, logvar) is piecewise linear. All agree up to rounding
+(tests/test_second_derivatives.py). With ``create_graph=True`` the result stays in the autograd
+graph, so a loss computed from it trains every parameter it depends on; parts of the graph that
+do not reach L at second order give zeros. docs/design-notes.md has the derivations, the
+companion notebook's reading and where the derivatives are zero.
 """
 
 from __future__ import annotations

@@ -1,27 +1,13 @@
-"""Compare methods over the ten normal classes of a dataset (issue 9), as Demšar (JMLR 2006) and
-Benavoli, Corani & Mangili (JMLR 2016) recommend for several methods on several problems:
+"""Compare methods over the ten normal classes of a dataset: ranks, Friedman, Wilcoxon-Holm.
 
-1. one value per (class, method): the AUC averaged over seeds first (``class_means``);
-2. the average rank of every method over the classes (rank 1 = best AUC, ties share the mean rank);
-3. the Friedman test of "all methods rank alike" (``scipy.stats.friedmanchisquare``);
-4. every pair of methods compared by the two-sided Wilcoxon signed-rank test on the paired class
-   values (``scipy.stats.wilcoxon``: exact null distribution when n <= 50 and no ties), the
-   p-values corrected for the k(k-1)/2 comparisons by Holm's step-down method (our ``holm``) and
-   judged at alpha = 0.05;
-5. a critical-difference diagram: methods on their average rank, a bar joining those that the
-   Wilcoxon-Holm tests cannot tell apart (drawn by scikit-posthocs). The Nemenyi critical
-   difference q_alpha * sqrt(k(k+1)/(6N)) is computed too, for reference.
-
-Power: with N = 10 classes the smallest two-sided Wilcoxon p-value is 2/2^10 = 0.00195, so after
-Holm over m pairs no difference can be significant at 0.05 once m > 25, and with m = 21 (seven
-methods) only pairs where one method wins on all ten classes can be (``minimum_holm_p``).
-
-Library choice: the numbers come from SciPy and the few lines here, tested against known
-values; scikit-posthocs only draws the diagram, from our ranks and our Holm-corrected p-value
-matrix. autorank was not chosen: for more than two methods its post-hoc test is Nemenyi's (or
-Tukey's HSD / a Bayesian test), chosen automatically from normality checks, so its diagram would
-not show the Wilcoxon-Holm decisions that the issue asks for. scikit-posthocs'
-``critical_difference_diagram`` takes any significance matrix.
+``analyse(runs)`` returns the statistics section of the report (``grad2vae aggregate`` writes it
+to stats.json): per dataset, one value per (class, method), the AUC averaged over seeds first
+(``class_means``); the average rank of every method; the Friedman test; every pair of methods
+compared by the two-sided Wilcoxon signed-rank test, Holm-corrected (``holm``) and judged at
+alpha = 0.05; the Nemenyi critical difference for reference; a critical-difference diagram; and
+the paper's "best average AUC" claim, all also on the paper's printed Table 1. The procedure
+follows Demšar (JMLR 2006) and Benavoli, Corani & Mangili (JMLR 2016), issue 9;
+docs/design-notes.md gives it step by step, its power with ten classes and the library choice.
 """
 
 from __future__ import annotations
@@ -243,12 +229,13 @@ def best_average_claim(
 
     published_text = f"published {published:.2f}" if published is not None else "not published"
     sentence = (
-        f"{label} has the best average AUC on {dataset_label}: {published_text}, {value_label} {ours:.2f} "
-        f"(average rank {comparison.average_ranks[method]:.2f}, {position} of {len(comparison.methods)}); "
-        f"significantly better than: {names(better)}; not significantly different from: "
-        f"{names(undecided)}; significantly worse than: {names(worse)} (two-sided Wilcoxon "
-        f"signed-rank over {comparison.n_blocks} classes, Holm-corrected over {comparison.n_pairs} "
-        f"pairs, alpha = {comparison.alpha:g}). Verdict: {verdict}."
+        f"{label} has the best average AUC on {dataset_label}: {published_text}, "
+        f"{value_label} {ours:.2f} (average rank {comparison.average_ranks[method]:.2f}, "
+        f"{position} of {len(comparison.methods)}); significantly better than: "
+        f"{names(better)}; not significantly different from: {names(undecided)}; "
+        f"significantly worse than: {names(worse)} (two-sided Wilcoxon signed-rank over "
+        f"{comparison.n_blocks} classes, Holm-corrected over {comparison.n_pairs} pairs, "
+        f"alpha = {comparison.alpha:g}). Verdict: {verdict}."
     )
     return {
         "claim": f"{label} has the best average AUC on {dataset_label}",
@@ -426,7 +413,8 @@ def analyse(
                 paper_labels = {c: info["label"] for c, info in pub.published_columns().items()}
                 section["claim_published"] = best_average_claim(
                     printed, column, pub.published_average(dataset, column), paper_labels,
-                    pub.dataset_label(dataset) + " (tested on the paper's own Table 1 numbers)", scale=1.0,
+                    pub.dataset_label(dataset) + " (tested on the paper's own Table 1 numbers)",
+                    scale=1.0,
                     value_label="mean of its printed classes",
                 )  # fmt: skip
         out["datasets"][dataset] = section

@@ -150,7 +150,8 @@ def scores_table(
                 if values.empty:
                     continue
                 score = "main" if column == "auc" else column.removeprefix("auc_")
-                rows.append({"dataset": dataset, "model": model, "score": score, "n_classes": int(len(values)),
+                rows.append({"dataset": dataset, "model": model, "score": score,
+                             "n_classes": int(len(values)),
                              "auc_pct_mean": float(values.mean())})  # fmt: skip
         if entropy is not None and not entropy.empty:
             part = entropy[
@@ -159,7 +160,8 @@ def scores_table(
             ]
             if len(part):
                 rows.append({"dataset": dataset, "model": entropy_only.NAME, "score": "entropy",
-                             "n_classes": int(len(part)), "auc_pct_mean": 100.0 * float(part["auc"].mean())})  # fmt: skip
+                             "n_classes": int(len(part)),
+                             "auc_pct_mean": 100.0 * float(part["auc"].mean())})  # fmt: skip
     return pd.DataFrame(rows, columns=["dataset", "model", "score", "n_classes", "auc_pct_mean"])
 
 
@@ -220,7 +222,8 @@ def table1_layout(models: list[str], bases: dict[str, str] | None = None) -> lis
                 }
             )
         for variant in variants:
-            # a variant of the column's model (its own protocol, other options) beside the same number
+            # a variant of the column's model (its own protocol, other options) beside the same
+            # number
             groups.append(
                 {
                     "kind": "compared",

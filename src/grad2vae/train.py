@@ -1,23 +1,14 @@
 """Train and evaluate one run: one model on one dataset's normal class with one seed.
 
-Protocol (paper Sect. 4; every value is an option): Adam, learning rate 1e-3, batch size 128,
-100 epochs, learning rate x 0.01 after epoch 50; training on the normal class's training images
-only; evaluation (AUC-ROC, anomaly = positive) on the full test set. The model after the last
-epoch is the one evaluated: no selection on the test set.
-
 Writes into --out-dir (see CONTRIBUTING.md):
   metrics.json     written last, only when the run finished (its presence means "done")
   history.tsv      one row per epoch: lr, seconds, every loss term, test AUC every --eval-every
   scores.csv.gz    index, test_class, label, score_main, score_reconstruction per test image
   model.pt         final weights (grad2vae.run.load_trained_model)
   checkpoint.pt    every --checkpoint-every epochs while running; deleted when the run finishes
-
-Started again, a finished run does nothing, and a killed run continues from its last checkpoint
-and ends with exactly the results of an uninterrupted run (same device and thread count).
-
-Several seeds of one (model, dataset, class) can train in one process (``train_seeds``): the
-runs step in lock-step, batched with torch.func.vmap where the model supports it, each into its
-own folder with exactly the files, checkpoints and resume behaviour of a run alone.
+Started again, a finished run does nothing and a killed run continues from its last checkpoint.
+Several seeds train in one process (``train_seeds``), each into its own folder.
+docs/design-notes.md gives the protocol (the paper's, every value an option) and the guarantees.
 
 examples:
   grad2vae train --model grad2vae --dataset mnist --normal-class 0 --seed 0 \\
@@ -107,14 +98,16 @@ def train_seeds(
     model says its loss supports it on the device (``AnomalyModel.supports_seed_vmap``), else
     sequential, per device type as ``AUTO_SEED_BATCHING`` says. Time in each run's metrics and
     history is its share (the group's training time / its number of seeds, plus its own
-    evaluations), so that times summed over runs are device time. A run whose loss turns non-finite leaves the group (checkpoint kept, as alone);
-    the others finish, then the first such error is raised. Runs of the group that are finished
+    evaluations), so that times summed over runs are device time. A run whose loss turns
+    non-finite leaves the group (checkpoint kept, as alone); the others finish, then the first
+    such error is raised. Runs of the group that are finished
     are skipped; unfinished ones that resume from different epochs train in turn, each cohort
     of equal epochs in lock-step. ``derivatives``: Grad2VAE's second-derivative implementation
     (``create_model``; other models ignore it), like ``device`` not part of the config hash."""
     if not configs or len(configs) != len(out_dirs):
         raise UserError(
-            f"train_seeds needs one out dir per configuration (got {len(configs)} and {len(out_dirs)})"
+            "train_seeds needs one out dir per configuration "
+            f"(got {len(configs)} and {len(out_dirs)})"
         )
     if seed_batching not in SEED_BATCHING:
         raise UserError(f"--seed-batching {seed_batching!r}: use one of {', '.join(SEED_BATCHING)}")
@@ -198,7 +191,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a constructor option of the variant, e.g. kl=mean (repeat for several; needs --base-model)",
+        help="a constructor option of the variant, e.g. "
+        "kl=mean (repeat for several; needs --base-model)",
     )
     run_group.add_argument("--dataset", required=True, help="mnist or fashion_mnist")
     run_group.add_argument("--normal-class", type=int, required=True, help="the normal class, 0-9")
@@ -222,9 +216,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     protocol = parser.add_argument_group(
-        "protocol (defaults: the paper's, Sect. 4; for the five schedule options, a model whose source "
-        "trains otherwise uses its own defaults instead: deep_svdd 150 epochs, batch 200, lr 1e-4, "
-        "x 0.1 after epoch 50)"
+        "protocol (defaults: the paper's, Sect. 4; for the five schedule "
+        "options, a model whose source trains otherwise uses its own defaults "
+        "instead: deep_svdd 150 epochs, batch 200, lr 1e-4, x 0.1 after epoch 50)"
     )
     protocol.add_argument(
         "--latent-dim",
@@ -243,7 +237,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lr-decay-epoch",
         type=int,
         default=None,
-        help="multiply the learning rate by --lr-decay-factor after this epoch; 0: never (default: 50)",
+        help="multiply the learning rate by --lr-decay-factor "
+        "after this epoch; 0: never (default: 50)",
     )
     protocol.add_argument("--lr-decay-factor", type=float, default=None, help="(default: 0.01)")
     protocol.add_argument(
@@ -258,7 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-every",
         type=int,
         default=1,
-        help="test AUC every N epochs; the last epoch is always evaluated; 0: last only (default: 1)",
+        help="test AUC every N epochs; the last epoch "
+        "is always evaluated; 0: last only (default: 1)",
     )
     protocol.add_argument(
         "--eval-batch-size",
@@ -292,13 +288,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gpu-slots",
         type=int,
         default=None,
-        help="GPU slots shared by jobs side by side (default: the visible device count x --jobs-per-gpu)",
+        help="GPU slots shared by jobs side by side (default: "
+        "the visible device count x --jobs-per-gpu)",
     )
     execution.add_argument(
         "--jobs-per-gpu",
         type=int,
         default=1,
-        help="jobs that may share one GPU (default 1: a job waits for a free card rather than share one)",
+        help="jobs that may share one GPU (default 1: a "
+        "job waits for a free card rather than share one)",
     )
     execution.add_argument(
         "--slot-dir",
@@ -320,8 +318,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     execution.add_argument(
         "--derivatives",
         default="auto",
-        help="Grad2VAE's second-derivative implementation: auto (per device, see `grad2vae bench`), "
-        "loop, vectorized, closed_form or explicit; equal results up to rounding (default: auto)",
+        help="Grad2VAE's second-derivative implementation: auto (per "
+        "device, see `grad2vae bench`), loop, vectorized, closed_form "
+        "or explicit; equal results up to rounding (default: auto)",
     )
     execution.add_argument(
         "--seed-batching",
@@ -382,8 +381,9 @@ def config_from_args(args: argparse.Namespace, seed: int) -> RunConfig:
     base = getattr(args, "base_model", None)
     if options and not base:
         raise UserError(
-            "--option needs --base-model: a model with options is a variant, so --model names the "
-            "variant and --base-model the registered model, e.g. --model vae_kl_mean --base-model vae --option kl=mean"
+            "--option needs --base-model: a model with options is a variant, "
+            "so --model names the variant and --base-model the registered "
+            "model, e.g. --model vae_kl_mean --base-model vae --option kl=mean"
         )
     return RunConfig(
         model=args.model,

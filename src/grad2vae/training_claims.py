@@ -78,17 +78,24 @@ def fig6_dataset(
         half_why = f"Grad2VAE never exceeds {threshold:.0%} in its {last[CLAIMED]} epochs"
     elif first[VAE] is not None:
         half = HOLDS if first[CLAIMED] <= first[VAE] / 2 else FAILS
-        half_why = f"Grad2VAE first exceeds {threshold:.0%} at epoch {first[CLAIMED]}, the VAE at epoch {first[VAE]}"
+        half_why = (
+            f"Grad2VAE first exceeds {threshold:.0%} at epoch "
+            f"{first[CLAIMED]}, the VAE at epoch {first[VAE]}"
+        )
     else:
         half = HOLDS if first[CLAIMED] <= (last[VAE] + 1) / 2 else UNKNOWN
-        half_why = f"Grad2VAE first exceeds {threshold:.0%} at epoch {first[CLAIMED]}; the VAE not in its {last[VAE]} epochs"
+        half_why = (
+            f"Grad2VAE first exceeds {threshold:.0%} at epoch "
+            f"{first[CLAIMED]}; the VAE not in its {last[VAE]} epochs"
+        )
     others = [m for m in curves if m not in (CLAIMED, VAE)]
     reached = [m for m in others if first[m] is not None and first[m] <= window]
     short = [m for m in others if m not in reached and last[m] < window]
     if reached:
         rest, rest_why = (
             FAILS,
-            f"{', '.join(claim_label(m) for m in reached)} exceed(s) {threshold:.0%} by epoch {window}",
+            f"{', '.join(claim_label(m) for m in reached)} "
+            f"exceed(s) {threshold:.0%} by epoch {window}",
         )
     elif not others:
         rest, rest_why = UNKNOWN, "no other model in the grid"
@@ -153,11 +160,11 @@ def fig6(history: pd.DataFrame, runs: pd.DataFrame, datasets: list[str]) -> dict
     main = by_score["main"]
     return claim(
         "fig6_above_95_in_50_epochs",
-        f"On the Fig. 6 curves (test AUC per epoch, mean over normal classes and seeds), per dataset: "
-        f"the first epoch at which Grad2VAE's curve exceeds {threshold:.0%} is at most half the VAE's, "
-        f"and no other model ('the other remaining models': the Baseline CAE, Inception-CAENN and any "
-        f"further model of the grid) exceeds {threshold:.0%} by epoch {window}. Also: the first epoch of "
-        "each single run.",
+        "On the Fig. 6 curves (test AUC per epoch, mean over normal classes and seeds), per "
+        f"dataset: the first epoch at which Grad2VAE's curve exceeds {threshold:.0%} is at most "
+        "half the VAE's, and no other model ('the other remaining models': the Baseline CAE, "
+        f"Inception-CAENN and any further model of the grid) exceeds {threshold:.0%} by epoch "
+        f"{window}. Also: the first epoch of each single run.",
         main["verdict"],
         main["why"],
         {"datasets": main["datasets"], "per_run": main["per_run"]},
@@ -261,12 +268,13 @@ def acceleration_per_compute(
             )
     return claim(
         "acceleration_per_compute",
-        "Fig. 6 counts epochs, but a Grad2VAE epoch costs several VAE epochs. Per dataset, on the mean "
-        "curves (AUC over classes and seeds) against cumulative training FLOPs (FlopCounterMode on one "
-        f"training step, times the steps per epoch): at each AUC level ({', '.join(f'{x:.2f}' for x in COMPUTE_LEVELS)} "
-        "and the highest level both curves reach), which model first reaches it with less compute. Holds "
-        "when Grad2VAE needs less at every level one of them reaches; fails when it never does. The same "
-        "on measured training seconds is in the evidence.",
+        "Fig. 6 counts epochs, but a Grad2VAE epoch costs several VAE epochs. Per dataset, "
+        "on the mean curves (AUC over classes and seeds) against cumulative training FLOPs "
+        "(FlopCounterMode on one training step, times the steps per epoch): at each AUC "
+        f"level ({', '.join(f'{x:.2f}' for x in COMPUTE_LEVELS)} and the highest level "
+        "both curves reach), which model first reaches it with less compute. Holds when "
+        "Grad2VAE needs less at every level one of them reaches; fails when it never does. "
+        "The same on measured training seconds is in the evidence.",
         verdict,
         why,
         {"flops": results, "training_seconds": seconds, "train_flops_per_epoch": per_epoch},

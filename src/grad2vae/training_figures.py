@@ -1,6 +1,6 @@
 """The figures of how training proceeds, from the runs' histories: Fig. 6 (AUC against epoch),
 Fig. 6 under every score and against compute, and the anomalous-over-normal reconstruction ratio.
-Each function draws one PNG and returns its entry of figures.json (``plotting.figure_entry``)."""
+Each function draws one PNG and returns its entry of figures.json (``captions.report_entry``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pandas as pd
 import seaborn as sns
 
 from grad2vae import published as pub
+from grad2vae.captions import report_entry
 from grad2vae.labels import model_label
-from grad2vae.plotting import figure_entry, no_data, plt, save_png
+from grad2vae.plotting import no_data, plt, save_png
 
 
 def fig6(
@@ -63,13 +64,19 @@ def fig6(
     fig.tight_layout()
     save_png(fig, path, dpi)
     shown = f"epochs 1-{last_epoch}" if last_epoch else "no epochs"
-    return figure_entry(
+    return report_entry(
         path,
         "fig6_auc_vs_epoch.png",
         "Fig. 6 — AUC against epoch",
         f"Shown: {shown} (at most the first {max_epoch}).",
         section="fig6",
     )
+
+
+def epoch_line(ax: plt.Axes, line: pd.Series, colour, label: str) -> None:
+    """One model's curve over epochs (``line``: value by epoch); markers while epochs are few."""
+    marker = "o" if len(line) < 15 else None
+    ax.plot(line.index, line.values, color=colour, marker=marker, ms=3, label=label)
 
 
 def _score_columns(history: pd.DataFrame) -> list[str]:
@@ -122,14 +129,7 @@ def fig6_scores(
                 )
                 if values.notna().any():
                     line = (100.0 * values).groupby(rows["epoch"]).mean()
-                    ax.plot(
-                        line.index,
-                        line.values,
-                        color=colours[model],
-                        marker="o" if len(line) < 15 else None,
-                        ms=3,
-                        label=model_label(model),
-                    )
+                    epoch_line(ax, line, colours[model], model_label(model))
                     drawn = True
             level = (
                 entropy[entropy["dataset"] == dataset]["auc"]
@@ -151,7 +151,7 @@ def fig6_scores(
                 ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     save_png(fig, path, dpi)
-    return figure_entry(path, "fig6_scores.png", "Fig. 6 under every score", section="scores")
+    return report_entry(path, "fig6_scores.png", "Fig. 6 under every score", section="scores")
 
 
 def anomaly_ratio(history: pd.DataFrame, grid: dict, colours: dict, path: Path, dpi: int) -> dict:
@@ -179,14 +179,7 @@ def anomaly_ratio(history: pd.DataFrame, grid: dict, colours: dict, path: Path, 
             ) / pd.to_numeric(rows["mean_reconstruction_normal"], errors="coerce")
             line = ratio.groupby(rows["epoch"]).mean().dropna()
             if len(line):
-                ax.plot(
-                    line.index,
-                    line.values,
-                    color=colours[model],
-                    marker="o" if len(line) < 15 else None,
-                    ms=3,
-                    label=model_label(model),
-                )
+                epoch_line(ax, line, colours[model], model_label(model))
                 drawn = True
         if drawn:
             ax.axhline(1.0, color="0.5", lw=1, ls=":")
@@ -199,7 +192,7 @@ def anomaly_ratio(history: pd.DataFrame, grid: dict, colours: dict, path: Path, 
         ax.set_title(pub.dataset_label(dataset))
     fig.tight_layout()
     save_png(fig, path, dpi)
-    return figure_entry(
+    return report_entry(
         path, "anomaly_ratio.png", "How well anomalies are reconstructed", section="scores"
     )
 
@@ -245,4 +238,4 @@ def fig6_compute(
             ax.set_title(f"{pub.dataset_label(dataset)} — AUC against {label}", fontsize=9)
     fig.tight_layout()
     save_png(fig, path, dpi)
-    return figure_entry(path, "fig6_compute.png", "Fig. 6 against compute", section="fig6")
+    return report_entry(path, "fig6_compute.png", "Fig. 6 against compute", section="fig6")

@@ -49,7 +49,8 @@ def combine(results: Mapping[str, str]) -> tuple[str, str]:
     unknown = [d for d, r in results.items() if r not in (HOLDS, FAILS, MIXED)]
     names = lambda items: ", ".join(pub.dataset_label(d) for d in items)  # noqa: E731
     parts = [f"{what} on {names(items)}" for what, items in
-             (("holds", held), ("fails", failed), ("holds in part", mixed), ("cannot be judged", unknown)) if items]  # fmt: skip
+             (("holds", held), ("fails", failed), ("holds in part", mixed),
+              ("cannot be judged", unknown)) if items]  # fmt: skip
     why = "; ".join(parts) or "no dataset of the claim is in the grid"
     if held and not (failed or mixed or unknown):
         return SUPPORTED, why
@@ -109,8 +110,9 @@ def claim(
     paper = pub.claims()[claim_id]
     assert verdict in VERDICTS, verdict
     return {
-        "id": claim_id, "section": paper["section"], "words": paper["words"], "definition": definition,
-        "verdict": verdict, "why": why, "sentences": sentences or [], "evidence": evidence, "by_score": by_score or {},
+        "id": claim_id, "section": paper["section"], "words": paper["words"],
+        "definition": definition, "verdict": verdict, "why": why, "sentences": sentences or [],
+        "evidence": evidence, "by_score": by_score or {},
     }  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from grad2vae.layout import (
     EXPLAIN_FIGURES_PER_DATASET,
     EXPLAIN_SUMMARY as EXPLAIN_SUMMARY_NAME,
     EXPLAIN_TABLES,
-    FIGURE_CAPTIONS,
+    CAPTIONS,
     FIGURE_FILES,
     IDX_NAMES,
     MANIFEST_NAME,
@@ -89,7 +89,7 @@ def model_protocol(model):
     return protocol
 
 
-# The category of each figure in `snakemake --report` (its caption: layout.FIGURE_CAPTIONS).
+# The category of each figure in `snakemake --report` (its caption: layout.CAPTIONS).
 REPORT_CATEGORIES = {
     "fig6_auc_vs_epoch.png": "Training (Fig. 6)",
     "fig6_compute.png": "Training (Fig. 6)",
@@ -104,11 +104,11 @@ REPORT_CATEGORIES = {
 
 
 def report_figure(path, name, category=None, subcategory=None):
-    """``path`` marked for `snakemake --report` with the caption file of figure ``name`` (its
-    pattern in grad2vae.layout), the one `grad2vae report` shows too."""
+    """``path`` marked for `snakemake --report` with the caption file of ``name`` (its pattern
+    in grad2vae.layout.CAPTIONS), the one `grad2vae report` shows too."""
     return report(
         path,
-        caption=f"../report/{CAPTIONS_DIR}/{FIGURE_CAPTIONS[name]}",
+        caption=f"../report/{CAPTIONS_DIR}/{CAPTIONS[name]}",
         category=category or REPORT_CATEGORIES[name],
         subcategory=subcategory,
     )
@@ -118,7 +118,7 @@ def caption_files():
     """Every caption file the report shows (a changed caption renders the report again)."""
     return [
         f"{TEMPLATE_DIR}/{CAPTIONS_DIR}/{name}"
-        for name in sorted(set(FIGURE_CAPTIONS.values()))
+        for name in sorted(set(CAPTIONS.values()))
     ]
 
 
@@ -128,7 +128,7 @@ def figure_files():
     files = [
         (
             report_figure(f"{FIGURES_DIR}/{name}", name)
-            if name in FIGURE_CAPTIONS
+            if name in CAPTIONS
             else f"{FIGURES_DIR}/{name}"
         )
         for name in FIGURE_FILES
@@ -418,19 +418,40 @@ def explain_runs():
 
 
 def explain_figures():
-    names = []
+    """What `grad2vae explain` draws, marked for `snakemake --report`."""
+    figures = []
     shown = (EXPLAIN_FIGURE_CLASSES[3], EXPLAIN_FIGURE_CLASSES[4])
     for dataset in EXPLAIN_DATASETS:
         for normal_class in EXPLAIN_CLASSES:
-            names += [
-                pattern.format(dataset=dataset, normal_class=normal_class)
+            figures += [
+                (
+                    pattern,
+                    pattern.format(dataset=dataset, normal_class=normal_class),
+                    dataset,
+                )
                 for pattern, classes in zip(EXPLAIN_FIGURES_PER_CLASS, shown)
                 if normal_class in classes
             ]
-        names += [
-            pattern.format(dataset=dataset) for pattern in EXPLAIN_FIGURES_PER_DATASET
+        figures += [
+            (pattern, pattern.format(dataset=dataset), dataset)
+            for pattern in EXPLAIN_FIGURES_PER_DATASET
         ]
-    return [f"{EXPLAIN_DIR}/{name}" for name in names]
+    return [
+        report_figure(f"{EXPLAIN_DIR}/{name}", pattern, "Explainability", dataset)
+        for pattern, name, dataset in figures
+    ]
+
+
+def explain_tables():
+    """The tables `grad2vae explain` writes; those with a caption marked for the report."""
+    return [
+        (
+            report_figure(f"{EXPLAIN_DIR}/{name}", name, "Explainability")
+            if name in CAPTIONS
+            else f"{EXPLAIN_DIR}/{name}"
+        )
+        for name in EXPLAIN_TABLES
+    ]
 
 
 def explain_options():

@@ -12,7 +12,7 @@ if EXPLAIN_DATASETS:
             data=[ancient(path) for d in EXPLAIN_DATASETS for path in dataset_files(d)],
         output:
             summary=EXPLAIN_SUMMARY,
-            tables=[f"{EXPLAIN_DIR}/{name}" for name in EXPLAIN_TABLES],
+            tables=explain_tables(),
             figures=explain_figures(),
         log:
             f"{RESULTS}/logs/explain.log",

@@ -57,7 +57,8 @@ def check_options(
             checked[key] = number
         elif value not in allowed:
             raise UserError(
-                f"{label}: option {key!r} of {name!r} is {value!r}; accepted: {', '.join(map(str, allowed))}"
+                f"{label}: option {key!r} of {name!r} is {value!r}; "
+                f"accepted: {', '.join(map(str, allowed))}"
             )
         else:
             checked[key] = value

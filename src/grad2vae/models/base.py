@@ -46,9 +46,10 @@ class AnomalyModel(nn.Module):
       per-step losses and gradients of every model that says True against the model alone.
 
     - ``pretrain(train_x, *, epochs, batch_size, lr, lr_decay_epoch, lr_decay_factor, lr_steps,
-      generator, progress)`` is called by the trainer once, before the first epoch (not again on resume: its result is
-      in the model's state and the checkpoint), with the run's protocol values; Deep SVDD
-      pretrains its autoencoder, fits its preprocessing constants and sets its centre here.
+      generator, progress)`` is called by the trainer once, before the first epoch (not again on
+      resume: its result is in the model's state and the checkpoint), with the run's protocol
+      values; Deep SVDD pretrains its autoencoder, fits its preprocessing constants and sets its
+      centre here.
       Returns a JSON-able summary recorded in ``metrics.json`` (``pretrain``), or None. A long
       pretraining logs one line per epoch and shows the bar (``progress.Progress``) as training.
     - ``extra_scores(x, generator)`` returns more named scores (higher = more anomalous), computed
@@ -73,9 +74,11 @@ class AnomalyModel(nn.Module):
     assumptions: ClassVar[tuple[str, ...]]
     #: what is done to the images (pixels / 255) before the network; recorded in metrics.json
     preprocessing: ClassVar[str] = (
-        "pixels / 255 in [0, 1] as loaded; any padding is done inside the model (see its assumptions)"
+        "pixels / 255 in [0, 1] as loaded; any padding "
+        "is done inside the model (see its assumptions)"
     )
-    #: constructor options a configuration may set: name -> accepted values (first = default) or float
+    #: constructor options a configuration may set: name -> accepted values (first = default) or
+    #: float
     options: ClassVar[dict[str, tuple[str, ...] | type]] = {}
     #: protocol values of the model's own source (RunConfig field -> value); empty: the paper's
     protocol_defaults: ClassVar[dict[str, Any]] = {}
@@ -153,5 +156,6 @@ class AnomalyModel(nn.Module):
         at_small = saved_bytes(small)
         per_image = max(0, (saved_bytes(large) - at_small) // (large - small))
         per_seed = 4 * sum(p.numel() * p.element_size() for p in self.parameters())
-        return {"per_image": int(per_image), "per_step_fixed": int(max(0, at_small - small * per_image)),
+        return {"per_image": int(per_image),
+                "per_step_fixed": int(max(0, at_small - small * per_image)),
                 "per_seed": int(per_seed)}  # fmt: skip

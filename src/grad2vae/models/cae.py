@@ -49,7 +49,8 @@ SHARED_ASSUMPTIONS = (
     "(float64 torch.cdist); the source ranks by the squared distance from faiss IndexFlatL2, a "
     "monotone transform with identical AUC — natasasdj/anomalyDetection AnomalyDetection.py 'nnd'",
     "Features and scores computed in eval mode (BatchNorm running statistics) — Keras predict()",
-    "Code size fixed at 128 by the source; latent_dim (16/32) is ignored — natasasdj/anomalyDetection",
+    "Code size fixed at 128 by the source; latent_dim "
+    "(16/32) is ignored — natasasdj/anomalyDetection",
     "Trained with the grid's protocol (config.yaml: Adam 1e-3, batch 128, 100 epochs, x0.01 "
     "after epoch 50), not the source's (Adam, batch 200, lr 1e-4 for 250 epochs then 1e-5 for "
     "100), so Table 1's published Inception-CAENN column (from [25]'s setup) was trained "
@@ -164,11 +165,13 @@ class BaselineCAE(FeatureDistanceModel):
             nn.Flatten(), nn.Linear(4 * 4 * 128, 128), nn.LeakyReLU(0.1),
         )  # fmt: skip
         self.decoder = nn.Sequential(
-            nn.Unflatten(1, (8, 4, 4)),  # Keras reshapes channels-last; equivalent up to a permutation
+            # Keras reshapes channels-last; equivalent up to a permutation
+            nn.Unflatten(1, (8, 4, 4)),
             conv_bn(8, 128, 5), nn.Upsample(scale_factor=2),
             conv_bn(128, 64, 5), nn.Upsample(scale_factor=2),
             conv_bn(64, 32, 5), nn.Upsample(scale_factor=2),
-            nn.Conv2d(32, 1, 5, padding=2), nn.BatchNorm2d(1, eps=1e-3, momentum=0.01), nn.Sigmoid(),
+            nn.Conv2d(32, 1, 5, padding=2), nn.BatchNorm2d(1, eps=1e-3, momentum=0.01),
+            nn.Sigmoid(),
         )  # fmt: skip
         keras_default_init_(self)
         self.train_features: Tensor | None = None

@@ -60,7 +60,8 @@ def oracle_auc(aucs: Mapping[str, float]) -> tuple[float, str]:
     missing = [key for key in GRID_KEYS if key not in aucs]
     if missing:
         raise KeyError(
-            f"oracle grid incomplete: {len(missing)} of {len(GRID_KEYS)} points missing, e.g. {missing[0]}"
+            f"oracle grid incomplete: {len(missing)} of "
+            f"{len(GRID_KEYS)} points missing, e.g. {missing[0]}"
         )
     best = max(GRID_KEYS, key=lambda key: (aucs[key], key))
     return float(aucs[best]), best
@@ -87,8 +88,8 @@ class CAEOneClassSVM(BaselineCAE):
         "defaults of [25] (RBF, nu 0.5, gamma 'auto' = 1/128)"
     )
     preprocessing = (
-        "pixels / 255 in [0, 1], zero-padded 28x28 -> 32x32 inside the model (as the baseline CAE); "
-        "OC-SVM on the raw 128-d features, not standardised (as [25] and Golan & El-Yaniv)"
+        "pixels / 255 in [0, 1], zero-padded 28x28 -> 32x32 inside the model (as the baseline "
+        "CAE); OC-SVM on the raw 128-d features, not standardised (as [25] and Golan & El-Yaniv)"
     )
     assumptions = tuple(a for a in BaselineCAE.assumptions if not a.startswith("Main score")) + (
         "The CAE is the `cae` model's class and loss, trained by the same trainer and protocol "

@@ -193,16 +193,18 @@ class DeepSVDD(AnomalyModel):
         "as the source's state_dict copy) — lukasruff/Deep-SVDD-PyTorch deepSVDD.py",
         "Centre c = mean of phi over the training images in eval mode after pretraining; entries "
         "with |c| < 0.1 set to +-0.1 (exact zeros kept) — DeepSVDDTrainer.init_center_c",
-        "One-class objective mean ||phi(x) - c||^2 (not soft-boundary, nu unused); weight decay "
-        "0.5e-6 as the loss term 0.5*0.5e-6*sum(w^2) over phi's weights, which gives the gradient of "
-        "Adam(weight_decay=0.5e-6) while the trainer's Adam has none — README, deepSVDD_trainer.py",
+        "One-class objective mean ||phi(x) - c||^2 (not soft-boundary, nu "
+        "unused); weight decay 0.5e-6 as the loss term 0.5*0.5e-6*sum(w^2) over "
+        "phi's weights, which gives the gradient of Adam(weight_decay=0.5e-6) "
+        "while the trainer's Adam has none — README, deepSVDD_trainer.py",
         "Learning setup = the README's (Adam lr 1e-4, 150 epochs, lr x 0.1 after epoch 50, batch "
         "200), exposed as protocol_defaults; a run uses whatever its configuration says, and the "
         "configuration is recorded in metrics.json — lukasruff/Deep-SVDD-PyTorch README",
-        "Reconstruction score = the pretrained autoencoder's per-image sum of squared errors in the "
-        "preprocessed space (the source's AE baseline test) — optim/ae_trainer.py test()",
-        "The network is chosen by the dataset; latent_dim (16/32) is ignored, the source fixes the "
-        "representation size (32 MNIST, 128 Fashion-MNIST) — lukasruff / natasasdj Deep-SVDD-PyTorch",
+        "Reconstruction score = the pretrained autoencoder's per-image sum of squared errors in "
+        "the preprocessed space (the source's AE baseline test) — optim/ae_trainer.py test()",
+        "The network is chosen by the dataset; latent_dim (16/32) is "
+        "ignored, the source fixes the representation size (32 MNIST, "
+        "128 Fashion-MNIST) — lukasruff / natasasdj Deep-SVDD-PyTorch",
     )
     parameter_note = "Deep SVDD network phi only (the pretraining autoencoder is not counted)"
 

@@ -8,8 +8,9 @@ table); this file adds the attention module (paper Sect. 3, Fig. 2, Eq. 3):
    channels at 28x28; z = mu + exp(0.5 logvar) * eps.
 2. For each latent unit z_i: h_i = d/dL_e1 (sum_j dz_i/dL_e1_j), one tensor of L_e1's shape
    (``grad2vae.second_derivatives``; the paper's d tensors, Sect. 3 and Fig. 3 — the companion
-   notebook's ``tf.gradients(z, conv)`` instead sums over the units: one tensor sum_i h_i), kept in the
-   autograd graph (create_graph) so that the loss trains through it. Shape (N, d, C, 28, 28).
+   notebook's ``tf.gradients(z, conv)`` instead sums over the units: one tensor sum_i h_i), kept
+   in the autograd graph (create_graph) so that the loss trains through it. Shape
+   (N, d, C, 28, 28).
 3. Aggregation: LeakyReLU(0.3) (the notebook's), the d tensors stacked along channels (d*C),
    Conv 3x3 (d*C -> 48) + ReLU, Conv 3x3 (48 -> 16) + ReLU = the attention feature map, which is
    (a) added residually to the decoder's penultimate layer L_d(n-1) (16 channels, 28x28) and
@@ -65,12 +66,12 @@ benchmark (``grad2vae bench``) times them side by side:
   through ``create_model(..., derivatives=...)``.
 
 The two closed forms are exact only because every layer between L_e1 and (mu, logvar) is ReLU or
-linear (``models.vae.Encoder``); the constructor refuses them for any other encoder class. ``encode(x) -> (mu,
-logvar)``; ``gradcam_layer`` = the encoder's last convolution (L_e3, pre-ReLU output), for the
-offline attention of Liu et al.; ``forward(x, eps, create_graph)`` -> dict of every intermediate;
-``attention(x, generator) -> dict`` with ``"second_derivatives"`` (N, d, C, 28, 28),
-``"attention_image"`` (N, 1, 28, 28) in [0, 1], ``"reconstruction"`` (N, 1, 28, 28) in [0, 1],
-``"mu"``, ``"logvar"``, ``"z"`` (N, d), all detached.
+linear (``models.vae.Encoder``); the constructor refuses them for any other encoder class.
+``encode(x) -> (mu, logvar)``; ``gradcam_layer`` = the encoder's last convolution (L_e3, pre-ReLU
+output), for the offline attention of Liu et al.; ``forward(x, eps, create_graph)`` -> dict of
+every intermediate; ``attention(x, generator) -> dict`` with ``"second_derivatives"`` (N, d, C,
+28, 28), ``"attention_image"`` (N, 1, 28, 28) in [0, 1], ``"reconstruction"`` (N, 1, 28, 28) in
+[0, 1], ``"mu"``, ``"logvar"``, ``"z"`` (N, d), all detached.
 """
 
 from __future__ import annotations
@@ -204,9 +205,9 @@ def explicit_second_derivatives(
 ASSUMPTIONS = VAE_ASSUMPTIONS + (
     "Second derivatives taken w.r.t. L_e1 after its ReLU, h_i = d/dL_e1(sum_j dz_i/dL_e1_j), one "
     "tensor of L_e1's shape per latent unit, kept in the autograd graph — paper Sect. 3 ('for each "
-    "z_i there is a corresponding tensor of size of the L_e1'), Sect. 4.1 and Fig. 3. The companion "
-    "notebook abukmeil/mgrad2vae differs: its tf.gradients(tf.gradients(z, conv), conv) sums over "
-    "all latent units, one tensor equal to sum_i h_i; we follow the paper's text",
+    "z_i there is a corresponding tensor of size of the L_e1'), Sect. 4.1 and Fig. 3. The "
+    "companion notebook abukmeil/mgrad2vae differs: its tf.gradients(tf.gradients(z, conv), conv) "
+    "sums over all latent units, one tensor equal to sum_i h_i; we follow the paper's text",
     "Derivatives of the sampled z, at test time too, with eps from the evaluation generator: with "
     "ReLU layers and z = mu they are identically zero — Keras' sampling layer samples at predict "
     "time; the fixed generator is ours (reproducible scores)",
@@ -243,8 +244,9 @@ ASSUMPTIONS = VAE_ASSUMPTIONS + (
     "without the fusion is) — issue 13",
     "Second derivatives computed by default in closed form, h_i = 0.25 sigma_i eps_i (1.g_i) g_i "
     "with g_i = d logvar_i / dL_e1 (coefficient 1 instead of 0.25 with sigma = exp(logvar)); exact "
-    "because every layer from L_e1 to (mu, logvar) is ReLU or linear; equal to the per-unit double backward up to float rounding, checked by tests and "
-    "by `grad2vae bench` — ours (issue 8, speed); TF32 stays off (its effect on AUC is unmeasured)",
+    "because every layer from L_e1 to (mu, logvar) is ReLU or linear; equal to the per-unit double "
+    "backward up to float rounding, checked by tests and by `grad2vae bench` — ours (issue 8, "
+    "speed); TF32 stays off (its effect on AUC is unmeasured)",
 )
 
 
@@ -317,7 +319,8 @@ class Grad2VAE(AnomalyModel):
             "derivative_tensors", derivative_tensors, DERIVATIVE_TENSORS
         )
         self.fusion = check_choice("fusion", fusion, FUSIONS)
-        #: option ``attention`` ("on"/"off"); not ``self.attention``, which is the explanation method
+        #: option ``attention`` ("on"/"off"); not ``self.attention``, which is the explanation
+        #: method
         self.attention_on = check_choice("attention", attention, ATTENTION) == "on"
         try:
             weight = math.nan if isinstance(attention_weight, bool) else float(attention_weight)
@@ -440,7 +443,8 @@ class Grad2VAE(AnomalyModel):
         """The reconstruction logits with eps = 0, z = mu: equal to ``forward(x, zeros)`` up to
         rounding, without differentiating. Every second derivative is exactly 0 there (h_i is
         proportional to eps_i), so the attention module sees zeros and its biases alone reach
-        the decoder: the attention path switched off at test time, on the weights trained with it."""
+        the decoder: the attention path switched off at test time, on the weights trained with
+        it."""
         mu, _ = self.encoder(x)
         if not self.attention_on:
             return self.decoder(mu)

@@ -82,7 +82,8 @@ class InceptionCAENN(FeatureDistanceModel):
             InceptionLayer(4 * f3, f3), nn.Upsample(scale_factor=2),
             InceptionLayer(4 * f3, f2), nn.Upsample(scale_factor=2),
             InceptionLayer(4 * f2, f1), nn.Upsample(scale_factor=2),
-            nn.Conv2d(4 * f1, 1, 3, padding=1), nn.BatchNorm2d(1, eps=1e-3, momentum=0.01), nn.Sigmoid(),
+            nn.Conv2d(4 * f1, 1, 3, padding=1), nn.BatchNorm2d(1, eps=1e-3, momentum=0.01),
+            nn.Sigmoid(),
         )  # fmt: skip
         keras_default_init_(self)
         self.train_features: Tensor | None = None

@@ -76,9 +76,10 @@ ASSUMPTIONS = (
     "unchanged (the sampling variance exp(2*logvar) then differs from the exp(logvar) the KL "
     "assumes) — default: Kingma & Welling 2014; exp_logvar: the notebook abukmeil/mgrad2vae; "
     "presets/ablation.yaml flips it",
-    "Anomaly score = per-sample BCE of the reconstruction of a sampled z, with a fixed evaluation "
-    "generator (reproducible); sampled rather than z = mu because Keras' sampling layer samples at "
-    "predict time too and so that the VAE is scored exactly like Grad2VAE, which must sample — ours",
+    "Anomaly score = per-sample BCE of the reconstruction of a sampled z, "
+    "with a fixed evaluation generator (reproducible); sampled rather than z "
+    "= mu because Keras' sampling layer samples at predict time too and so "
+    "that the VAE is scored exactly like Grad2VAE, which must sample — ours",
     "Beside the main score (never instead of it): mse (squared error summed over pixels), "
     "bce_excess = BCE - H(x) = KL(x || x_hat) (H(x), the test image's own binary entropy, is a "
     "floor no reconstruction removes and varies with the class's ink), and the same three with "
