@@ -53,6 +53,17 @@ def train_on_cpu(config, out_dir, data_dir, **options):
     return train_one(config, out_dir, data_dir=data_dir, **options)
 
 
+def tiny_train_argv(model: str, data_dir, out_dir) -> list[str]:
+    """`grad2vae train` arguments for one epoch of ``model`` on a few images of MNIST class 3,
+    seed 0, every other protocol value the command's default for that model."""
+    return [
+        "train",
+        *("--model", model, "--dataset", "mnist", "--normal-class", "3", "--seed", "0"),
+        *("--data-dir", str(data_dir), "--out-dir", str(out_dir)),
+        *("--train-limit", "64", "--test-limit", "100", "--epochs", "1", "--no-progress"),
+    ]
+
+
 def _class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each class is a distinct bright horizontal bar plus noise: learnable in a few steps."""
     images = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.int64)

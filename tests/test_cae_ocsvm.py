@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_run_config
+from conftest import tiny_run_config, tiny_train_argv
 from sklearn.svm import OneClassSVM
 
 from grad2vae import train
@@ -25,20 +25,7 @@ def tiny_config(model: str) -> RunConfig:
 
 def test_cli_trains_and_reports_both_protocols(tiny_data_dir, tmp_path):
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--model",
-        "cae_ocsvm",
-        "--dataset",
-        "mnist",
-        "--normal-class",
-        "3",
-        "--seed",
-        "0",
-    ]
-    argv += ["--data-dir", str(tiny_data_dir), "--out-dir", str(out), "--train-limit", "64"]
-    argv += ["--test-limit", "100", "--epochs", "1", "--no-progress"]
-    assert main(argv) == 0
+    assert main(tiny_train_argv("cae_ocsvm", tiny_data_dir, out)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (
         metrics["config"]["lr"] == 1e-3 and metrics["config"]["batch_size"] == 128

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_run_config, train_on_cpu
+from conftest import tiny_run_config, tiny_train_argv, train_on_cpu
 from torch import nn
 
 from grad2vae import data
@@ -38,20 +38,7 @@ run = train_on_cpu
 
 def test_cli_trains_and_scores_with_the_readme_setup(tiny_data_dir, tmp_path):
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--model",
-        "deep_svdd",
-        "--dataset",
-        "mnist",
-        "--normal-class",
-        "3",
-        "--seed",
-        "0",
-    ]
-    argv += ["--data-dir", str(tiny_data_dir), "--out-dir", str(out), "--train-limit", "64"]
-    argv += ["--test-limit", "100", "--epochs", "1", "--no-progress"]
-    assert main(argv) == 0
+    assert main(tiny_train_argv("deep_svdd", tiny_data_dir, out)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     # the schedule options not given come from the README (protocol_defaults), --epochs from us
     assert {k: metrics["config"][k]
