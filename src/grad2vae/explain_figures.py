@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from grad2vae.attention_maps import OFFLINE_MODEL, ONLINE_MODEL
-from grad2vae.plotting import save_png
+from grad2vae.plotting import plt, save_png
 
 # --------------------------------------------------------------------------------------------
 # Figures
@@ -20,15 +20,6 @@ from grad2vae.plotting import save_png
 ATTENTION_CMAP = "inferno"
 #: resolution of the explain figures
 FIGURE_DPI = 110
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _image_axis(ax, image, cmap="gray", vmin=0.0, vmax=1.0):
@@ -44,7 +35,6 @@ def plot_second_derivatives(
     second: Tensor, image: Tensor, units: Sequence[int], path: Path, title: str, columns: int = 8
 ) -> None:
     """Fig. 3: ``second`` (d, C, H, W) of one image; one block of C panels per 1-based unit."""
-    plt = _pyplot()
     channels = second.shape[1]
     columns = min(columns, channels)
     rows_per_unit = math.ceil(channels / columns)
@@ -90,7 +80,6 @@ def plot_attention_rows(
 ) -> None:
     """A grid: each row a (label, (N, 1, H, W) tensor); the first row of each group is the input
     (gray), the others attention maps on the [0, 1] 'inferno' scale."""
-    plt = _pyplot()
     count = rows[0][1].shape[0]
     fig, axes = plt.subplots(
         len(rows), count, figsize=(1.0 * count + 1.8, 1.05 * len(rows) + 0.6), squeeze=False
@@ -116,7 +105,6 @@ def plot_attention_rows(
 
 def plot_deletion_curves(curves, path: Path, title: str, fractions: Sequence[float]) -> None:
     """``curves``: list of dicts (normal_class, scorer, attention, curve, random_curve)."""
-    plt = _pyplot()
     classes = list(dict.fromkeys(c["normal_class"] for c in curves))  # configured order
     scorers = [s for s in (ONLINE_MODEL, OFFLINE_MODEL) if any(c["scorer"] == s for c in curves)]
     fig, axes = plt.subplots(
