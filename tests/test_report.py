@@ -372,6 +372,12 @@ def test_missing_caption_file_is_named(tmp_path):
         entry_caption(tmp_path, {"caption_file": "fig6.rst", "details": ""})
 
 
+def test_figures_json_of_an_older_version_asks_to_draw_again():
+    old_entry = {"file": "fig6_auc_vs_epoch.png", "title": "Fig. 6", "caption": "prose"}
+    with pytest.raises(UserError, match=r"fig6_auc_vs_epoch.png.*run that command again"):
+        entry_caption(CAPTIONS_FOLDER.parent, old_entry)
+
+
 def test_report_assets_are_relative_and_present(report_html):
     folder = report_html.parent
     page = parse(report_html.read_text(encoding="utf-8"))

@@ -56,7 +56,14 @@ def caption_html(text: str) -> Markup:
 
 
 def entry_caption(template_dir: Path, entry: dict) -> Markup:
-    """The caption of one figures.json entry: its caption file, then its details."""
-    text = read_caption(template_dir, entry["caption_file"]) if "caption_file" in entry else ""
+    """The caption of one figures.json (or explain summary.json) entry: its caption file, then
+    its details."""
+    if "caption_file" not in entry:
+        raise UserError(
+            f"the entry of {entry.get('file', '?')!r} names no caption_file: it was written by an "
+            "older `grad2vae figures` or `grad2vae explain`; run that command again (in the "
+            "workflow: snakemake --forcerun figures explain)"
+        )
+    text = read_caption(template_dir, entry["caption_file"])
     details = str(entry.get("details") or "")
-    return caption_html(f"{text}\n\n{details}" if text and details else text or details)
+    return caption_html(f"{text}\n\n{details}" if details else text)
