@@ -176,27 +176,26 @@ def protocol_deviations(workflow_config: dict[str, Any], runs: pd.DataFrame) -> 
     return out
 
 
-def gather(
-    results_dir: Path,
-    agg_dir: Path,
-    figures_dir: Path,
-    explain_summary: Path,
-    report_dir: Path,
-    template_dir: Path,
-) -> dict[str, Any]:
-    payload_path = agg_dir / "aggregate.json"
-    if not payload_path.is_file():
-        raise UserError(f"{payload_path} not found; run `grad2vae aggregate` first")
-    payload = json.loads(payload_path.read_text(encoding="utf-8"))
-    grid = payload["grid"]
-    runs = read_table(agg_dir / "runs.csv")
-    status = read_table(agg_dir / "status.csv")
-    averages = read_table(agg_dir / "averages.csv")
-    table1 = read_table(agg_dir / "table1.csv")
-    compute = read_table(agg_dir / "compute.csv")
-    parameters = read_table(agg_dir / "parameters.csv")
+DOWNLOADS = (
+    "table1.csv",
+    "runs.csv",
+    "summary.csv",
+    "averages.csv",
+    "status.csv",
+    "compute.csv",
+    "parameters.csv",
+    "stats.json",
+    "claims.json",
+    "ablations.json",
+    "scores.csv",
+    "entropy_only.csv",
+)
 
-    # figures: copy the PNGs listed in figures.json into REPORT/figures/
+
+def gather_figures(
+    figures_dir: Path, report_dir: Path, template_dir: Path
+) -> dict[str, list[dict[str, str]]]:
+    """Copy the PNGs listed in figures.json into REPORT/figures/; by section, what shows them."""
     manifest_path = figures_dir / "figures.json"
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path} not found; run `grad2vae figures` first")
@@ -218,30 +217,22 @@ def gather(
                 "dataset": entry.get("dataset", ""),
             }
         )
+    return figures
 
-    # the tables as downloadable CSVs
+
+def copy_downloads(agg_dir: Path, report_dir: Path) -> list[dict[str, str]]:
+    """Copy the aggregate tables that exist into REPORT/data/; their links."""
     fresh_dir(report_dir / "data")
     downloads = []
-    for name in (
-        "table1.csv",
-        "runs.csv",
-        "summary.csv",
-        "averages.csv",
-        "status.csv",
-        "compute.csv",
-        "parameters.csv",
-        "stats.json",
-        "claims.json",
-        "ablations.json",
-        "scores.csv",
-        "entropy_only.csv",
-    ):
+    for name in DOWNLOADS:
         if (agg_dir / name).is_file():
             copy_file(agg_dir / name, report_dir / "data" / name)
             downloads.append({"href": f"data/{name}", "name": name})
+    return downloads
 
-    # Table 1 rows, with the layout (column groups) from aggregate.json
-    layout = payload.get("table1_layout", [])
+
+def table1_rows(table1: pd.DataFrame, layout: list[dict], grid: dict) -> list[dict[str, Any]]:
+    """Table 1's display rows, one cell per column group of ``layout`` (aggregate.json)."""
     n_seeds = len(grid["seeds"])
     n_classes = len(grid["normal_classes"])
     table_rows = []
@@ -282,8 +273,11 @@ def gather(
         rows = [r for r in table_rows if r["dataset"] == dataset]
         for i, r in enumerate(rows):
             r["dataset_rowspan"] = len(rows) if i == 0 else 0
+    return table_rows
 
-    # summary: dataset averages, ours beside published
+
+def summary_rows(averages: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per dataset and model: our average beside the published one."""
     summary_rows = []
     for row in _records(averages):
         summary_rows.append(
@@ -311,7 +305,11 @@ def gather(
                 "runs": int(row.get("n_runs") or 0),
             }
         )
+    return summary_rows
 
+
+def parameter_rows(parameters: pd.DataFrame) -> list[dict[str, Any]]:
+    """Our parameter counts beside the paper's."""
     param_rows = []
     for row in _records(parameters):
         param_rows.append(
@@ -325,6 +323,11 @@ def gather(
                 "ratio": fmt_num(row.get("ratio_to_paper"), 2),
             }
         )
+    return param_rows
+
+
+def compute_rows(compute: pd.DataFrame) -> list[dict[str, Any]]:
+    """Wall time and device-hours per model and dataset."""
     compute_rows = []
     for row in _records(compute):
         compute_rows.append(
@@ -339,8 +342,11 @@ def gather(
                 "gpu_hours": fmt_num(row.get("gpu_hours"), 3),
             }
         )
+    return compute_rows
 
-    # run status: a dataset x model matrix of complete/expected, and the runs that are not complete
+
+def run_status(status: pd.DataFrame, grid: dict) -> tuple[list[dict], list[dict]]:
+    """A dataset x model matrix of complete / expected runs, and the runs not complete."""
     status_matrix = []
     for dataset in grid["datasets"]:
         cells = []
@@ -367,7 +373,35 @@ def gather(
     for row in not_complete:
         row["model_label"] = model_label(row["model"])
         row["dataset_label"] = pub.dataset_label(row["dataset"])
+    return status_matrix, not_complete
 
+
+def gather(
+    results_dir: Path,
+    agg_dir: Path,
+    figures_dir: Path,
+    explain_summary: Path,
+    report_dir: Path,
+    template_dir: Path,
+) -> dict[str, Any]:
+    """What index.html.j2 shows, from the aggregate, figures and explain outputs; copies the
+    figures and tables it links into ``report_dir``."""
+    payload_path = agg_dir / "aggregate.json"
+    if not payload_path.is_file():
+        raise UserError(f"{payload_path} not found; run `grad2vae aggregate` first")
+    payload = json.loads(payload_path.read_text(encoding="utf-8"))
+    grid = payload["grid"]
+    runs = read_table(agg_dir / "runs.csv")
+    status = read_table(agg_dir / "status.csv")
+    averages = read_table(agg_dir / "averages.csv")
+    table1 = read_table(agg_dir / "table1.csv")
+    compute = read_table(agg_dir / "compute.csv")
+    parameters = read_table(agg_dir / "parameters.csv")
+
+    figures = gather_figures(figures_dir, report_dir, template_dir)
+    layout = payload.get("table1_layout", [])
+    table_rows = table1_rows(table1, layout, grid)
+    status_matrix, not_complete = run_status(status, grid)
     workflow_config = payload.get("workflow_config") or {}
     provenance = payload.get("provenance", {})
     return {
@@ -384,14 +418,14 @@ def gather(
         "statistics": gather_statistics(agg_dir, figures),
         "table_rows": table_rows,
         "average_note": any(c.get("published_note") for r in table_rows for c in r["cells"]),
-        "summary_rows": summary_rows,
+        "summary_rows": summary_rows(averages),
         "claims": gather_claims(agg_dir),
         "ablations": gather_ablations(agg_dir),
         "scores": gather_scores(agg_dir, figures),
-        "param_rows": param_rows,
-        "compute_rows": compute_rows,
+        "param_rows": parameter_rows(parameters),
+        "compute_rows": compute_rows(compute),
         "figures": figures,
-        "downloads": downloads,
+        "downloads": copy_downloads(agg_dir, report_dir),
         "status_matrix": status_matrix,
         "not_complete": not_complete,
         "deviations": protocol_deviations(workflow_config, runs),
