@@ -317,6 +317,130 @@ def _run_path(settings: Settings, dataset: str, model: str, normal_class: int) -
     return str(run_dir(settings.results_dir, dataset, model, normal_class, settings.seed))
 
 
+def deletion_texts(settings: Settings) -> tuple[str, str]:
+    """How the deletion test deletes pixels, and its fractions in percent, for the captions."""
+    fill_text = (
+        "set to 0 (background, 'no ink')"
+        if settings.fill == "zero"
+        else "replaced by a Gaussian blur (sigma 2 px) of the image"
+    )
+    return fill_text, ", ".join(f"{100 * f:g}" for f in settings.fractions)
+
+
+def draw_dataset(settings: Settings, dataset: str, results: list[dict]) -> list[dict]:
+    """Draw one dataset's figures (Fig. 3 and 4 per normal class, Fig. 5, the deletion curves)
+    into ``settings.out_dir`` from its targets' ``results``; their report entries."""
+    out = Path(settings.out_dir)
+    fractions = settings.fractions
+    fill_text, steps_text = deletion_texts(settings)
+    fig3_classes = figure_classes(settings.normal_classes, settings.fig3_classes)
+    fig4_classes = figure_classes(settings.normal_classes, settings.fig4_classes)
+    fig5_classes = figure_classes(settings.normal_classes, settings.fig5_classes)
+    figures = []
+    label_names = class_names(dataset)
+    for result in results:
+        c = result["normal_class"]
+        name = label_names[c]
+        online_run = _run_path(settings, dataset, ONLINE_MODEL, c)
+        offline_run = _run_path(settings, dataset, OFFLINE_MODEL, c)
+        if c in fig3_classes:
+            fig3 = result["fig3"]
+            d, channels = fig3["second"].shape[:2]
+            file3 = FIGURES_PER_CLASS[0].format(dataset=dataset, normal_class=c)
+            units_text = " and ".join(f"z_{u}" for u in fig3["units"])
+            plot_second_derivatives(
+                fig3["second"],
+                fig3["image"],
+                fig3["units"],
+                out / file3,
+                f"{dataset}, normal class {c} ({name}): second derivatives of {units_text} "
+                f"w.r.t. L_e1",
+            )
+            figures.append(
+                report_entry(
+                    file3,
+                    FIGURES_PER_CLASS[0],
+                    f"Fig. 3 analogue — {dataset}, class {c} ({name}): unfolded "
+                    f"second-derivative tensors of {units_text}",
+                    f"Units {units_text} of d = {d}; {channels} channels; test image "
+                    f"#{fig3['index']} of class {c}; model {online_run}; latent code sampled "
+                    f"with seed {settings.seed}.",
+                )
+            )
+        if c in fig4_classes:
+            fig4 = result["fig4"]
+            file4 = FIGURES_PER_CLASS[1].format(dataset=dataset, normal_class=c)
+            plot_attention_rows(
+                [
+                    ("input", fig4["x"]),
+                    ("Grad2VAE\nonline", fig4["maps"]["online"]),
+                    ("offline (Liu)\non VAE", fig4["maps"]["offline_vae"]),
+                    ("offline (Liu)\non Grad2VAE", fig4["maps"]["offline_grad2vae"]),
+                ],
+                out / file4,
+                f"{dataset}, trained on class {c} ({name}): normal-class test images",
+            )
+            figures.append(
+                report_entry(
+                    file4,
+                    FIGURES_PER_CLASS[1],
+                    f"Fig. 4 analogue — {dataset}, class {c} ({name}): online vs "
+                    "offline attention on normal-class test images",
+                    f"{len(fig4['index'])} test images of class {c}; models {online_run} "
+                    f"and {offline_run}.",
+                )
+            )
+    # Fig. 5: one block of rows per normal class
+    file5 = FIGURES_PER_DATASET[0].format(dataset=dataset)
+    rows5 = []
+    shown5 = [result for result in results if result["normal_class"] in fig5_classes]
+    for result in shown5:
+        c = result["normal_class"]
+        fig5 = result["fig5"]
+        rows5 += [
+            (f"input\n(trained on {c})", fig5["x"]),
+            (f"Grad2VAE\nonline ({c})", fig5["maps"]["online"]),
+            (f"offline (Liu)\nVAE ({c})", fig5["maps"]["offline_vae"]),
+        ]
+    columns5 = [f"{k}: {label_names[k]}" for k in shown5[0]["fig5"]["classes"]]
+    plot_attention_rows(
+        rows5,
+        out / file5,
+        f"{dataset}: one test image of every class, per trained normal class",
+        column_titles=columns5,
+    )
+    classes_text = ", ".join(str(r["normal_class"]) for r in shown5)
+    figures.append(
+        report_entry(
+            file5,
+            FIGURES_PER_DATASET[0],
+            f"Fig. 5 analogue — {dataset}: attention on test images of every class "
+            f"(models trained on class {classes_text})",
+            f"Models trained on class {classes_text}; seed {settings.seed}.",
+        )
+    )
+    file_curves = FIGURES_PER_DATASET[1].format(dataset=dataset)
+    dataset_curves = [k for r in results for k in r["curves"]]
+    plot_deletion_curves(
+        dataset_curves,
+        out / file_curves,
+        f"{dataset}: deletion curves (seed {settings.seed})",
+        fractions,
+    )
+    n_images = results[0]["rows"][0]["n_images"]
+    figures.append(
+        report_entry(
+            file_curves,
+            FIGURES_PER_DATASET[1],
+            f"Deletion curves — {dataset}: how fast each attention changes the anomaly score",
+            f"Deleted pixels are {fill_text}; fractions {steps_text} %; {n_images} test "
+            f"images ({settings.per_class} per class); random order: mean of "
+            f"{settings.random_repeats} seeded permutations.",
+        )
+    )
+    return figures
+
+
 def explain(settings: Settings) -> dict:
     """Compute every target, write figures, tables and summary.json; return the summary."""
     import pandas as pd
@@ -326,120 +450,12 @@ def explain(settings: Settings) -> dict:
     names = output_files(
         settings.datasets, settings.normal_classes, settings.fig3_classes, settings.fig4_classes
     )
-    fig3_classes = figure_classes(settings.normal_classes, settings.fig3_classes)
-    fig4_classes = figure_classes(settings.normal_classes, settings.fig4_classes)
-    fig5_classes = figure_classes(settings.normal_classes, settings.fig5_classes)
     figures, all_rows, curve_rows = [], [], []
     fractions = settings.fractions
-    fill_text = (
-        "set to 0 (background, 'no ink')"
-        if settings.fill == "zero"
-        else "replaced by a Gaussian blur (sigma 2 px) of the image"
-    )
-    steps_text = ", ".join(f"{100 * f:g}" for f in fractions)
+    fill_text, steps_text = deletion_texts(settings)
     for dataset in settings.datasets:
-        label_names = class_names(dataset)
         results = [explain_target(settings, dataset, c, device) for c in settings.normal_classes]
-        for result in results:
-            c = result["normal_class"]
-            name = label_names[c]
-            online_run = _run_path(settings, dataset, ONLINE_MODEL, c)
-            offline_run = _run_path(settings, dataset, OFFLINE_MODEL, c)
-            if c in fig3_classes:
-                fig3 = result["fig3"]
-                d, channels = fig3["second"].shape[:2]
-                file3 = FIGURES_PER_CLASS[0].format(dataset=dataset, normal_class=c)
-                units_text = " and ".join(f"z_{u}" for u in fig3["units"])
-                plot_second_derivatives(
-                    fig3["second"],
-                    fig3["image"],
-                    fig3["units"],
-                    out / file3,
-                    f"{dataset}, normal class {c} ({name}): second derivatives of {units_text} "
-                    f"w.r.t. L_e1",
-                )
-                figures.append(
-                    report_entry(
-                        file3,
-                        FIGURES_PER_CLASS[0],
-                        f"Fig. 3 analogue — {dataset}, class {c} ({name}): unfolded "
-                        f"second-derivative tensors of {units_text}",
-                        f"Units {units_text} of d = {d}; {channels} channels; test image "
-                        f"#{fig3['index']} of class {c}; model {online_run}; latent code sampled "
-                        f"with seed {settings.seed}.",
-                    )
-                )
-            if c in fig4_classes:
-                fig4 = result["fig4"]
-                file4 = FIGURES_PER_CLASS[1].format(dataset=dataset, normal_class=c)
-                plot_attention_rows(
-                    [
-                        ("input", fig4["x"]),
-                        ("Grad2VAE\nonline", fig4["maps"]["online"]),
-                        ("offline (Liu)\non VAE", fig4["maps"]["offline_vae"]),
-                        ("offline (Liu)\non Grad2VAE", fig4["maps"]["offline_grad2vae"]),
-                    ],
-                    out / file4,
-                    f"{dataset}, trained on class {c} ({name}): normal-class test images",
-                )
-                figures.append(
-                    report_entry(
-                        file4,
-                        FIGURES_PER_CLASS[1],
-                        f"Fig. 4 analogue — {dataset}, class {c} ({name}): online vs "
-                        "offline attention on normal-class test images",
-                        f"{len(fig4['index'])} test images of class {c}; models {online_run} "
-                        f"and {offline_run}.",
-                    )
-                )
-        # Fig. 5: one block of rows per normal class
-        file5 = FIGURES_PER_DATASET[0].format(dataset=dataset)
-        rows5 = []
-        shown5 = [result for result in results if result["normal_class"] in fig5_classes]
-        for result in shown5:
-            c = result["normal_class"]
-            fig5 = result["fig5"]
-            rows5 += [
-                (f"input\n(trained on {c})", fig5["x"]),
-                (f"Grad2VAE\nonline ({c})", fig5["maps"]["online"]),
-                (f"offline (Liu)\nVAE ({c})", fig5["maps"]["offline_vae"]),
-            ]
-        columns5 = [f"{k}: {label_names[k]}" for k in shown5[0]["fig5"]["classes"]]
-        plot_attention_rows(
-            rows5,
-            out / file5,
-            f"{dataset}: one test image of every class, per trained normal class",
-            column_titles=columns5,
-        )
-        classes_text = ", ".join(str(r["normal_class"]) for r in shown5)
-        figures.append(
-            report_entry(
-                file5,
-                FIGURES_PER_DATASET[0],
-                f"Fig. 5 analogue — {dataset}: attention on test images of every class "
-                f"(models trained on class {classes_text})",
-                f"Models trained on class {classes_text}; seed {settings.seed}.",
-            )
-        )
-        file_curves = FIGURES_PER_DATASET[1].format(dataset=dataset)
-        dataset_curves = [k for r in results for k in r["curves"]]
-        plot_deletion_curves(
-            dataset_curves,
-            out / file_curves,
-            f"{dataset}: deletion curves (seed {settings.seed})",
-            fractions,
-        )
-        n_images = results[0]["rows"][0]["n_images"]
-        figures.append(
-            report_entry(
-                file_curves,
-                FIGURES_PER_DATASET[1],
-                f"Deletion curves — {dataset}: how fast each attention changes the anomaly score",
-                f"Deleted pixels are {fill_text}; fractions {steps_text} %; {n_images} test "
-                f"images ({settings.per_class} per class); random order: mean of "
-                f"{settings.random_repeats} seeded permutations.",
-            )
-        )
+        figures += draw_dataset(settings, dataset, results)
         for result in results:
             all_rows.extend(result["rows"])
             for entry in result["curves"]:
