@@ -7,13 +7,13 @@ import sys
 
 from grad2vae.layout import (
     AGGREGATE_FILES,
+    CAPTIONS,
     CAPTIONS_DIR,
     CD_FIGURE,
     EXPLAIN_FIGURES_PER_CLASS,
     EXPLAIN_FIGURES_PER_DATASET,
     EXPLAIN_SUMMARY as EXPLAIN_SUMMARY_NAME,
     EXPLAIN_TABLES,
-    CAPTIONS,
     FIGURE_FILES,
     IDX_NAMES,
     MANIFEST_NAME,
@@ -103,9 +103,11 @@ REPORT_CATEGORIES = {
 }
 
 
-def report_figure(path, name, category=None, subcategory=None):
-    """``path`` marked for `snakemake --report` with the caption file of ``name`` (its pattern
-    in grad2vae.layout.CAPTIONS), the one `grad2vae report` shows too."""
+def report_output(path, name, category=None, subcategory=None):
+    """``path``, marked for `snakemake --report` with the caption file of ``name`` (its pattern
+    in grad2vae.layout.CAPTIONS, the one `grad2vae report` shows too) if it has one."""
+    if name not in CAPTIONS:
+        return path
     return report(
         path,
         caption=f"../report/{CAPTIONS_DIR}/{CAPTIONS[name]}",
@@ -125,16 +127,9 @@ def caption_files():
 def figure_files():
     """What `grad2vae figures` writes: FIGURE_FILES, a critical-difference diagram per dataset;
     the figures marked for `snakemake --report`."""
-    files = [
-        (
-            report_figure(f"{FIGURES_DIR}/{name}", name)
-            if name in CAPTIONS
-            else f"{FIGURES_DIR}/{name}"
-        )
-        for name in FIGURE_FILES
-    ]
+    files = [report_output(f"{FIGURES_DIR}/{name}", name) for name in FIGURE_FILES]
     return files + [
-        report_figure(
+        report_output(
             f"{FIGURES_DIR}/{CD_FIGURE.format(dataset=d)}", CD_FIGURE, subcategory=d
         )
         for d in config["datasets"]
@@ -215,7 +210,7 @@ def roc_figure():
     if roc_class not in config["normal_classes"]:
         roc_class = config["normal_classes"][0]
     path = f"{FIGURES_DIR}/{ROC_FIGURE.format(normal_class=roc_class)}"
-    return report_figure(path, ROC_FIGURE)
+    return report_output(path, ROC_FIGURE)
 
 
 def train_options(wildcards):
@@ -437,7 +432,7 @@ def explain_figures():
             for pattern in EXPLAIN_FIGURES_PER_DATASET
         ]
     return [
-        report_figure(f"{EXPLAIN_DIR}/{name}", pattern, "Explainability", dataset)
+        report_output(f"{EXPLAIN_DIR}/{name}", pattern, "Explainability", dataset)
         for pattern, name, dataset in figures
     ]
 
@@ -445,11 +440,7 @@ def explain_figures():
 def explain_tables():
     """The tables `grad2vae explain` writes; those with a caption marked for the report."""
     return [
-        (
-            report_figure(f"{EXPLAIN_DIR}/{name}", name, "Explainability")
-            if name in CAPTIONS
-            else f"{EXPLAIN_DIR}/{name}"
-        )
+        report_output(f"{EXPLAIN_DIR}/{name}", name, "Explainability")
         for name in EXPLAIN_TABLES
     ]
 

@@ -77,8 +77,8 @@ class AnomalyModel(nn.Module):
         "pixels / 255 in [0, 1] as loaded; any padding "
         "is done inside the model (see its assumptions)"
     )
-    #: constructor options a configuration may set: name -> accepted values (first = default) or
-    #: float
+    #: constructor options a configuration may set: name -> float, or the accepted values
+    #: (the first is the default)
     options: ClassVar[dict[str, tuple[str, ...] | type]] = {}
     #: protocol values of the model's own source (RunConfig field -> value); empty: the paper's
     protocol_defaults: ClassVar[dict[str, Any]] = {}
