@@ -38,9 +38,9 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from grad2vae import devices
-    slot = devices.try_acquire_gpu_slot(int(sys.argv[2]), sys.argv[1], """
-    "device_count=int(sys.argv[3]))"
-    """
+    slot = devices.try_acquire_gpu_slot(
+        int(sys.argv[2]), sys.argv[1], device_count=int(sys.argv[3])
+    )
     print(slot.index if slot else "none", flush=True)
     time.sleep(float(sys.argv[4]))
     """
