@@ -90,3 +90,8 @@ rule all:
     default_target: True
     input:
         REPORT_HTML,
+        # The runs' outputs too: Snakemake does not rerun anything for a deleted intermediate
+        # file while the report is newer, so a deleted metrics.json would go unnoticed. As a
+        # target it is made again (a rerun re-evaluates from the final checkpoint, or trains),
+        # and the aggregation, figures and report follow. Not with allow_partial.
+        expected_run_outputs(),

@@ -22,7 +22,7 @@ from conftest import IDX_FILES, write_synthetic_dataset
 
 from grad2vae import cli, data, fetch, sources, verify
 from grad2vae.errors import UserError
-from grad2vae.idx import decode_idx
+from grad2vae.idx import decode_idx, read_idx
 
 OFFICIAL_SHA256 = {
     (
@@ -412,8 +412,8 @@ def test_split_shapes_types_and_labels(tiny_data_dir):
     assert 0 <= split.train_x.min() and split.train_x.max() <= 1
     assert torch.equal(split.test_labels, (split.test_classes != 3).long())
     assert int((split.test_labels == 0).sum()) == 10
-    raw_train = data.read_idx(tiny_data_dir / "mnist" / TRAIN_IMAGES)
-    raw_labels = data.read_idx(tiny_data_dir / "mnist" / "train-labels-idx1-ubyte")
+    raw_train = read_idx(tiny_data_dir / "mnist" / TRAIN_IMAGES)
+    raw_labels = read_idx(tiny_data_dir / "mnist" / "train-labels-idx1-ubyte")
     assert (raw_labels[split.train_indices.numpy()] == 3).all()
     first = raw_train[split.train_indices[0]].astype(np.float32) / 255
     np.testing.assert_array_equal(split.train_x[0, 0].numpy(), first)

@@ -385,6 +385,8 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
     )
     payload = json.loads((results / "aggregate" / "aggregate.json").read_text())
     assert payload["counts"] == {"complete": 8, "failed": 0, "missing": 0}
+    # the final checkpoints kept for a cheap rerun are released once the runs are aggregated
+    assert not list((results / "runs").glob("*/*/*/*/checkpoint.pt"))
     assert payload["workflow_config"]["train"]["epochs"] == 2
 
     # The catalogue's report: every figure, with the caption file `grad2vae report` shows too.
@@ -417,6 +419,12 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
         dataset="fashion_mnist", model="vae", normal_class=1, seed=0
     )
     (failed_dir / "metrics.json").unlink()
+    # Without allow_partial the deleted file is noticed: its run is made again, and everything
+    # that reads it after it (the report must not stand on a file that is gone).
+    dry = snakemake("-n", "--configfile", str(config))
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert dry.returncode == 0 and counts["train"] == 1, dry.stdout + dry.stderr
+    assert {"aggregate", "figures", "report"} <= set(counts), counts
     partial = snakemake(
         "--cores", "2", "--configfile", str(config), "--config", "allow_partial=True", timeout=600
     )
@@ -426,6 +434,9 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
     assert payload["counts"] == {"complete": 7, "failed": 1, "missing": 0}
     page = parse(index.read_text(encoding="utf-8"))
     assert page.rows.get("status-table") == 1 and "partial-notice" in page.ids
+    status = list(csv.DictReader((results / "aggregate" / "status.csv").open()))
+    failed = [row for row in status if row["status"] == "failed"]
+    assert failed[0]["reason"].startswith("metrics.json missing"), failed
     check_report_in_browser(index, {**rows, "status-table": 1})
 
 

@@ -42,6 +42,7 @@ from grad2vae.collect import (
     extra_runs,
     read_workflow_config,
     real_runs,
+    release_final_checkpoint,
     table_grid,
 )
 from grad2vae.errors import UserError
@@ -215,6 +216,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "entropy-only AUC is computed from their test images; without "
         "it, entropy_only.csv is written empty and the report says why",
     )
+    parser.add_argument(
+        "--release-checkpoints",
+        action="store_true",
+        help="then delete the final checkpoint.pt of every complete run (kept by `grad2vae "
+        "train` so that a run whose outputs an interrupted Snakemake deleted is only evaluated "
+        "again; the workflow passes this once the runs are read)",
+    )
 
 
 def entropy_for_grid(
@@ -375,6 +383,11 @@ def run(args: argparse.Namespace) -> int:
     payload = aggregate(
         results_dir, out_dir, read_workflow_config(args.workflow_config), overrides, data_dir
     )
+    if args.release_checkpoints:
+        status = pd.read_csv(out_dir / "status.csv", keep_default_na=False)
+        complete = status[status["status"] == "complete"]["run_dir"]
+        released = sum(release_final_checkpoint(run_dir) for run_dir in complete)
+        log.info("deleted the final checkpoint of %d complete runs", released)
     counts = payload["counts"]
     log.info(
         "%d expected runs: %d complete, %d failed, %d missing -> %s",

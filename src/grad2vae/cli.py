@@ -81,6 +81,33 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"grad2vae {known.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every file is written atomically and a run resumes from its checkpoint: nothing to
+        # clean up, so no traceback either.
+        print(
+            f"grad2vae {known.command}: interrupted; nothing half-written is left. Run the same "
+            "command again to continue (a training run resumes from its last checkpoint).",
+            file=sys.stderr,
+        )
+        return 130
+    except OSError as error:
+        # A path the user chose that cannot be read or written (read-only, a file where a folder
+        # should be, permissions, space). The command checks its own folders first with a
+        # message naming the option (atomic.make_folder); this catches what is left.
+        if known.verbose:
+            logging.exception("grad2vae %s", known.command)
+        print(f"grad2vae {known.command}: error: {_os_error_text(error)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_text(error: OSError) -> str:
+    where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name)
+    why = (error.strerror or str(error)).lower()
+    return (
+        f"{where or 'a file'}: {why}. Check that path (a folder where a file should be or the "
+        "other way round, permissions, free space) or choose another one, then run the same "
+        "command again (-v shows where it happened)."
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from grad2vae import devices
 from grad2vae.config import SUBSAMPLE_SEED
 from grad2vae.errors import UserError
 from grad2vae.evaluate import NonFiniteLossError, as_numpy
-from grad2vae.layout import CHECKPOINT
 from grad2vae.progress import Progress
 from grad2vae.run import Run
 
@@ -262,8 +261,6 @@ def train_in_lockstep(
     failures = [run.failure for run in runs if run.failure is not None]
     if failures:
         raise failures[0]
-    for run in runs:  # the whole group finished: the final checkpoints have done their job
-        (run.out_dir / CHECKPOINT).unlink(missing_ok=True)
     return metrics
 
 

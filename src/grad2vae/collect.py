@@ -3,9 +3,11 @@ read into tables, and which runs are complete, failed or missing."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,15 @@ import yaml
 from grad2vae import stats
 from grad2vae.errors import UserError
 from grad2vae.labels import ORACLE_MODEL, ORACLE_PROTOCOL, model_order, with_oracle
-from grad2vae.layout import METRICS, RUN_DIR, TRAIN_BENCHMARK, TRAIN_LOG
+from grad2vae.layout import (
+    CHECKPOINT,
+    HISTORY,
+    METRICS,
+    RUN_DIR,
+    SCORES,
+    TRAIN_BENCHMARK,
+    TRAIN_LOG,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +103,70 @@ def grid_keys(grid: dict[str, list]) -> list[dict[str, Any]]:
 
 
 def _last_error_line(log_path: Path, limit: int = 300) -> str:
+    """The log's last line that reports an error, else why there is none to show. Never the
+    last line as such: a run whose metrics.json was deleted after it finished ends its log with
+    a success line."""
     try:
         lines = [
             line.strip()
             for line in log_path.read_text(errors="replace").splitlines()
             if line.strip()
         ]
-    except OSError:
-        return ""
+    except OSError as error:
+        return f"{METRICS} missing; its log {log_path} is unreadable ({error})"
     for line in reversed(lines):
         if "error" in line.lower() or "killed" in line.lower() or "exception" in line.lower():
             return line[:limit]
-    return lines[-1][:limit] if lines else "empty log"
+    if not lines:
+        return f"{METRICS} missing; its log is empty (the job did not start, or was killed)"
+    return (
+        f"{METRICS} missing; its log reports no error (interrupted, or the run's files were "
+        "deleted after it finished): train it again"
+    )
+
+
+def damaged_files(run_dir: Path, metrics: dict[str, Any]) -> str | None:
+    """Why the files of a finished run cannot be used (the file and the error), or None. The
+    checks are those a truncated or edited file fails: every line of history.tsv complete and
+    numeric, one row per epoch; scores.csv.gz a whole gzip stream with one row per test image."""
+    history_path = run_dir / HISTORY
+    if history_path.is_file():
+        try:
+            text = history_path.read_text(encoding="utf-8")
+        except (OSError, ValueError) as error:
+            return f"{history_path}: unreadable ({error})"
+        lines = text.split("\n")
+        if not text.endswith("\n"):
+            return f"{history_path}: truncated (its last line is incomplete)"
+        header, rows = lines[0].split("\t"), [line for line in lines[1:] if line]
+        for number, line in enumerate(rows, start=2):
+            fields = line.split("\t")
+            if len(fields) != len(header):
+                return (
+                    f"{history_path}: line {number} has {len(fields)} fields, the header "
+                    f"{len(header)}"
+                )
+            try:
+                [float(field) for field in fields if field]
+            except ValueError as error:
+                return f"{history_path}: line {number} is not numeric ({error})"
+        epochs = metrics.get("epochs")
+        if isinstance(epochs, int) and len(rows) != epochs:
+            return f"{history_path}: {len(rows)} epochs, {METRICS} says {epochs}"
+    scores_path = run_dir / SCORES
+    if scores_path.is_file():
+        try:
+            with gzip.open(scores_path, "rt", encoding="ascii") as handle:
+                scores = pd.read_csv(handle)
+        except (OSError, EOFError, ValueError, zlib.error, pd.errors.ParserError) as error:
+            return f"{scores_path}: unreadable ({type(error).__name__}: {error})"
+        missing = [column for column in ("label", "score_main") if column not in scores]
+        if missing:
+            return f"{scores_path}: no column {', '.join(missing)}"
+        expected = metrics.get("test_images")
+        if isinstance(expected, int) and len(scores) != expected:
+            return f"{scores_path}: {len(scores)} rows, {METRICS} says {expected} test images"
+    return None
 
 
 def _device_text(device: Any) -> str:
@@ -165,6 +227,13 @@ def read_run(
         except (OSError, ValueError, KeyError, TypeError) as error:
             status.update(status="failed", reason=f"unreadable metrics.json: {error}")
             return status, None, None
+        damage = damaged_files(run_dir, metrics)
+        if damage is not None:
+            status.update(
+                status="failed",
+                reason=f"damaged: {damage}; delete the run folder and train it again",
+            )
+            return status, None, None
         status["status"] = "complete"
         config = metrics.get("config") or {}
         row = dict(key)
@@ -215,7 +284,7 @@ def read_run(
                 run_dir=str(run_dir),
             )
         history = None
-        history_path = run_dir / "history.tsv"
+        history_path = run_dir / HISTORY
         if history_path.is_file():
             try:
                 history = pd.read_csv(history_path, sep="\t")
@@ -227,12 +296,25 @@ def read_run(
                     history.insert(position, column, key[column])
         return status, row, history
     if log_path.exists():
-        status.update(
-            status="failed", reason=_last_error_line(log_path) or "train log without metrics.json"
-        )
+        status.update(status="failed", reason=_last_error_line(log_path))
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         status.update(status="failed", reason="run directory without metrics.json (interrupted?)")
     return status, None, None
+
+
+def release_final_checkpoint(run_dir: str | Path) -> bool:
+    """Delete the final checkpoint of a finished run (``run.Run.finish`` keeps it so that a run
+    whose outputs Snakemake deleted is only evaluated again) once the run has been read; True if
+    one was deleted. A folder that cannot be written keeps it, with a log line."""
+    path = Path(run_dir) / CHECKPOINT
+    if not (Path(run_dir) / METRICS).is_file() or not path.exists():
+        return False
+    try:
+        path.unlink()
+    except OSError as error:
+        log.warning("%s: final checkpoint kept (%s)", path, error)
+        return False
+    return True
 
 
 def _oracle(auc_extra: Any) -> dict[str, Any]:

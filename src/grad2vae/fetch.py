@@ -107,16 +107,22 @@ def fetch_dataset(
 ) -> dict:
     """Make ``{data_dir}/{dataset}`` hold the four verified files and a manifest; return it."""
     folder = Path(data_dir) / dataset.name
+    if folder.is_dir():
+        for stale in atomic.remove_stale_temporaries(folder):
+            log.info("%s: removed %s, left by a fetch that was killed", dataset.name, stale.name)
     if _present_and_verified(folder, dataset):
         manifest = _read_manifest(folder)
         if manifest is None:
             manifest = _manifest(dataset, "already-present", "files found in place", {}, {})
+            atomic.make_folder(folder, "--data-dir")
             atomic.write_json(folder / MANIFEST_NAME, manifest)
         log.info(
             "%s: all files present and verified (source: %s)", dataset.name, manifest["source"]
         )
         return manifest
 
+    created = not folder.exists()
+    atomic.make_folder(folder, "--data-dir")  # before any download: it must be writable
     why_not: dict[str, str] = {}  # source -> why it yielded nothing
     for source in sources:
         try:
@@ -145,6 +151,8 @@ def fetch_dataset(
         log.info("%s: 4 files verified from %s (%s)", dataset.name, source, fetched.detail)
         return manifest
 
+    if created:
+        folder.rmdir()  # nothing was written: leave no empty folder behind
     reasons = "\n".join(f"  - {source}: {reason}" for source, reason in why_not.items())
     names = ", ".join(f"{idx_file.name}.gz" for idx_file in dataset.files.values())
     raise UserError(
@@ -178,6 +186,7 @@ def fetch(
     if not sources:
         raise UserError(f"no sources given; choose from {', '.join(SOURCES)}")
     local_dir = Path(local_dir) if local_dir is not None else None
+    atomic.check_folder_path(data_dir, "--data-dir")
     return {
         name: fetch_dataset(Path(data_dir), DATASETS[name], sources, local_dir) for name in datasets
     }

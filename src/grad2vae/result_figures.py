@@ -139,7 +139,7 @@ def roc(
                 fpr, tpr, auc = _roc_curve(
                     scores["label"].to_numpy(), scores["score_main"].to_numpy()
                 )
-            except (OSError, ValueError, KeyError) as error:
+            except (OSError, EOFError, ValueError, KeyError) as error:
                 log.warning("no ROC for %s: %s", scores_path, error)
                 continue
             used_seeds.add(seed)

@@ -148,7 +148,11 @@ RUN_LOCK_ENV = "GRAD2VAE_RUN_LOCK"
 class RunLock:
     """Non-blocking flock on the run dir: two processes never train the same run at once.
     ``GRAD2VAE_LOCK_DIR`` moves the lock files to a local folder, ``GRAD2VAE_RUN_LOCK=off``
-    turns the lock off (for file systems without flock)."""
+    turns the lock off (for file systems without flock).
+
+    Entering creates the run dir (a ``UserError`` naming ``--out-dir`` when it cannot be);
+    leaving removes the lock file, and the folder if it made it, when nothing else was written
+    there (a run refused before training leaves nothing behind)."""
 
     def __init__(self, out_dir: Path):
         self.out_dir = out_dir
@@ -158,35 +162,61 @@ class RunLock:
             name = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:32]
             self.path = Path(lock_dir) / f"run-{name}.lock"
         self.fd: int | None = None
+        self.created_folder = False
 
     def __enter__(self):
+        self.created_folder = not self.out_dir.exists()
+        atomic.make_folder(self.out_dir, "--out-dir")
         if os.environ.get(RUN_LOCK_ENV, "").strip().lower() == "off":
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if self.path.parent != self.out_dir:
+            atomic.make_folder(self.path.parent, LOCK_DIR_ENV)
         way_out = (
             f"set {LOCK_DIR_ENV} to a folder on a local disk (e.g. "
             f"{LOCK_DIR_ENV}=/tmp/grad2vae-locks), or {RUN_LOCK_ENV}=off to "
             "train without the run lock (then make sure no two jobs train "
             "the same run: they would overwrite each other's checkpoint)"
         )
-        try:
-            taken = devices.try_flock(fd, self.path, way_out)
-        except UserError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                taken = devices.try_flock(fd, self.path, way_out)
+            except UserError:
+                os.close(fd)
+                raise
+            if not taken:
+                os.close(fd)
+                raise UserError(
+                    f"another process is training the run in {self.out_dir}; wait for it to finish"
+                )
+            # A process leaving removes the lock file (__exit__): a lock taken on the file it
+            # removed is no lock, since a third process may lock a new file of that name.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
             os.close(fd)
-            raise
-        if not taken:
-            os.close(fd)
-            raise UserError(
-                f"another process is training the run in {self.out_dir}; wait for it to finish"
-            )
-        self.fd = fd
-        return self
 
     def __exit__(self, *exc):
         if self.fd is not None:
+            if self._only_the_lock_left():
+                self.path.unlink(missing_ok=True)  # while still held: see __enter__
             os.close(self.fd)
             self.fd = None
+        if self.created_folder:
+            with contextlib.suppress(OSError):
+                self.out_dir.rmdir()  # only if empty: a run refused before training
+
+    def _only_the_lock_left(self) -> bool:
+        if self.path.parent != self.out_dir:
+            return False
+        try:
+            return [entry.name for entry in self.out_dir.iterdir()] == [LOCK]
+        except OSError:
+            return False
 
 
 class Run:
@@ -228,8 +258,9 @@ class Run:
             # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
             checkpoint = load_payload(checkpoint_path, "cpu")
             self.model.load_state_dict(checkpoint["model"])
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            if "optimizer" in checkpoint:  # not in the final state (save_checkpoint)
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+                self.scheduler.load_state_dict(checkpoint["scheduler"])
             set_rng_state(checkpoint["rng"], device, self.batch_generator)
             self.history = list(checkpoint["history"])
             self.start_epoch = int(checkpoint["epoch"]) + 1
@@ -480,28 +511,26 @@ class Run:
             "config_hash": self.chash,
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        if self.rng is not None:
-            # Trained in a group: Snakemake removes the outputs of every run of a failed group
-            # job (or of a job it reruns because one run is missing), so a final checkpoint stays
-            # until the whole group has finished (``train_in_lockstep``): a rerun then only
-            # re-evaluates.
-            save_checkpoint(
-                out_dir / CHECKPOINT,
-                config,
-                self.chash,
-                config.epochs,
-                model,
-                self.optimizer,
-                self.scheduler,
-                history,
-                self.device,
-                self.batch_generator,
-                self.resumes,
-                pretrain=self.pretrain_info,
-            )
+        # The final state stays beside the outputs until `grad2vae aggregate` has read the run
+        # (collect.release_final_checkpoint): Snakemake deletes every declared output of a job
+        # it saw interrupted (Ctrl-C while the run finished) or of a failed group job, and a
+        # rerun then only re-evaluates from here instead of training again. Weights and history only
+        # (no optimizer): nothing trains after the last epoch.
+        save_checkpoint(
+            out_dir / CHECKPOINT,
+            config,
+            self.chash,
+            config.epochs,
+            model,
+            None,
+            None,
+            history,
+            self.device,
+            self.batch_generator,
+            self.resumes,
+            pretrain=self.pretrain_info,
+        )
         atomic.write_json(out_dir / METRICS, metrics)  # last: its presence means "finished"
-        if self.rng is None:
-            (out_dir / CHECKPOINT).unlink(missing_ok=True)
         log.info(
             "%s: finished, auc %.4f (reconstruction %.4f), %.1f s per epoch",
             out_dir,
@@ -526,14 +555,16 @@ def save_checkpoint(
     resumes,
     pretrain=None,
 ) -> None:
+    """Everything a resume needs after ``epoch``; ``optimizer`` and ``scheduler`` None for the
+    final state (nothing trains after the last epoch: the file is then the size of the model)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
         "config_hash": chash,
         "epoch": epoch,
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        **({"optimizer": optimizer.state_dict()} if optimizer is not None else {}),
+        **({"scheduler": scheduler.state_dict()} if scheduler is not None else {}),
         "history": history,
         "rng": rng_state(device, batch_generator),
         "resumes": resumes,

@@ -5,8 +5,10 @@ Writes into --out-dir (see CONTRIBUTING.md):
   history.tsv      one row per epoch: lr, seconds, every loss term, test AUC every --eval-every
   scores.csv.gz    index, test_class, label, score_main, score_reconstruction per test image
   model.pt         final weights (grad2vae.run.load_trained_model)
-  checkpoint.pt    every --checkpoint-every epochs while running; deleted when the run finishes
-Started again, a finished run does nothing and a killed run continues from its last checkpoint.
+  checkpoint.pt    every --checkpoint-every epochs while running; at the end the final weights,
+                   kept until `grad2vae aggregate` reads the run (or this command runs again)
+Started again, a finished run does nothing and a killed run continues from its last checkpoint;
+a finished run whose outputs were deleted (Snakemake after Ctrl-C) is only evaluated again.
 Several seeds train in one process (``train_seeds``), each into its own folder.
 docs/design-notes.md gives the protocol (the paper's, every value an option) and the guarantees.
 
@@ -29,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from grad2vae import devices
+from grad2vae import atomic, devices
 
 # Moved to grad2vae.cohort / grad2vae.run; re-exported until bench.py and explain.py import them
 # from there (they are being split at the same time).
@@ -46,12 +48,7 @@ from grad2vae.config import (
     validate_config,
 )
 from grad2vae.errors import UserError
-from grad2vae.layout import CHECKPOINT
-from grad2vae.run import (
-    RunLock,
-    finished_metrics,
-    load_trained_model,  # noqa: E402,F401
-)
+from grad2vae.run import RunLock, finished_metrics
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +119,8 @@ def train_seeds(
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1 (got {threads})")
     check_data_present(data_dir, configs[0].dataset)
-    out_dirs = [Path(out_dir) for out_dir in out_dirs]
+    # before Path(): Path("") is the current folder
+    out_dirs = [atomic.check_folder_path(out_dir, "--out-dir") for out_dir in out_dirs]
     if len({out_dir.resolve() for out_dir in out_dirs}) < len(out_dirs):
         raise UserError("two runs share an out dir: give --out-dir a {seed} placeholder")
     results: list[dict[str, Any] | None] = [
@@ -130,7 +128,9 @@ def train_seeds(
     ]
     for out_dir, done in zip(out_dirs, results):
         if done is not None:
-            (out_dir / CHECKPOINT).unlink(missing_ok=True)
+            from grad2vae.collect import release_final_checkpoint
+
+            release_final_checkpoint(out_dir)  # its outputs are all there
             log.info(
                 "%s: run already finished (auc %.4f); nothing to do",
                 out_dir,

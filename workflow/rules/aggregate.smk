@@ -38,7 +38,7 @@ rule aggregate:
     shell:
         "grad2vae aggregate --results-dir {params.results_dir}"
         " --workflow-config {input.config} --out-dir {params.out_dir}"
-        " --data-dir {params.data_dir} > {log} 2>&1"
+        " --data-dir {params.data_dir} --release-checkpoints > {log} 2>&1"
 
 
 rule figures:

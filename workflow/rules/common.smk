@@ -181,6 +181,19 @@ def expected_metrics():
     return [f"{RESULTS}/{RUN_DIR.format(**key)}/metrics.json" for key in run_keys()]
 
 
+def expected_run_outputs():
+    """Every file a training job declares, for the whole grid; none with allow_partial (a report
+    of what exists must not wait for the rest)."""
+    if config["allow_partial"]:
+        return []
+    names = ("metrics.json", "history.tsv", "scores.csv.gz", "model.pt")
+    return [
+        f"{RESULTS}/{RUN_DIR.format(**key)}/{name}"
+        for key in run_keys()
+        for name in names
+    ]
+
+
 def aggregate_runs(wildcards):
     """The runs the aggregation waits for: the whole grid, or (allow_partial) only those that
     exist now, so that a grid with failed runs still gets its report."""
