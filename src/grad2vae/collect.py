@@ -265,6 +265,9 @@ def read_run(
         )
         for score, value in (metrics.get("auc_scores") or {}).items():
             row[f"auc_{score}"] = _float(value)
+        for column, value in metrics.items():
+            if column.startswith("pixel_auc"):  # evaluate.pixel_column
+                row[column] = _float(value)
         for name, value in (metrics.get("score_means") or {}).items():
             row[name] = _float(value)
         row.update(

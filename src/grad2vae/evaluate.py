@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from grad2vae.errors import UserError
+from grad2vae.pixel_auc import PixelAUC
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,13 @@ class NonFiniteLossError(UserError):
 
 def evaluate(
     model, split, generator_seed: int, batch_size: int = 1000, extra: bool = False
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(scores, extra scores) of every test image as float arrays: ``scores`` holds every score
-    of ``model.scores`` (``"main"``, ``"reconstruction"``, the diagnostics), ``extra`` those of
-    ``model.extra_scores`` when ``extra`` is True (the final evaluation only), else nothing.
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
+    """(scores, extra scores, pixel AUCs) of the test split: ``scores`` holds every score of
+    ``model.scores`` (``"main"``, ``"reconstruction"``, the diagnostics) per test image as float
+    arrays, ``extra`` those of ``model.extra_scores`` when ``extra`` is True (the final
+    evaluation only), else nothing; the pixel AUCs are those of each output image of
+    ``model.score_batch`` over every pixel of the split (``pixel_metrics``; none for a model
+    without images).
 
     Calls ``model.fit_scorer(train_x)`` (eval mode, no_grad) first; scores run with autograd
     enabled (Grad2VAE needs second derivatives) and a fresh generator seeded with
@@ -37,6 +41,7 @@ def evaluate(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     collected: dict[str, list[torch.Tensor]] = {}
     collected_extra: dict[str, list[torch.Tensor]] = {}
+    pixel: dict[str, PixelAUC] = {}
     try:
         with torch.random.fork_rng(devices=rng_devices):
             with torch.no_grad():
@@ -46,9 +51,11 @@ def evaluate(
             for start in range(0, len(test_x), batch_size):
                 batch = test_x[start : start + batch_size].to(device, non_blocking=True)
                 with torch.enable_grad():
-                    scores = model.scores(batch, generator)
+                    scores, images = model.score_batch(batch, generator)
                 for key, value in scores.items():
                     collected.setdefault(key, []).append(value.detach().reshape(-1).float().cpu())
+                for name, image in images.items():  # on the device, no sync (pixel_auc)
+                    pixel.setdefault(name, PixelAUC()).update(batch, image.detach())
             if extra:
                 main_keys = set(collected)
                 generator = torch.Generator(device).manual_seed((generator_seed + 1) % 2**63)
@@ -73,7 +80,26 @@ def evaluate(
     return (
         {key: torch.cat(parts).numpy() for key, parts in collected.items()},
         {key: torch.cat(parts).numpy() for key, parts in collected_extra.items()},
+        pixel_metrics(pixel),
     )
+
+
+def pixel_column(image: str, keras: bool = False) -> str:
+    """The column of an output image's pixel-level AUC in history.tsv, metrics.json and
+    runs.csv: ``pixel_auc`` for the reconstruction, ``pixel_auc_{image}`` for another (Grad2VAE's
+    ``attention``); ``_keras`` for the notebook's 200-threshold computation."""
+    column = "pixel_auc" if image == "reconstruction" else f"pixel_auc_{image}"
+    return column + ("_keras" if keras else "")
+
+
+def pixel_metrics(accumulators: dict[str, PixelAUC]) -> dict[str, float]:
+    """Both pixel AUCs of each image, keyed by ``pixel_column``."""
+    result = {}
+    for image, accumulator in accumulators.items():
+        values = accumulator.compute()
+        result[pixel_column(image)] = values["exact"]
+        result[pixel_column(image, keras=True)] = values["keras"]
+    return result
 
 
 def auc_column(score: str) -> str:

@@ -32,8 +32,10 @@ def _fmt(value: Any) -> str:
 
 def history_columns(history: list[dict[str, Any]]) -> list[str]:
     """epoch, lr, seconds (training and evaluation), train_seconds (the run's share of the
-    training), the loss terms, the AUC of every score (main first), the score means."""
-    found: dict[str, list[str]] = {"loss_": [], "auc_": [], "mean_": []}
+    training), the loss terms, the AUC of every score (main first), the score means, the
+    pixel-level AUCs (``evaluate.pixel_column``) last, so that the older columns keep their
+    places."""
+    found: dict[str, list[str]] = {"loss_": [], "auc_": [], "mean_": [], "pixel_auc": []}
     for row in history:
         for key in row:
             for prefix, columns in found.items():
@@ -41,7 +43,7 @@ def history_columns(history: list[dict[str, Any]]) -> list[str]:
                     columns.append(key)
     return [
         "epoch", "lr", "seconds", "train_seconds", *found["loss_"], "auc", "auc_reconstruction",
-        *found["auc_"], *found["mean_"],
+        *found["auc_"], *found["mean_"], *found["pixel_auc"],
     ]  # fmt: skip
 
 

@@ -294,6 +294,7 @@ class Run:
         self.rng = self._global_rng() if shares_process else None
         self.last_scores: dict[str, np.ndarray] | None = None
         self.last_extra: dict[str, np.ndarray] = {}
+        self.last_pixel: dict[str, float] = {}  # evaluate.pixel_metrics of the last evaluation
         self.epoch_times: list[float] = []
         self.failure: NonFiniteLossError | None = None
 
@@ -384,7 +385,7 @@ class Run:
         aucs: dict[str, float | None] = {"auc": None, "auc_reconstruction": None}
         eval_seconds = 0.0
         if evaluated:
-            self.last_scores, self.last_extra = evaluate(
+            self.last_scores, self.last_extra, self.last_pixel = evaluate(
                 self.model,
                 self.shared.eval_split,
                 self.eval_seed,
@@ -393,6 +394,7 @@ class Run:
             )
             aucs = auc_of(self.last_scores, self.shared.labels, epoch)
             aucs.update(score_means(self.last_scores, self.shared.labels))
+            aucs.update(self.last_pixel)
             eval_seconds = time.perf_counter() - eval_start
         seconds = train_seconds + (time.perf_counter() - eval_start)
         row = {
@@ -446,7 +448,7 @@ class Run:
         config, model, out_dir, labels = self.config, self.model, self.out_dir, self.shared.labels
         finish_start = time.perf_counter()
         if self.last_scores is None:  # resumed from a checkpoint at the last epoch: evaluate again
-            self.last_scores, self.last_extra = evaluate(
+            self.last_scores, self.last_extra, self.last_pixel = evaluate(
                 model,
                 self.shared.eval_split,
                 self.eval_seed,
@@ -481,6 +483,9 @@ class Run:
                 if key not in ("main", "reconstruction")
             },
             "score_means": score_means(self.last_scores, labels),
+            # pixel-level AUCs over the whole test split (evaluate.pixel_column): the quantity
+            # the authors' notebook logged, perhaps the paper's Table 1 (issue 22)
+            **self.last_pixel,
             "epochs": config.epochs,
             "wall_seconds": sum(row["seconds"] for row in history)
             + setup_seconds

@@ -52,6 +52,10 @@ class AnomalyModel(nn.Module):
       centre here.
       Returns a JSON-able summary recorded in ``metrics.json`` (``pretrain``), or None. A long
       pretraining logs one line per epoch and shows the bar (``progress.Progress``) as training.
+    - ``score_batch(x, generator)``: ``scores`` and the output images of the same pass, for the
+      pixel-level AUC that the authors' notebook logged (``grad2vae.pixel_auc``); a model whose
+      output is an image overrides it and implements ``scores`` through it. The trainer's
+      evaluation calls this, never ``scores`` directly.
     - ``extra_scores(x, generator)`` returns more named scores (higher = more anomalous), computed
       only at the final evaluation; the trainer records each one's AUC in ``metrics.json``
       (``auc_extra``). Used for expensive diagnostics (the CAE + OC-SVM oracle grid).
@@ -98,6 +102,16 @@ class AnomalyModel(nn.Module):
 
     def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def score_batch(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(``scores(x, generator)``, the model's output images) from one pass: each image
+        name -> (N, 1, 28, 28) in [0, 1], aligned with ``x``, which the pixel-level metric
+        (``grad2vae.pixel_auc``) scores against ``x``'s pixels. ``"reconstruction"`` for every
+        model whose output is an image, ``"attention"`` for Grad2VAE's attention image. Default:
+        no images (Deep SVDD)."""
+        return self.scores(x, generator), {}
 
     def pretrain(self, train_x: Tensor, **protocol: Any) -> dict[str, Any] | None:
         # keyword arguments as in the class docstring (Deep SVDD's override spells them out)

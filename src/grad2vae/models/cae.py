@@ -116,30 +116,42 @@ class FeatureDistanceModel(AnomalyModel):
         self.train_features = torch.cat([self(pad32(xs))[0] for xs in train_x.split(CHUNK)])
 
     @torch.no_grad()
-    def features_and_reconstruction_scores(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """(features (N, 128), reconstruction scores): ``reconstruction`` = MSE over the padded
-        32x32 image (the training loss), ``mse`` and ``bce_excess`` over the 28x28 image
-        (``models.scoring``; the padding is ours, not the image's)."""
-        features, chunks = [], []
+    def features_and_reconstruction_scores(
+        self, x: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """(features (N, 128), reconstruction scores, reconstruction (N, 1, 28, 28)):
+        ``reconstruction`` = MSE over the padded 32x32 image (the training loss), ``mse`` and
+        ``bce_excess`` over the 28x28 image (``models.scoring``; the padding is ours, not the
+        image's), and the 28x28 centre of the reconstruction."""
+        features, chunks, images = [], [], []
         for xs in x.split(CHUNK):
             x32 = pad32(xs)
             f, reconstruction = self(x32)
             features.append(f)
+            centre = reconstruction[..., 2:-2, 2:-2]
             chunks.append(
                 {
                     "reconstruction": (reconstruction - x32).square().flatten(1).mean(1),
-                    **scoring.from_probabilities(reconstruction[..., 2:-2, 2:-2], xs),
+                    **scoring.from_probabilities(centre, xs),
                 }
             )
-        return torch.cat(features), {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
+            images.append(centre)
+        scores = {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
+        return torch.cat(features), scores, torch.cat(images)
+
+    def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return self.score_batch(x, generator)[0]
 
     @torch.no_grad()
-    def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def score_batch(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``scores`` and the reconstruction (28x28 centre of the padded output)."""
         if getattr(self, "train_features", None) is None:
             raise RuntimeError(f"{self.name}: call fit_scorer(train_x) before scores()")
-        features, reconstruction_scores = self.features_and_reconstruction_scores(x)
+        features, reconstruction_scores, reconstruction = self.features_and_reconstruction_scores(x)
         distance = nearest_neighbour_distance(features, self.train_features)
-        return {"main": distance, **reconstruction_scores}
+        return {"main": distance, **reconstruction_scores}, {"reconstruction": reconstruction}
 
 
 @register

@@ -137,12 +137,16 @@ class CAEOneClassSVM(BaselineCAE):
         return torch.from_numpy(-np.asarray(values, dtype=np.float64)).to(like.device)
 
     @torch.no_grad()
-    def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def score_batch(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``scores`` (main: the negated OC-SVM decision) and the CAE's reconstruction."""
         if self._svm is None:
             raise RuntimeError(f"{self.name}: call fit_scorer(train_x) before scores()")
-        features, reconstruction_scores = self.features_and_reconstruction_scores(x)
+        features, reconstruction_scores, reconstruction = self.features_and_reconstruction_scores(x)
         decision = self._svm.decision_function(features.double().cpu().numpy())
-        return {"main": self._negated(decision, features), **reconstruction_scores}
+        scores = {"main": self._negated(decision, features), **reconstruction_scores}
+        return scores, {"reconstruction": reconstruction}
 
     def _fit_grid(self) -> None:
         from joblib import Parallel, delayed
@@ -170,7 +174,7 @@ class CAEOneClassSVM(BaselineCAE):
             raise RuntimeError(f"{self.name}: call fit_scorer(train_x) before extra_scores()")
         if self._grid is None:
             self._fit_grid()
-        features, _ = self.features_and_reconstruction_scores(x)
+        features = self.features_and_reconstruction_scores(x)[0]
         queries = features.double().cpu().numpy()
         out = {SCALE_KEY: self._negated(self._scale_svm.decision_function(queries), features)}
         distances = _squared_distances(queries, self._train_np)

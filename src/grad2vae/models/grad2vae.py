@@ -429,15 +429,30 @@ class Grad2VAE(AnomalyModel):
     def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """``main`` = BCE of the fused reconstruction of a sampled z, with the diagnostics of
         ``models.vae.variational_scores``; ``*_zero_noise`` = ``zero_noise_logits``."""
+        return self.score_batch(x, generator)[0]
+
+    def score_batch(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``scores`` and the images of the same pass that the notebook's two Keras AUCs compared
+        with the input: the fused reconstruction (``x_decoded_mean_squash``) and, with the
+        attention on, the attention image (``final4_grad``)."""
         eps = sample_eps(len(x), self.latent_dim, generator, like=x)
-        chunks = []
+        chunks: list[dict[str, Tensor]] = []
+        images: dict[str, list[Tensor]] = {}
         for start in range(0, len(x), SCORE_CHUNK):
             xs = x[start : start + SCORE_CHUNK]
             with torch.set_grad_enabled(self.attention_on):  # attention off: the VAE's pass
-                logits = self(xs, eps[start : start + SCORE_CHUNK], create_graph=False)["logits"]
+                out = self(xs, eps[start : start + SCORE_CHUNK], create_graph=False)
+            logits = out["logits"].detach()
             with torch.no_grad():
-                chunks.append(variational_scores(logits.detach(), self.zero_noise_logits(xs), xs))
-        return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+                chunks.append(variational_scores(logits, self.zero_noise_logits(xs), xs))
+                images.setdefault("reconstruction", []).append(torch.sigmoid(logits))
+                if "attention_logits" in out:
+                    attention = torch.sigmoid(out["attention_logits"].detach())
+                    images.setdefault("attention", []).append(attention)
+        scores = {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+        return scores, {name: torch.cat(parts) for name, parts in images.items()}
 
     def zero_noise_logits(self, x: Tensor) -> Tensor:
         """The reconstruction logits with eps = 0, z = mu: equal to ``forward(x, zeros)`` up to

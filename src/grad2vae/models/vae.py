@@ -276,14 +276,24 @@ class VAE(AnomalyModel):
         kl = kl_per_sample(mu, logvar, self.kl).mean()
         return {"reconstruction": reconstruction, "kl": kl, "total": reconstruction + kl}
 
-    @torch.no_grad()
     def scores(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """``main`` = ``reconstruction`` = BCE of a sampled z, with ``variational_scores``."""
+        return self.score_batch(x, generator)[0]
+
+    @torch.no_grad()
+    def score_batch(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``scores`` and the image they score, the reconstruction of the sampled z (what the
+        notebook's Keras AUC compared with the input: ``x_decoded_mean_squash``)."""
         eps = sample_eps(len(x), self.latent_dim, generator, like=x)
-        chunks = []
+        chunks, images = [], []
         for start in range(0, len(x), SCORE_CHUNK):
             xs = x[start : start + SCORE_CHUNK]
             mu, logvar = self.encoder(xs)
             z = reparameterize(mu, logvar, eps[start : start + SCORE_CHUNK], self.sigma)
-            chunks.append(variational_scores(self.decoder(z), self.decoder(mu), xs))
-        return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+            logits = self.decoder(z)
+            chunks.append(variational_scores(logits, self.decoder(mu), xs))
+            images.append(torch.sigmoid(logits))
+        scores = {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+        return scores, {"reconstruction": torch.cat(images)}
