@@ -236,7 +236,10 @@ def gather_statistics(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -
 
 def gather_claims(agg_dir: Path) -> dict[str, Any]:
     """The claims section: claims.json (``grad2vae aggregate``) as it is, plus the evidence of
-    each claim as indented JSON for display."""
+    each claim as indented JSON for display, and each verdict's scope (``grad2vae.verdicts``)
+    to show beside it. A claims.json written before verdicts had a scope gets one that says so
+    and is never the paper's protocol; a score's scope is shown only where it differs from its
+    claim's (``other_scores[].scope``, else empty)."""
     path = agg_dir / "claims.json"
     if not path.is_file():
         return {
@@ -244,11 +247,19 @@ def gather_claims(agg_dir: Path) -> dict[str, Any]:
             "reason": f"{path.name} not found; run `grad2vae aggregate` again",
             "items": [],
         }
+    unknown_scope = {
+        "paper_protocol": False,
+        "text": "scope not recorded (claims.json older than verdict scopes; aggregate again)",
+        "shortfalls": [],
+    }
     items = json.loads(path.read_text(encoding="utf-8"))
     for item in items:
         item["evidence_json"] = json.dumps(item.get("evidence"), indent=1, ensure_ascii=False)
+        item["scope"] = item.get("scope") or unknown_scope
         item["other_scores"] = [
-            {"score": score, "verdict": judged["verdict"], "why": judged["why"]}
+            {"score": score, "verdict": judged["verdict"], "why": judged["why"],
+             "scope": "" if judged.get("scope", item["scope"]) == item["scope"]
+             else (judged.get("scope") or unknown_scope)["text"]}
             for score, judged in (item.get("by_score") or {}).items() if score != "main"
         ]  # fmt: skip
     return {"available": True, "items": items}
