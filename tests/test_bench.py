@@ -72,6 +72,7 @@ def test_tiny_mode_writes_json_with_every_key(tiny_result):
     for row in result["rows"]:
         assert ROW_KEYS <= row.keys()
         assert row["ms_per_step"] > 0 and row["flops_per_step"] > 0 and row["seconds_per_eval"] > 0
+        assert row["eval_scores_with_pixel_seconds_measured"] > 0 and row["pixel_metric_ratio"] > 0
     by_variant = {row["variant"]: row for row in result["rows"]}
     # FlopCounterMode sees the double backward: the loop costs more than a plain VAE step and the
     # closed forms do fewer FLOPs than the loop.
@@ -219,7 +220,10 @@ def test_dataset_rows_from_the_measured_times():
         latent_dim=4,
         prepared=prepared,
         step_times={"grad2vae[loop]": [0.4, 0.2], "grad2vae[explicit]": [0.1, 0.1], "vae": [0.1]},
-        eval_times={v.label: {"fit_seconds": 1.0, "scores_seconds": 0.5} for v in variants},
+        eval_times={
+            v.label: {"fit_seconds": 1.0, "scores_seconds": 0.5, "scores_with_pixel_seconds": 0.6}
+            for v in variants
+        },
         eval_images=5,
         feed={"ours": 1.0, "straightforward": 3.0},
         feed_kind="map-style",
@@ -235,7 +239,9 @@ def test_dataset_rows_from_the_measured_times():
     assert explicit["flop_ratio_vs_loop"] == pytest.approx(4.0)
     assert vae["speedup_vs_loop"] is None and vae["flop_ratio_vs_loop"] is None
     assert explicit["seconds_per_epoch"] == pytest.approx(10 * 0.1 + 1.0)
-    assert explicit["seconds_per_eval"] == pytest.approx(1.0 + 0.5 * 10 / 5)
+    # the evaluation as the trainer runs it: with the pixel-level AUC, whose share is a ratio
+    assert explicit["seconds_per_eval"] == pytest.approx(1.0 + 0.6 * 10 / 5)
+    assert explicit["pixel_metric_ratio"] == pytest.approx(0.6 / 0.5)
     assert explicit["fraction_of_matmul_rate"] == pytest.approx(100 / 0.1 / 1000.0)
     assert vae["parameters"] == 9 and set(ROW_KEYS) <= set(vae)
     assert (

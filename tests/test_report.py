@@ -261,7 +261,9 @@ def test_report_table1_complete_and_statistics(report_html):
     assert "Grad2VAE has the best average AUC on MNIST: published 98.23" in claims
     assert "Verdict:" in claims and "tested on the paper&#39;s own Table 1 numbers" in claims
     written = json.loads((report_html.parent / "data" / "claims.json").read_text())
-    assert [f'id="claim-{c["id"]}"' in claims for c in written] == [True] * 7
+    # the paper's seven claims and the question what its Table 1 measures
+    assert [f'id="claim-{c["id"]}"' in claims for c in written] == [True] * 8
+    assert written[-1]["id"] == "table1_metric"
     for item in written:  # the section renders the file: every verdict and definition is there
         assert str(escape(item["definition"])) in claims and str(escape(item["words"])) in claims
     assert (

@@ -18,7 +18,15 @@ import yaml
 from conftest import write_synthetic_dataset
 from test_report import check_report_in_browser, parse
 
-from grad2vae.layout import CAPTIONS, CAPTIONS_DIR, CD_FIGURE, ROC_FIGURE, RUN_DIR, TRAIN_LOG
+from grad2vae.layout import (
+    CAPTIONS,
+    CAPTIONS_DIR,
+    CD_FIGURE,
+    ROC_FIGURE,
+    RUN_DIR,
+    TABLE1_METRIC_FIGURE,
+    TRAIN_LOG,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -351,17 +359,20 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
         "roc_class1.png",
         "cd_mnist.png",
         "cd_fashion_mnist.png",
+        "table1_metric_mnist.png",
+        "table1_metric_fashion_mnist.png",
     )
     for name in figures:
         assert (results / "figures" / name).is_file()
-    # every score's AUC beside the main one, the paper's seven claims, the entropy-only scorer
+    # every score's AUC beside the main one, the paper's seven claims and table1_metric, the
+    # entropy-only scorer
     for run in runs:
         expected = {"auc_mse", "auc_bce_excess"}
         if run["model"] in ("vae", "grad2vae"):
             expected |= {"auc_bce_zero_noise", "auc_mse_zero_noise", "auc_bce_excess_zero_noise"}
         assert all(0 <= float(run[column]) <= 1 for column in expected), run
     claims = json.loads((results / "aggregate" / "claims.json").read_text())
-    assert len(claims) == 7 and all(c["verdict"] in ("supported", "partly supported",
+    assert len(claims) == 8 and all(c["verdict"] in ("supported", "partly supported",
                                                         "not supported", "cannot be judged")
                                     for c in claims)  # fmt: skip
     entropy = list(csv.DictReader((results / "aggregate" / "entropy_only.csv").open()))
@@ -397,7 +408,9 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
         names = archive.namelist()
         html = archive.read(next(n for n in names if n.endswith("report.html"))).decode()
     assert {Path(n).name for n in names if n.endswith(".png")} == set(figures)
-    for caption in {CAPTIONS[name] for name in (*figures[:-3], CD_FIGURE, ROC_FIGURE)}:
+    for caption in {
+        CAPTIONS[name] for name in (*figures[:-5], CD_FIGURE, ROC_FIGURE, TABLE1_METRIC_FIGURE)
+    }:
         first_words = " ".join((CAPTION_FOLDER / caption).read_text().split()[:5])
         assert first_words in html, caption
 

@@ -93,6 +93,12 @@ def ablations(
                 if len(part) and base in grid["models"]
                 else pd.DataFrame()
             )
+            if variant in (grid.get("model_classes") or {}) and len(table):
+                # a variant on a subset of the classes: both averages over the classes it has,
+                # not the default's over all of them
+                row["variant_auc_pct"] = float(table[variant].mean() * 100.0)
+                row["base_auc_pct"] = float(table[base].mean() * 100.0)
+                row["difference_pct"] = row["variant_auc_pct"] - row["base_auc_pct"]
             row["n_classes"] = int(len(table))
             row["p"] = (
                 stats.wilcoxon_p(table[variant], table[base]) if len(table) >= 2 else math.nan

@@ -3,7 +3,8 @@
 Reads RESULTS/runs/{dataset}/{model}/class{c}/seed{s}/ (metrics.json, history.tsv) and the runs'
 Snakemake logs RESULTS/logs/train/{dataset}/{model}/class{c}/seed{s}.log (RESULTS: --results-dir,
 default ``results``). Writes atomically into OUT (default RESULTS/aggregate): runs.csv,
-history.csv.gz, status.csv, summary.csv, averages.csv, table1.csv, compute.csv, parameters.csv,
+history.csv.gz, status.csv, summary.csv, averages.csv, table1.csv, table1_pixel.csv (Table 1
+under the pixel-level AUC), compute.csv, parameters.csv,
 aggregate.json, claims.json, scores.csv, entropy_only.csv (needs --data-dir),
 score_findings.json and stats.json. The expected grid comes from --workflow-config, from
 --datasets/--models/--normal-classes/--seeds (which override it), or else from the run
@@ -49,6 +50,7 @@ from grad2vae.errors import UserError
 from grad2vae.gitstate import git_commit_label
 from grad2vae.labels import ORACLE_MODEL, model_label, model_order
 from grad2vae.score_findings import score_findings
+from grad2vae.table1_metric import pixel_table1, table1_metric
 from grad2vae.tables import (
     averages,
     compute_table,
@@ -293,6 +295,8 @@ def aggregate(
         _only(params, paper_models),
         dict(grid, models=paper_models),
     )
+    # not one of the paper's claims but a question about its Table 1, judged beside them
+    claims.append(table1_metric(_only(real_runs(runs), paper_models), entropy, grid["datasets"]))
     ablation = ablation_study.ablations(
         real_runs(runs), avgs, grid, grid["variants"], workflow_config
     )
@@ -303,6 +307,7 @@ def aggregate(
     _write_csv(summary, out_dir / "summary.csv")
     _write_csv(avgs, out_dir / "averages.csv")
     _write_csv(table, out_dir / "table1.csv")
+    _write_csv(pixel_table1(summary, tables), out_dir / "table1_pixel.csv")
     _write_csv(compute, out_dir / "compute.csv")
     _write_csv(params, out_dir / "parameters.csv")
     _write_csv(entropy, out_dir / "entropy_only.csv")

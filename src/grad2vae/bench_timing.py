@@ -16,6 +16,7 @@ import torch
 
 from grad2vae import bench_gpu
 from grad2vae.bench_gpu import synchronize, training_step
+from grad2vae.pixel_auc import PixelAUC
 
 #: the four models of the paper's grid (config.yaml ``models``)
 GRID_MODELS = ("grad2vae", "vae", "cae", "inception_caenn")
@@ -227,8 +228,10 @@ def time_matmul(device: torch.device, n: int, a: torch.Tensor | None = None) -> 
 def time_evaluation(
     model, train_x: torch.Tensor, test_x: torch.Tensor, batch_size: int, seed: int
 ) -> dict:
-    """Seconds of ``fit_scorer`` (training images) and of ``scores`` (``test_x``), as the
-    trainer's ``evaluate`` runs them (eval mode, no_grad fit, enable_grad scores)."""
+    """Seconds of ``fit_scorer`` (training images) and of scoring ``test_x`` as the trainer's
+    ``evaluate`` runs them (eval mode, no_grad fit, enable_grad ``score_batch``), side by side
+    without and with the pixel-level AUC of the output images (``pixel_auc``: accumulated on the
+    device, computed once at the end), so that the metric's share is a ratio of two runs."""
     device = train_x.device
     model.eval()
     try:
@@ -238,17 +241,36 @@ def time_evaluation(
             model.fit_scorer(train_x)
         synchronize(device)
         fit = time.perf_counter() - start
-        generator = torch.Generator(device).manual_seed(seed)
-        start = time.perf_counter()
-        for first in range(0, len(test_x), batch_size):
-            with torch.enable_grad():
-                scores = model.scores(test_x[first : first + batch_size], generator)
-            for value in scores.values():
-                value.detach().cpu()
-        synchronize(device)
-        return {"fit_seconds": fit, "scores_seconds": time.perf_counter() - start}
+        plain = _time_scoring(model, test_x, batch_size, seed, pixel=False)
+        with_pixel = _time_scoring(model, test_x, batch_size, seed, pixel=True)
+        return {
+            "fit_seconds": fit,
+            "scores_seconds": plain,
+            "scores_with_pixel_seconds": with_pixel,
+        }
     finally:
         model.train()
+
+
+def _time_scoring(model, test_x: torch.Tensor, batch_size: int, seed: int, pixel: bool) -> float:
+    device = test_x.device
+    generator = torch.Generator(device).manual_seed(seed)
+    metrics: dict[str, PixelAUC] = {}
+    synchronize(device)
+    start = time.perf_counter()
+    for first in range(0, len(test_x), batch_size):
+        batch = test_x[first : first + batch_size]
+        with torch.enable_grad():
+            scores, images = model.score_batch(batch, generator)
+        for value in scores.values():
+            value.detach().cpu()
+        if pixel:
+            for name, image in images.items():
+                metrics.setdefault(name, PixelAUC()).update(batch, image.detach())
+    for metric in metrics.values():
+        metric.compute()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 class StraightforwardDataset(torch.utils.data.Dataset):
@@ -462,6 +484,7 @@ def time_evaluations(
         eval_times[variant.label] = t
         log(
             f"  {variant.label}: evaluation fit {t['fit_seconds']:.2f} s, "
-            f"scores of {len(eval_x)} images {t['scores_seconds']:.2f} s"
+            f"scores of {len(eval_x)} images {t['scores_seconds']:.2f} s, "
+            f"with the pixel AUC {t['scores_with_pixel_seconds']:.2f} s"
         )
     return eval_times

@@ -89,15 +89,24 @@ def expected_grid(
     grid["normal_classes"] = [int(c) for c in grid["normal_classes"]]
     grid["seeds"] = [int(s) for s in grid["seeds"]]
     grid["models"] = model_order(grid["models"])
+    # a variant trained on a subset of the classes (the workflow's variants.*.normal_classes)
+    grid["model_classes"] = {
+        name: [int(c) for c in variant["normal_classes"]]
+        for name, variant in (workflow_config.get("variants") or {}).items()
+        if isinstance(variant, dict) and variant.get("normal_classes")
+    }
     return grid
 
 
 def grid_keys(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every expected run; a model of ``grid["model_classes"]`` only on its classes."""
+    only = grid.get("model_classes") or {}
     return [
         {"dataset": d, "normal_class": c, "model": m, "seed": s}
         for d in grid["datasets"]
         for c in grid["normal_classes"]
         for m in grid["models"]
+        if c in only.get(m, [c])
         for s in grid["seeds"]
     ]
 

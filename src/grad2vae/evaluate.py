@@ -12,6 +12,7 @@ from torch import Tensor
 
 from grad2vae.errors import UserError
 from grad2vae.pixel_auc import PixelAUC
+from grad2vae.score_columns import PIXEL, score_column
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,10 @@ def evaluate(
 def pixel_column(image: str, keras: bool = False) -> str:
     """The column of an output image's pixel-level AUC in history.tsv, metrics.json and
     runs.csv: ``pixel_auc`` for the reconstruction, ``pixel_auc_{image}`` for another (Grad2VAE's
-    ``attention``); ``_keras`` for the notebook's 200-threshold computation."""
-    column = "pixel_auc" if image == "reconstruction" else f"pixel_auc_{image}"
-    return column + ("_keras" if keras else "")
+    ``attention``); ``_keras`` for the notebook's 200-threshold computation
+    (``score_columns``)."""
+    score = PIXEL if image == "reconstruction" else f"{PIXEL}_{image}"
+    return score_column(score + ("_keras" if keras else ""))
 
 
 def pixel_metrics(accumulators: dict[str, PixelAUC]) -> dict[str, float]:
@@ -104,8 +106,8 @@ def pixel_metrics(accumulators: dict[str, PixelAUC]) -> dict[str, float]:
 
 def auc_column(score: str) -> str:
     """The column of a score's AUC in history.tsv, metrics.json and runs.csv: ``auc`` for the
-    main score, ``auc_{score}`` for every other."""
-    return "auc" if score == "main" else f"auc_{score}"
+    main score, ``auc_{score}`` for every other (``score_columns``)."""
+    return score_column(score)
 
 
 def auc_of(

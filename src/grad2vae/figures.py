@@ -40,7 +40,14 @@ from grad2vae.errors import UserError
 from grad2vae.labels import model_order
 from grad2vae.layout import ROC_FIGURE
 from grad2vae.plotting import palette
-from grad2vae.result_figures import compute, critical_difference, parameters, per_class, roc
+from grad2vae.result_figures import (
+    compute,
+    critical_difference,
+    parameters,
+    per_class,
+    roc,
+    table1_metric_figures,
+)
 from grad2vae.tables import read_table
 from grad2vae.training_figures import anomaly_ratio, fig6, fig6_compute, fig6_scores
 
@@ -130,6 +137,7 @@ def draw_all(
         compute(compute_table, grid, colours, out_dir / "compute.png", dpi),
     ]
     entries += critical_difference(runs, grid, out_dir, dpi)
+    entries += table1_metric_figures(summary, grid, out_dir, dpi)
     write_json(out_dir / "figures.json", {"figures": entries})
     return entries
 

@@ -38,6 +38,7 @@ AGGREGATE_FILES = (
     "summary.csv",
     "averages.csv",
     "table1.csv",
+    "table1_pixel.csv",
     "compute.csv",
     "parameters.csv",
     "aggregate.json",
@@ -49,8 +50,8 @@ AGGREGATE_FILES = (
     "score_findings.json",
 )
 
-# ---- what `grad2vae figures` writes into {results}/figures (plus one cd_{dataset}.png per
-# dataset and the ROC figure of the configured class)
+# ---- what `grad2vae figures` writes into {results}/figures (plus one cd_{dataset}.png and one
+# table1_metric_{dataset}.png per dataset and the ROC figure of the configured class)
 FIGURE_FILES = (
     "fig6_auc_vs_epoch.png",
     "fig6_compute.png",
@@ -62,6 +63,7 @@ FIGURE_FILES = (
     "figures.json",
 )
 CD_FIGURE = "cd_{dataset}.png"
+TABLE1_METRIC_FIGURE = "table1_metric_{dataset}.png"
 ROC_FIGURE = "roc_class{normal_class}.png"
 
 # ---- what `grad2vae explain` writes into {results}/explain
@@ -86,6 +88,7 @@ CAPTIONS = {
     "parameters.png": "parameters.rst",
     "compute.png": "compute.rst",
     CD_FIGURE: "critical_difference.rst",
+    TABLE1_METRIC_FIGURE: "table1_metric.rst",
     ROC_FIGURE: "roc.rst",
     EXPLAIN_FIGURES_PER_CLASS[0]: "fig3.rst",
     EXPLAIN_FIGURES_PER_CLASS[1]: "fig4.rst",

@@ -8,7 +8,7 @@ intensity in [0, 1]. ``PixelAUC`` accumulates over batches without a host sync a
 - ``keras``: what ``tf.keras.metrics.AUC()`` with its defaults returns (ROC, 200 thresholds,
   trapezoids), from a fixed 2 x 201 histogram of the scores.
 
-/work/shared/notes/table1-metric.md gives the reasons; the Keras facts are cited where used.
+docs/findings/table1-metric.md gives the reasons; the Keras facts are cited where used.
 """
 
 from __future__ import annotations

@@ -26,13 +26,22 @@ def save_png(fig: plt.Figure, path: Path, dpi: int) -> None:
     plt.close(fig)
 
 
+#: the comparison the paper is about gets two colours no reader confuses, in colour or printed
+#: in grey: Grad2VAE dark blue (relative luminance 0.16), the vanilla VAE orange (0.35); given
+#: by position in seaborn's colorblind palette, whatever the other models are
+FIXED_COLOURS = {"grad2vae": 0, "vae": 1}
+
+
 def palette(models: list[str]) -> dict[str, Any]:
-    """One colour per model, in the order given."""
-    # colorblind has 10 distinct colours; an ablation grid has more models
-    colours = sns.color_palette(
-        "colorblind" if len(models) <= 10 else "husl", n_colors=max(len(models), 4)
-    )
-    return {model: colours[i] for i, model in enumerate(models)}
+    """One colour per model: ``FIXED_COLOURS`` for Grad2VAE and the VAE, the rest of the
+    colorblind palette for the others in the order given (husl when they are more)."""
+    colorblind = sns.color_palette("colorblind", n_colors=10)
+    fixed = {m: colorblind[i] for m, i in FIXED_COLOURS.items() if m in models}
+    others = [m for m in models if m not in fixed]
+    spare = [c for i, c in enumerate(colorblind) if i not in FIXED_COLOURS.values()]
+    if len(others) > len(spare):  # an ablation grid has more models
+        spare = sns.color_palette("husl", n_colors=len(others))
+    return {**fixed, **dict(zip(others, spare))}
 
 
 def no_data(ax: plt.Axes, text: str) -> None:

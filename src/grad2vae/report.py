@@ -44,6 +44,7 @@ from grad2vae.report_sections import (
     gather_explain,
     gather_scores,
     gather_statistics,
+    gather_table1_metric,
     is_finite_number,
     sign_class,
 )
@@ -177,6 +178,7 @@ def protocol_deviations(workflow_config: dict[str, Any], runs: pd.DataFrame) -> 
 
 
 DOWNLOADS = (
+    "table1_pixel.csv",
     "table1.csv",
     "runs.csv",
     "summary.csv",
@@ -420,6 +422,7 @@ def gather(
         "average_note": any(c.get("published_note") for r in table_rows for c in r["cells"]),
         "summary_rows": summary_rows(averages),
         "claims": gather_claims(agg_dir),
+        "table1_metric": gather_table1_metric(agg_dir, figures),
         "ablations": gather_ablations(agg_dir),
         "scores": gather_scores(agg_dir, figures),
         "param_rows": parameter_rows(parameters),

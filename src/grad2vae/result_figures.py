@@ -17,8 +17,9 @@ from grad2vae import published as pub
 from grad2vae.aggregate import statistics_payload
 from grad2vae.captions import report_entry
 from grad2vae.labels import model_label
-from grad2vae.layout import CD_FIGURE, ROC_FIGURE, RUN_DIR, SCORES
+from grad2vae.layout import CD_FIGURE, ROC_FIGURE, RUN_DIR, SCORES, TABLE1_METRIC_FIGURE
 from grad2vae.plotting import no_data, plt, save_png
+from grad2vae.score_columns import PIXEL, score_column
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +309,61 @@ def critical_difference(runs: pd.DataFrame, grid: dict, out_dir: Path, dpi: int)
                 f"Critical-difference diagram — {pub.dataset_label(dataset)}",
                 details,
                 section="stats",
+                dataset=dataset,
+            )
+        )
+    return entries
+
+
+def table1_metric_figures(summary: pd.DataFrame, grid: dict, out_dir: Path, dpi: int) -> list:
+    """Per dataset (``TABLE1_METRIC_FIGURE``): the printed Grad2VAE column beside our Grad2VAE
+    runs' per-image AUC (main score) and pixel-level AUCs, class by class (claim
+    table1_metric)."""
+    lines = {  # summary column -> (label, colour, marker)
+        "auc": ("ours: per-image AUC (main score)", "#0173b2", "o"),
+        score_column(PIXEL): ("ours: pixel AUC, reconstruction", "#de8f05", "s"),
+        score_column(f"{PIXEL}_attention"): ("ours: pixel AUC, attention image", "#029e73", "^"),
+    }
+    entries = []
+    for dataset in grid["datasets"]:
+        path = out_dir / TABLE1_METRIC_FIGURE.format(dataset=dataset)
+        classes = list(range(pub.N_CLASSES))
+        labels = [pub.class_label(dataset, c) for c in classes]
+        fig, ax = plt.subplots(figsize=(7.5, 3.8))
+        printed = [pub.published_auc(dataset, "grad2vae", c) for c in classes]
+        ax.plot(classes, printed, color="black", marker="D", ms=4, lw=1.6,
+                label="published: the paper's Grad2VAE column")  # fmt: skip
+        mine = (
+            summary[(summary["dataset"] == dataset) & (summary["model"] == "grad2vae")]
+            if not summary.empty
+            else summary
+        )
+        drawn = []
+        for column, (label, colour, marker) in lines.items():
+            mean = f"{column}_pct_mean"
+            if mine.empty or mean not in mine or mine[mean].isna().all():
+                continue
+            values = mine.set_index("normal_class")[mean].reindex(classes)
+            ax.plot(classes, values.to_numpy(), color=colour, marker=marker, ms=4, lw=1.2,
+                    label=label)  # fmt: skip
+            drawn.append(label)
+        ax.set_xticks(classes, labels, rotation=30 if dataset != "mnist" else 0)
+        ax.set_ylabel("AUC (%)")
+        ax.set_xlabel("normal class")
+        ax.set_title(f"{pub.dataset_label(dataset)}: which quantity is Table 1's Grad2VAE column?")
+        ax.legend(fontsize=7, loc="lower left")
+        fig.tight_layout()
+        save_png(fig, path, dpi)
+        shown = sorted(int(c) for c in mine["normal_class"]) if not mine.empty else []
+        entries.append(
+            report_entry(
+                path,
+                TABLE1_METRIC_FIGURE,
+                f"Table 1's metric, {pub.dataset_label(dataset)}",
+                f"{pub.dataset_label(dataset)}; our Grad2VAE runs on classes "
+                f"{', '.join(map(str, shown)) or 'none'}: "
+                + ("; ".join(drawn) if drawn else "no run of ours to compare"),
+                section="table1_metric",
                 dataset=dataset,
             )
         )

@@ -484,7 +484,7 @@ class Run:
             },
             "score_means": score_means(self.last_scores, labels),
             # pixel-level AUCs over the whole test split (evaluate.pixel_column): the quantity
-            # the authors' notebook logged, perhaps the paper's Table 1 (issue 22)
+            # the authors' notebook logged, perhaps the paper's Table 1 (table1_metric)
             **self.last_pixel,
             "epochs": config.epochs,
             "wall_seconds": sum(row["seconds"] for row in history)

@@ -16,6 +16,8 @@ from grad2vae import published as pub
 from grad2vae.collect import real_runs
 from grad2vae.errors import UserError
 from grad2vae.labels import ORACLE_LABEL, ORACLE_MODEL, model_label
+from grad2vae.score_columns import column_score
+from grad2vae.score_columns import score_columns as columns_of_scores
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,9 @@ SCORES = ("auc", "auc_reconstruction")
 
 def score_columns(runs: pd.DataFrame) -> list[str]:
     """``auc``, ``auc_reconstruction`` and the AUC column of every further score in ``runs``
-    (``auc_mse``, ``auc_bce_excess``, ...; not the oracle's, which has its own column)."""
-    extra = [
-        c for c in runs.columns if c.startswith("auc_") and c not in SCORES and c != "auc_oracle"
-    ]
+    (``auc_mse``, ``auc_bce_excess``, ..., ``pixel_auc``...; not the oracle's, which has its
+    own column)."""
+    extra = [c for c in columns_of_scores(runs.columns) if c not in SCORES]
     return list(SCORES) + extra
 
 
@@ -149,7 +150,7 @@ def scores_table(
                 )
                 if values.empty:
                     continue
-                score = "main" if column == "auc" else column.removeprefix("auc_")
+                score = column_score(column)
                 rows.append({"dataset": dataset, "model": model, "score": score,
                              "n_classes": int(len(values)),
                              "auc_pct_mean": float(values.mean())})  # fmt: skip

@@ -14,6 +14,7 @@ from grad2vae import published as pub
 from grad2vae.captions import report_entry
 from grad2vae.labels import model_label
 from grad2vae.plotting import no_data, plt, save_png
+from grad2vae.score_columns import column_score, score_columns
 
 
 def fig6(
@@ -81,8 +82,7 @@ def epoch_line(ax: plt.Axes, line: pd.Series, colour, label: str) -> None:
 
 def _score_columns(history: pd.DataFrame) -> list[str]:
     """The AUC columns of history.csv.gz worth a panel: main, then each diagnostic score."""
-    skip = ("auc_reconstruction", "auc_oracle")
-    columns = ["auc"] + [c for c in history.columns if c.startswith("auc_") and c not in skip]
+    columns = ["auc"] + [c for c in score_columns(history.columns) if c != "auc"]
     return [
         c
         for c in columns
@@ -112,7 +112,7 @@ def fig6_scores(
         sharex=True,
     )
     for row, column in enumerate(columns):
-        score = "main" if column == "auc" else column.removeprefix("auc_")
+        score = column_score(column)
         for ax, dataset in zip(axes[row], datasets):
             part = history[history["dataset"] == dataset] if not history.empty else history
             drawn = False

@@ -20,6 +20,7 @@ import pandas as pd
 
 from grad2vae import published as pub
 from grad2vae import stats
+from grad2vae.score_columns import column_score, score_column, score_columns
 
 #: per-dataset results: the claim holds, fails, holds in part (mixed), or cannot be decided
 HOLDS, FAILS, MIXED, UNKNOWN = "holds", "fails", "mixed", "unknown"
@@ -279,14 +280,14 @@ def combine(results: Mapping[str, str]) -> tuple[str, str]:
 
 
 def score_names(runs: pd.DataFrame) -> list[str]:
-    """``main`` and every other score whose AUC the runs report (``auc_{score}`` columns),
-    without ``reconstruction`` (the VAEs' equals their main score) and the oracle."""
+    """``main`` and every other score whose AUC the runs report (``auc_{score}`` and the
+    pixel-level ``pixel_auc*`` columns, ``score_columns``), without ``reconstruction`` (the
+    VAEs' equals their main score) and the oracle."""
     names = ["main"]
-    for column in runs.columns:
-        if column.startswith("auc_") and column not in ("auc_reconstruction", "auc_oracle"):
-            values = pd.to_numeric(runs[column], errors="coerce")
-            if values.notna().any():
-                names.append(column.removeprefix("auc_"))
+    for column in score_columns(runs.columns):
+        values = pd.to_numeric(runs[column], errors="coerce")
+        if column != "auc" and values.notna().any():
+            names.append(column_score(column))
     return names
 
 
@@ -296,7 +297,7 @@ def scored_view(
     """``frame`` (runs or history) with ``value`` replaced by the AUC of ``score`` for every
     model that reports it, its main AUC otherwise; and model -> the score it is judged by."""
     frame = frame.copy()
-    column = "auc" if score == "main" else f"auc_{score}"
+    column = score_column(score)
     scored_by: dict[str, str] = {}
     if frame.empty or "model" not in frame:
         return frame, scored_by

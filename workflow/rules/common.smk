@@ -19,6 +19,7 @@ from grad2vae.layout import (
     MANIFEST_NAME,
     ROC_FIGURE,
     RUN_DIR,
+    TABLE1_METRIC_FIGURE,
     TRAIN_BENCHMARK,
     TRAIN_LOG,
 )
@@ -98,6 +99,7 @@ REPORT_CATEGORIES = {
     "per_class_auc.png": "Results (Table 1)",
     ROC_FIGURE: "Results (Table 1)",
     CD_FIGURE: "Statistical tests",
+    TABLE1_METRIC_FIGURE: "What Table 1 measures",
     "parameters.png": "Models and compute",
     "compute.png": "Models and compute",
 }
@@ -130,8 +132,9 @@ def figure_files():
     files = [report_output(f"{FIGURES_DIR}/{name}", name) for name in FIGURE_FILES]
     return files + [
         report_output(
-            f"{FIGURES_DIR}/{CD_FIGURE.format(dataset=d)}", CD_FIGURE, subcategory=d
+            f"{FIGURES_DIR}/{pattern.format(dataset=d)}", pattern, subcategory=d
         )
+        for pattern in (CD_FIGURE, TABLE1_METRIC_FIGURE)
         for d in config["datasets"]
     ]
 
@@ -167,6 +170,10 @@ def run_keys():
     for dataset in config["datasets"]:
         for normal_class in config["normal_classes"]:
             for model in MODELS:
+                if normal_class not in VARIANTS.get(model, {}).get(
+                    "normal_classes", [normal_class]
+                ):
+                    continue  # a variant on a subset of the classes
                 for seed in config["seeds"]:
                     yield dict(
                         dataset=dataset,
