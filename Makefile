@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -ra
 
 # the Python scripts (no .py ending, so ruff is given them by name)
-PY_SCRIPTS := scripts/gpu-acceptance scripts/outputs-digest scripts/score-study
+PY_SCRIPTS := scripts/gpu-acceptance scripts/outputs-digest
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
