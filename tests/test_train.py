@@ -156,11 +156,13 @@ def test_outputs_follow_the_contract(tiny_models, tiny_data_dir, tmp_path):
     metrics = run(cfg, tmp_path / "run", tiny_data_dir, checkpoint_every=1)
     out = tmp_path / "run"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "checkpoint.pt",  # the final state, until the aggregation has read the run
         "history.tsv",
         "metrics.json",
         "model.pt",
         "scores.csv.gz",
-    ]  # checkpoint deleted
+    ]
+    assert_final_state(out, cfg.epochs)
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     assert CONTRIBUTING_KEYS <= set(on_disk)
@@ -206,7 +208,7 @@ def test_outputs_follow_the_contract(tiny_models, tiny_data_dir, tmp_path):
 
     # The saved weights give the saved scores again.
     model = load_trained_model(out)
-    again, extra = evaluate(model, split, derive_seed(0, "eval"), batch_size=32)
+    again, extra, _ = evaluate(model, split, derive_seed(0, "eval"), batch_size=32)
     assert np.array_equal(
         again["main"], np.array([float(r["score_main"]) for r in scores], dtype=np.float32)
     )
@@ -270,7 +272,15 @@ def test_interrupted_run_resumes_exactly(tiny_models, tiny_data_dir, tmp_path):
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows_cut] == [
         {k: v for k, v in r.items() if k not in drop} for r in rows_full
     ]
-    assert not (tmp_path / "cut" / "checkpoint.pt").exists()
+    assert_final_state(tmp_path / "cut", cfg.epochs)
+
+
+def assert_final_state(run_dir, epochs: int) -> None:
+    """A finished run keeps its final state (weights and history, no optimizer) until the
+    aggregation has read it: a rerun after Snakemake deleted its outputs only evaluates."""
+    final = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    assert final["epoch"] == epochs and "optimizer" not in final
+    assert len(final["history"]) == epochs
 
 
 def test_finished_run_does_nothing_and_other_config_is_refused(
@@ -514,7 +524,7 @@ def test_sigkill_and_restart_gives_identical_results(tiny_data_dir, tmp_path):
         return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in rows]
 
     assert strip(rows_cut) == strip(rows_full)
-    assert not (cut / "checkpoint.pt").exists()
+    assert_final_state(cut, m_cut["epochs"])
 
     # Started again, the finished run does nothing.
     stamp = (cut / "metrics.json").stat().st_mtime_ns
@@ -616,9 +626,21 @@ def test_seeds_vmapped_equal_separate_runs_within_rounding(tiny_data_dir, tmp_pa
         alone = _run_files(tmp_path / "alone" / f"seed{config.seed}")
         grouped = _run_files(tmp_path / "together" / f"seed{config.seed}")
         assert metrics["seed_batching"] == "vmap"
-        # what the runs compute: every test image's scores and every epoch's loss terms. With
-        # BatchNorm the bias noise below reaches the running means (eval mode): looser.
-        tolerance = 5e-2 if _biases_before_batchnorm(model) else 1e-3
+        # what the runs compute: every test image's scores and every epoch's loss terms.
+        # Without BatchNorm the weights agree to ~1e-4 (below) and scores and losses to ~1e-5
+        # relative on any kernel (seen: <= 6e-6), so 1e-3 relative on the scores and 1e-4 on
+        # the losses. With BatchNorm the bias noise below reaches the running means (eval mode)
+        # and, through the few weights it moves by ~lr, the training losses: that drift is set
+        # by Adam's step lr = 1e-3, not by float rounding, so it is as large on any CPU and
+        # kernel (seen over 7 kernel choices: scores <= 3.2e-2 relative, <= 1.8e-3 absolute on
+        # scores of 0.02 to 1.5; losses <= 7.5e-4 relative, 1.4e-4 on an Intel Xeon). A real
+        # bug is larger: one step skipped, doubled or taken with another seed's batch moves an
+        # epoch's loss by several percent (it falls ~8 % per step here), and the other seed's
+        # model gives main scores ~40 % apart (median).
+        batchnorm = bool(_biases_before_batchnorm(model))
+        tolerance, score_floor, loss_tolerance = (
+            (5e-2, 1e-2, 1e-2) if batchnorm else (1e-3, 1e-5, 1e-4)
+        )
         scores = [
             read_scores(tmp_path / side / f"seed{config.seed}" / "scores.csv.gz")
             for side in ("alone", "together")
@@ -626,7 +648,7 @@ def test_seeds_vmapped_equal_separate_runs_within_rounding(tiny_data_dir, tmp_pa
         for row_alone, row_grouped in zip(*scores):
             for key in ("score_main", "score_reconstruction"):
                 assert float(row_grouped[key]) == pytest.approx(
-                    float(row_alone[key]), rel=tolerance, abs=1e-5
+                    float(row_alone[key]), rel=tolerance, abs=score_floor
                 )
         for name, value in alone[1].items():
             if _biases_before_batchnorm(model) and value.is_floating_point():
@@ -638,17 +660,21 @@ def test_seeds_vmapped_equal_separate_runs_within_rounding(tiny_data_dir, tmp_pa
                 continue
             if value.is_floating_point():
                 # Tensor-wise: Adam's update of an element whose gradient is ~0 is ~lr * sign, so
-                # a rounding difference can move a handful of elements by up to lr.
+                # a rounding difference can move a handful of elements by up to lr per step:
+                # how many depends on the kernels (seen: up to 2.2e-4 of encoder.hidden.weight's
+                # norm with oneDNN limited to SSE4.1). A real bug (a wrong gradient, batch or
+                # step) moves most elements by ~lr per step: >= 1e-2 of any tensor's norm here.
                 difference = (grouped[1][name] - value).norm()
-                assert difference <= 1e-4 * value.norm() + 1e-6, (name, float(difference))
+                assert difference <= 1e-3 * value.norm() + 1e-6, (name, float(difference))
             else:  # BatchNorm's num_batches_tracked
                 assert torch.equal(grouped[1][name], value), name
         for row_alone, row_grouped in zip(alone[2], grouped[2]):
             for key in row_alone:
                 if key.startswith("loss_"):
                     assert float(row_grouped[key]) == pytest.approx(
-                        float(row_alone[key]), rel=1e-4, abs=1e-6
+                        float(row_alone[key]), rel=loss_tolerance, abs=1e-6
                     )
+        # 4 normal x 36 anomalous test images: 0.03 is 4 of 144 pairs swapped by the drift above
         assert grouped[0]["auc"] == pytest.approx(alone[0]["auc"], abs=0.03)
 
 
@@ -799,17 +825,27 @@ def test_vmapped_losses_give_each_model_its_own_loss_and_gradients(model_name, o
     terms = vmapped_losses(together_models, xs, noise)
     terms["total"].sum().backward()
     for j in range(2):
+        # forward values (losses, BatchNorm statistics): summation order alone, ~1e-7 relative
+        # on any kernel (seen <= 1e-7); a ReLU flipping at a pre-activation of ~1e-7 moves them
+        # by as little. Another seed's data or weights move them by percents.
         for key, value in alone[j].items():
             torch.testing.assert_close(terms[key][j], value, rtol=1e-5, atol=1e-6, msg=key)
         named_alone = dict(alone_models[j].named_parameters())
         for name, parameter in together_models[j].named_parameters():
-            # relative to the tensor's scale: the batched kernels sum in another order
+            # Relative to the tensor's largest gradient: the batched kernels sum in another order
+            # (~1e-6), and a ReLU input within float32 rounding of 0 can land on either side of
+            # it in the two paths, switching one unit of one sample on or off for every
+            # gradient upstream: seen 1.9e-2 of decoder.expand.weight's largest with oneDNN
+            # off (variant 0; a pre-activation of -1.6e-7 in float64). A real bug (another
+            # seed's weights, batch or noise) changes gradients by the order of their largest;
+            # a missing loss term shows in the losses above (rtol=1e-5). 1e-6: the gradient of
+            # a bias before BatchNorm is rounding noise around 0 (seen <= 5e-8).
             expected = named_alone[name].grad
             if expected is None:  # a parameter off the loss's path (attention: off)
                 assert parameter.grad is None or not parameter.grad.any(), name
                 continue
             difference = (parameter.grad - expected).abs().max()
-            assert difference <= 1e-5 * expected.abs().max() + 1e-6, (name, float(difference))
+            assert difference <= 5e-2 * expected.abs().max() + 1e-6, (name, float(difference))
         buffers_alone = dict(alone_models[j].named_buffers())
         for name, buffer in together_models[j].named_buffers():
             torch.testing.assert_close(buffer, buffers_alone[name], rtol=1e-5, atol=1e-7, msg=name)
@@ -901,7 +937,7 @@ def test_group_killed_mid_run_resumes_from_its_own_checkpoints(tiny_data_dir, tm
         expected, got = _run_files(a), _run_files(g)
         assert got[0]["auc"] == expected[0]["auc"]
         assert all(torch.equal(got[1][name], expected[1][name]) for name in expected[1])
-        assert not (g / CHECKPOINT).exists()  # the group finished: no checkpoint left
+        assert_final_state(g, 3)  # the group finished: each run's final state only
 
 
 @pytest.mark.parametrize("seed_batching", ["sequential", "vmap"])
