@@ -4,6 +4,7 @@ run, lint and format, and (slow) a tiny configuration end to end, including a pa
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import re
@@ -371,6 +372,14 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
         if run["model"] in ("vae", "grad2vae"):
             expected |= {"auc_bce_zero_noise", "auc_mse_zero_noise", "auc_bce_excess_zero_noise"}
         assert all(0 <= float(run[column]) <= 1 for column in expected), run
+        # the pixel-level AUC the authors' notebook logged (claim table1_metric)
+        pixel = {"pixel_auc", "pixel_auc_keras"}
+        if run["model"] == "grad2vae":
+            pixel |= {"pixel_auc_attention", "pixel_auc_attention_keras"}
+        assert all(0 <= float(run[column]) <= 1 for column in pixel), run
+    with gzip.open(results / "aggregate" / "history.csv.gz", "rt") as handle:
+        history_columns = next(csv.reader(handle))
+    assert {"pixel_auc", "pixel_auc_keras", "pixel_auc_attention"} <= set(history_columns)
     claims = json.loads((results / "aggregate" / "claims.json").read_text())
     assert len(claims) == 8 and all(c["verdict"] in ("supported", "partly supported",
                                                         "not supported", "cannot be judged")
@@ -381,6 +390,8 @@ def test_tiny_configuration_end_to_end_then_partial_report(tmp_path):
         ("fashion_mnist", "1", "24"),
     ]
     assert "entropy only, H(x) (no model)" in index_text(report)
+    assert "What does the paper&#39;s Table 1 measure?" in index_text(report)
+    assert {c["id"]: c for c in claims}["table1_metric"]["verdict"] == "cannot be judged"
     index = report / "index.html"
     page = parse(index.read_text(encoding="utf-8"))
     rows = {"table1": 2 * (1 + 1), "summary-table": 2 * 4, "status-matrix": 2}
