@@ -129,8 +129,8 @@ def _last_error_line(log_path: Path, limit: int = 300) -> str:
     if not lines:
         return f"{METRICS} missing; its log is empty (the job did not start, or was killed)"
     return (
-        f"{METRICS} missing; its log reports no error (interrupted, or the run's files were "
-        "deleted after it finished): train it again"
+        f"{METRICS} missing; its log reports no error (still running, interrupted, or the "
+        "run's files were deleted after it finished): train it again"
     )
 
 

@@ -337,6 +337,11 @@ def gather_scores(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> di
 
 # --------------------------------------------------------------------------------------------
 # what the paper's Table 1 measures (claims.json's table1_metric, table1_pixel.csv)
+#: a per-dataset result of claims.json in the report's words (verdicts.HOLDS, ...)
+RESULT_WORDS = {"holds": "holds", "fails": "fails", "mixed": "holds in part",
+                "unknown": "cannot be judged"}  # fmt: skip
+
+
 def gather_table1_metric(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
     """The section "What does the paper's Table 1 measure?": the claim ``table1_metric`` with,
     per dataset, every candidate's rank statistics against the printed column, the printed column
@@ -387,7 +392,8 @@ def gather_table1_metric(agg_dir: Path, figures: dict[str, list[dict[str, str]]]
             })  # fmt: skip
         datasets.append({
             "dataset": dataset, "label": pub.dataset_label(dataset),
-            "result": result.get("result"), "why": result.get("why"),
+            "result": RESULT_WORDS.get(result.get("result"), result.get("result")),
+            "why": result.get("why"),
             "candidates": candidates, "printed": printed,
             "pixel_columns": [f"{model_label(m)} (ours), {c}" for m, c in pairs],
             "pixel_rows": rows,

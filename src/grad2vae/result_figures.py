@@ -354,7 +354,11 @@ def table1_metric_figures(summary: pd.DataFrame, grid: dict, out_dir: Path, dpi:
         ax.legend(fontsize=7, loc="lower left")
         fig.tight_layout()
         save_png(fig, path, dpi)
-        shown = sorted(int(c) for c in mine["normal_class"]) if not mine.empty else []
+        shown = (
+            sorted(int(c) for c, v in zip(mine["normal_class"], mine["auc_pct_mean"]) if v == v)
+            if not mine.empty and "auc_pct_mean" in mine
+            else []
+        )  # the classes with a mean (NaN != NaN)
         entries.append(
             report_entry(
                 path,
