@@ -347,11 +347,14 @@ def table1_metric_figures(summary: pd.DataFrame, grid: dict, out_dir: Path, dpi:
             ax.plot(classes, values.to_numpy(), color=colour, marker=marker, ms=4, lw=1.2,
                     label=label)  # fmt: skip
             drawn.append(label)
-        ax.set_xticks(classes, labels, rotation=30 if dataset != "mnist" else 0)
+        rotated = any(len(label) > 2 for label in labels)  # Fashion-MNIST's names
+        ax.set_xticks(classes, labels, rotation=30 if rotated else 0)
         ax.set_ylabel("AUC (%)")
         ax.set_xlabel("normal class")
         ax.set_title(f"{pub.dataset_label(dataset)}: which quantity is Table 1's Grad2VAE column?")
-        ax.legend(fontsize=7, loc="lower left")
+        # below the axes: a class far below the others must not hide behind it
+        below = -0.36 if rotated else -0.22
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, below), ncol=2)
         fig.tight_layout()
         save_png(fig, path, dpi)
         shown = (
