@@ -521,3 +521,19 @@ def pathlib_root():
     import pathlib
 
     return pathlib.Path(__file__).parents[1]
+
+
+def test_every_claim_about_aucs_is_judged_under_the_pixel_metrics_too():
+    """The pixel-level AUC columns are scores like any other: each AUC claim has a verdict under
+    each of them (here the pixel AUC equals the per-image one, so the verdicts agree)."""
+    runs, history, avgs, params, grid = grid_inputs(PAPER_DATASETS, range(10), [0, 1])
+    runs["pixel_auc"] = runs["auc"]
+    history["pixel_auc"] = history["auc"]
+    result = judged((runs, history, avgs, params, grid))
+    for claim_id in BOTH:
+        by_score = result[claim_id]["by_score"]
+        assert "pixel" in by_score, claim_id
+        assert by_score["pixel"]["verdict"] == verdicts.SUPPORTED, (claim_id, by_score["pixel"])
+        assert by_score["pixel"]["scored_by"]["grad2vae"] == "pixel"
+    # a model without the metric (none here) would fall back to its main score
+    assert result["mstd"]["by_score"]["pixel"]["datasets"]["mnist"]["mstd"] < 0.117

@@ -48,6 +48,8 @@ from grad2vae.verdicts import (
     judged_per_score,
     round_value,
     scope,
+    score_names,
+    scored_view,
     too_few_seeds,
     with_paper_datasets,
 )
@@ -202,6 +204,10 @@ def mstd(avgs: pd.DataFrame, datasets: list[str], runs: pd.DataFrame) -> dict[st
             f"; a standard deviation over seeds needs at least {MIN_SEEDS} seeds in each of the "
             f"ten classes: {'; '.join(unjudged)}"
         )
+    by_score = {
+        score: mstd_under_score(runs, datasets, score, limit, too_few)
+        for score in (score_names(runs) if not runs.empty else [])
+    }
     return claim(
         "mstd",
         "'mstd' is undefined in the paper; two readings, in AUC percentage points: (a) the mean "
@@ -215,8 +221,40 @@ def mstd(avgs: pd.DataFrame, datasets: list[str], runs: pd.DataFrame) -> dict[st
             "readings": {r: dict(v) for r, v in readings.items()},
             "others": others,
         },  # fmt: skip
+        by_score=by_score,
         scope=scope(runs, datasets, [CLAIMED]),
     )
+
+
+def mstd_under_score(
+    runs: pd.DataFrame, datasets: list[str], score: str, limit: float, too_few: dict
+) -> dict[str, Any]:
+    """mstd's two readings on Grad2VAE's runs under ``score`` (``scored_view``), from the runs
+    themselves: per class the standard deviation over seeds (ddof=1, percent), as the averages
+    table computes it for the main score."""
+    view, scored_by = scored_view(runs, score)
+    mine = view[view["model"] == CLAIMED] if "model" in view else view
+    readings: dict[str, dict[str, str]] = {"mean_of_class_stds": {}, "max_class_std": {}}
+    values = {}
+    for dataset in datasets:
+        part = mine[mine["dataset"] == dataset] if len(mine) else mine
+        stds = (part.groupby("normal_class")["auc"].std(ddof=1) * 100.0).dropna()
+        judged = len(stds) and not too_few[dataset]
+        values[dataset] = {
+            "mstd": round_value(stds.mean()) if len(stds) else None,
+            "max_class_std": round_value(stds.max()) if len(stds) else None,
+        }
+        for reading, value in (("mean_of_class_stds", stds.mean()), ("max_class_std", stds.max())):
+            readings[reading][dataset] = (HOLDS if value <= limit else FAILS) if judged else UNKNOWN
+    verdicts = {reading: combine(results) for reading, results in readings.items()}
+    (a, why_a), (b, why_b) = verdicts["mean_of_class_stds"], verdicts["max_class_std"]
+    verdict = (
+        a
+        if a == b
+        else (PARTLY if SUPPORTED in (a, b) else (CANNOT if CANNOT in (a, b) else NOT_SUPPORTED))
+    )
+    return {"verdict": verdict, "why": f"mean of class stds: {why_a}; largest: {why_b}",
+            "scored_by": scored_by, "datasets": values}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -269,6 +269,21 @@ def acceleration_per_compute(
         results[dataset] = compute_dataset(mine, "cumulative_flops")
         seconds[dataset] = compute_dataset(mine, "cumulative_seconds")
     verdict, why = combine({d: r["result"] for d, r in results.items()})
+    by_score = {}  # the same on the curves of every other score the runs report
+    for score in score_names(runs) if not runs.empty and not history.empty else []:
+        view, scored_by = scored_view(history, score)
+        scored_curves = compute_curves(view, runs)
+        scored = {
+            d: compute_dataset(
+                {m: c for (ds, m), c in scored_curves.items() if ds == d}, "cumulative_flops"
+            )
+            for d in datasets
+        }
+        by_score[score] = dict(
+            zip(("verdict", "why"), combine({d: r["result"] for d, r in scored.items()})),
+            scored_by=scored_by,
+            datasets=scored,
+        )
     per_epoch = {}
     if not runs.empty and "train_flops_per_epoch" in runs:
         for (dataset, model), group in runs.groupby(["dataset", "model"]):
@@ -287,5 +302,6 @@ def acceleration_per_compute(
         verdict,
         why,
         {"flops": results, "training_seconds": seconds, "train_flops_per_epoch": per_epoch},
+        by_score=by_score,
         scope=scope(runs, datasets, [CLAIMED, VAE]),
     )
