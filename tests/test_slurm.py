@@ -328,7 +328,12 @@ def test_profiles_say_what_the_issue_asks():
     assert not any(
         key.startswith(("slurm-no-account", "slurm-status-command", "slurm-init")) for key in slurm
     )
-    assert load_profile("local") == {"cores": 8, "resources": {"gpu": 2}}
+    # after Ctrl-C: resume what was interrupted instead of stopping on IncompleteFilesException
+    assert load_profile("local") == {
+        "cores": 8,
+        "resources": {"gpu": 2},
+        "rerun-incomplete": True,
+    }
     test = load_profile("slurm-test")
     assert test["slurm-no-account"] is True and test["slurm-status-command"] == "squeue"
     assert test["slurm-init-seconds-before-status-checks"] <= 5

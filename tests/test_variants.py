@@ -196,6 +196,32 @@ def test_presets_plan_their_grids(tmp_path):
         line for line in own.stdout.splitlines() if "--model deep_svdd_paper_protocol " in line
     ]
     assert paper and all("--epochs 100 " in c and "--batch-size 128 " in c for c in paper)
+    # the short studies behind docs/findings: 20 VAE + 20 Grad2VAE + the fusion-free variant on
+    # classes 1 and 8 of both datasets; VAE and Grad2VAE on MNIST 1 and 8
+    metric = snakemake("-n", "--configfile", "presets/table1-metric.yaml", str(overlay))
+    assert metric.returncode == 0, metric.stderr[-3000:]
+    assert job_counts(metric.stdout)["train"] == 20 + 20 + 4
+    # mtime only: a data rule run with both datasets would otherwise be planned first, alone
+    study = snakemake(
+        "-n", "--rerun-triggers", "mtime", "--configfile", "presets/score-study.yaml", str(overlay)
+    )
+    assert study.returncode == 0, study.stderr[-3000:]
+    assert job_counts(study.stdout)["train"] == 4
+
+
+def test_a_variant_on_a_subset_of_the_classes_is_expected_only_there():
+    from grad2vae.collect import expected_grid, grid_keys
+
+    workflow = {
+        "datasets": ["mnist"], "normal_classes": [0, 1, 2], "seeds": [0, 1], "models": ["vae"],
+        "variants": {"vae_kl_mean": {"model": "vae", "options": {"kl": "mean"},
+                                     "normal_classes": [1]}},
+    }  # fmt: skip
+    grid = expected_grid(Path("/nonexistent"), workflow, {})
+    keys = grid_keys(grid)
+    assert len(keys) == 3 * 2 + 1 * 2
+    assert {k["normal_class"] for k in keys if k["model"] == "vae_kl_mean"} == {1}
+    assert "model_classes" not in expected_grid(Path("/x"), dict(workflow, variants={}), {})
 
 
 @pytest.mark.parametrize(

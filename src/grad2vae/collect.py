@@ -89,12 +89,15 @@ def expected_grid(
     grid["normal_classes"] = [int(c) for c in grid["normal_classes"]]
     grid["seeds"] = [int(s) for s in grid["seeds"]]
     grid["models"] = model_order(grid["models"])
-    # a variant trained on a subset of the classes (the workflow's variants.*.normal_classes)
-    grid["model_classes"] = {
+    # a variant trained on a subset of the classes (the workflow's variants.*.normal_classes);
+    # the key only where there is one, so that other grids keep their shape
+    model_classes = {
         name: [int(c) for c in variant["normal_classes"]]
         for name, variant in (workflow_config.get("variants") or {}).items()
         if isinstance(variant, dict) and variant.get("normal_classes")
     }
+    if model_classes:
+        grid["model_classes"] = model_classes
     return grid
 
 
