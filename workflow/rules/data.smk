@@ -16,7 +16,11 @@ rule data:
         "../../envs/grad2vae.yaml"
     params:
         data_dir=lambda wildcards, output: up(output[0], 2),
-        datasets=" ".join(config["datasets"]),
+        # derived from `output` like `options`, so that a configuration with fewer datasets
+        # (presets/score-study.yaml) does not re-fetch, which would plan nothing else that run
+        datasets=lambda wildcards, output: " ".join(
+            dict.fromkeys(os.path.basename(up(path)) for path in output)
+        ),
         options=fetch_options,
     shell:
         "grad2vae fetch --data-dir {params.data_dir} --datasets {params.datasets}"
