@@ -32,15 +32,7 @@ from typing import Any, Callable
 import torch
 
 from grad2vae import atomic, devices
-
-# Moved to grad2vae.cohort / grad2vae.run; re-exported until bench.py and explain.py import them
-# from there (they are being split at the same time).
-from grad2vae.cohort import (  # noqa: E402,F401
-    AUTO_SEED_BATCHING,
-    SEED_BATCHING,
-    train_in_lockstep,
-    vmapped_step,
-)
+from grad2vae.cohort import SEED_BATCHING, train_in_lockstep
 from grad2vae.config import (
     SCHEDULE_FIELDS,
     RunConfig,
@@ -93,8 +85,8 @@ def train_seeds(
     ``torch.func.vmap`` over their stacked parameters (``torch.func.stack_module_state``'s
     layout), which turns k small kernels into one batched kernel. ``"auto"`` = vmap where the
     model says its loss supports it on the device (``AnomalyModel.supports_seed_vmap``), else
-    sequential, per device type as ``AUTO_SEED_BATCHING`` says. Time in each run's metrics and
-    history is its share (the group's training time / its number of seeds, plus its own
+    sequential, per device type as ``cohort.AUTO_SEED_BATCHING`` says. Time in each run's metrics
+    and history is its share (the group's training time / its number of seeds, plus its own
     evaluations), so that times summed over runs are device time. A run whose loss turns
     non-finite leaves the group (checkpoint kept, as alone); the others finish, then the first
     such error is raised. Runs of the group that are finished
