@@ -68,23 +68,15 @@ def _what_to_do(error: OSError, setting: str) -> str:
     return f"choose another {setting}"
 
 
-def _out_of_space(target: Path, error: BaseException) -> UserError | None:
-    """The error to raise instead of ``error`` when writing ``target`` failed for want of space."""
+def _out_of_space(target: Path, error: OSError | RuntimeError) -> bool:
+    """Whether writing ``target`` failed for want of space (measured before the partial file
+    goes: it holds what little space there was)."""
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        pass
-    elif isinstance(error, (OSError, RuntimeError)):
-        try:
-            if shutil.disk_usage(target.parent).free >= _NEARLY_FULL_BYTES:
-                return None
-        except OSError:
-            return None
-    else:
-        return None
-    return UserError(
-        f"cannot write {target}: no space left on device (the partial file was removed); free "
-        "some space or choose another output folder, then run the same command again (a "
-        "training run resumes from its last checkpoint)"
-    )
+        return True
+    try:
+        return shutil.disk_usage(target.parent).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -108,11 +100,13 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except (OSError, RuntimeError) as error:
-        # measured before the partial file goes: it holds what little space there was
-        replacement = _out_of_space(target, error)
-        if replacement is None:
+        if not _out_of_space(target, error):
             raise
-        raise replacement from error
+        raise UserError(
+            f"cannot write {target}: no space left on device (the partial file was removed); "
+            "free some space or choose another output folder, then run the same command again "
+            "(a training run resumes from its last checkpoint)"
+        ) from error
     finally:
         tmp.unlink(missing_ok=True)
 

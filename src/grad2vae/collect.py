@@ -114,7 +114,7 @@ def grid_keys(grid: dict[str, list]) -> list[dict[str, Any]]:
     ]
 
 
-def _last_error_line(log_path: Path, limit: int = 300) -> str:
+def _failure_reason(log_path: Path, limit: int = 300) -> str:
     """The log's last line that reports an error, else why there is none to show. Never the
     last line as such: a run whose metrics.json was deleted after it finished ends its log with
     a success line."""
@@ -311,7 +311,7 @@ def read_run(
                     history.insert(position, column, key[column])
         return status, row, history
     if log_path.exists():
-        status.update(status="failed", reason=_last_error_line(log_path))
+        status.update(status="failed", reason=_failure_reason(log_path))
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         status.update(status="failed", reason="run directory without metrics.json (interrupted?)")
     return status, None, None

@@ -104,22 +104,16 @@ def pixel_metrics(accumulators: dict[str, PixelAUC]) -> dict[str, float]:
     return result
 
 
-def auc_column(score: str) -> str:
-    """The column of a score's AUC in history.tsv, metrics.json and runs.csv: ``auc`` for the
-    main score, ``auc_{score}`` for every other (``score_columns``)."""
-    return score_column(score)
-
-
 def auc_of(
     scores: dict[str, np.ndarray], labels: np.ndarray, epoch: int | None = None
 ) -> dict[str, float]:
-    """AUC-ROC (anomaly = positive) of every score, keyed by ``auc_column``; a non-finite score
-    means the model diverged (NonFiniteLossError)."""
+    """AUC-ROC (anomaly = positive) of every score, keyed by ``score_columns.score_column``; a
+    non-finite score means the model diverged (NonFiniteLossError)."""
     from sklearn.metrics import roc_auc_score
 
     result = {}
     for key, values in scores.items():
-        column = auc_column(key)
+        column = score_column(key)
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
             where = f"epoch {epoch}: " if epoch is not None else ""

@@ -23,7 +23,6 @@ from grad2vae.config import RunConfig, config_hash, derive_seed
 from grad2vae.errors import UserError
 from grad2vae.evaluate import (
     NonFiniteLossError,
-    auc_column,
     auc_of,
     evaluate,
     extra_aucs,
@@ -39,6 +38,7 @@ from grad2vae.outputs import (
 )
 from grad2vae.progress import fmt_duration
 from grad2vae.schedule import make_scheduler
+from grad2vae.score_columns import score_column
 
 log = logging.getLogger(__name__)
 
@@ -478,7 +478,7 @@ class Run:
             "auc_reconstruction": final["auc_reconstruction"],
             # every other score of model.scores() (diagnostics beside the main score, issue 13)
             "auc_scores": {
-                key: final[auc_column(key)]
+                key: final[score_column(key)]
                 for key in self.last_scores
                 if key not in ("main", "reconstruction")
             },

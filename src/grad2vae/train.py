@@ -138,7 +138,8 @@ def train_seeds(
         pending = [i for i in pending if results[i] is None]
         if pending:
             for i in pending:
-                for stray in out_dirs[i].glob(".tmp-*"):  # left by a process killed mid-write
+                # under the run lock every temporary file is one a killed process left
+                for stray in out_dirs[i].glob(f"{atomic.TEMPORARY_PREFIX}*"):
                     stray.unlink(missing_ok=True)
             if not isinstance(device, torch.device):
                 device = devices.resolve_device(
