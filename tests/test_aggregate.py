@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 
 from grad2vae import published as pub
-from grad2vae.aggregate import aggregate
+from grad2vae.analysis.collect import expected_grid
+from grad2vae.analysis.command import aggregate
+from grad2vae.analysis.tables import published_column_average
 from grad2vae.cli import main as cli_main
-from grad2vae.collect import expected_grid
 from grad2vae.layout import RUN_DIR, TRAIN_LOG
-from grad2vae.tables import published_column_average
 
 MODELS = ["grad2vae", "vae", "cae", "inception_caenn"]
 PARAMETERS = {"grad2vae": 3_375_890, "vae": 3_258_305, "cae": 802_819, "inception_caenn": 333_699}
@@ -424,8 +424,8 @@ def write_complete_grid(
 
 
 def test_extra_models_join_the_grid_and_the_oracle_is_a_labelled_pseudo_model(tmp_path):
-    from grad2vae import stats
-    from grad2vae.labels import ORACLE_LABEL
+    from grad2vae.analysis import stats
+    from grad2vae.analysis.labels import ORACLE_LABEL
 
     write_complete_grid(tmp_path / "results", classes=[0, 1], seeds=[0, 1])
     config = {

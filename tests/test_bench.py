@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from grad2vae import bench, bench_report, bench_timing
+from grad2vae.bench import command as bench
+from grad2vae.bench import results as bench_report
+from grad2vae.bench import timing as bench_timing
 from grad2vae.cli import main
 from grad2vae.errors import UserError
 

@@ -11,12 +11,12 @@ import torch
 from conftest import tiny_run_config, tiny_train_argv
 from sklearn.svm import OneClassSVM
 
-from grad2vae import train
 from grad2vae.cli import main
-from grad2vae.config import RunConfig
 from grad2vae.models import create_model
 from grad2vae.models.cae_ocsvm import GRID_KEYS, SCALE_KEY, grid_key, oracle_auc
-from grad2vae.outputs import read_scores
+from grad2vae.training import command as train
+from grad2vae.training.outputs import read_scores
+from grad2vae.training.run_config import RunConfig
 
 
 def tiny_config(model: str) -> RunConfig:

@@ -1,5 +1,5 @@
 """Each claim's decision on hand-made tables and curves where the answer is known: one input where
-the claim holds and one where it fails (grad2vae.claims)."""
+the claim holds and one where it fails (grad2vae.analysis.claims)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grad2vae import claims, score_findings, training_claims, verdicts
 from grad2vae import published as pub
+from grad2vae.analysis import claims, score_findings, training_claims, verdicts
 
 
 def curve(values, start: int = 1) -> pd.Series:
@@ -156,7 +156,7 @@ def test_class_remarks_hold_on_the_printed_table_only_when_classes_count_from_on
 
 
 def pub_table(dataset: str) -> pd.DataFrame:
-    from grad2vae import stats
+    from grad2vae.analysis import stats
 
     table = stats.published_table(dataset)
     table.columns = [pub.published_columns()[c]["ours"] for c in table.columns]
@@ -331,8 +331,8 @@ def grid_inputs(datasets, classes, seeds, epochs=100, train_limit=0, test_limit=
     """(runs, history, avgs, params, grid) of a constructed grid where every claim about AUCs
     holds on each dataset it has: Grad2VAE best and flat over classes, seeds 0.005 pp apart,
     above 95 % from epoch 5 with twice the VAE's FLOPs per epoch, the VAE from epoch 20, nobody
-    else ever. ``avgs`` comes from grad2vae.tables, like aggregate's."""
-    from grad2vae import tables
+    else ever. ``avgs`` comes from grad2vae.analysis.tables, like aggregate's."""
+    from grad2vae.analysis import tables
 
     models = list(models or GRID_MODELS)
     rows, curves = [], []
@@ -394,7 +394,7 @@ def test_mstd_counts_the_seeds_of_the_runs_not_of_the_grid():
     the other nine classes do not exist, and the tables drop them."""
     runs, history, avgs, params, grid = grid_inputs(PAPER_DATASETS, range(10), [0, 1])
     runs = runs[(runs["seed"] == 0) | (runs["normal_class"] == 0)]
-    from grad2vae import tables
+    from grad2vae.analysis import tables
 
     avgs = tables.averages(tables.summarise(runs, grid), grid)
     result = judged((runs, history, avgs, params, grid))["mstd"]
@@ -497,12 +497,14 @@ def test_the_protocol_of_the_scope_is_the_configuration_of_the_paper():
 def test_the_report_shows_the_scope_beside_the_verdict(tmp_path):
     import jinja2
 
-    from grad2vae import report_sections
+    from grad2vae.report import sections as report_sections
 
     smoke = grid_inputs(["mnist"], [0, 1], [0], epochs=2)
     written = claims.all_claims(*smoke)
     (tmp_path / "claims.json").write_text(json.dumps(written))
-    template = (pathlib_root() / "workflow" / "report" / "index.html.j2").read_text()
+    template = (
+        pathlib_root() / "src" / "grad2vae" / "report" / "templates" / "index.html.j2"
+    ).read_text()
     start = template.index('<section id="claims">')
     section = template[start : template.index("</section>", start) + len("</section>")]
     html = (

@@ -12,13 +12,20 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import grad2vae.cohort as cohort_module
-from grad2vae import devices, train
-from grad2vae.cohort import memory_cohorts
-from grad2vae.config import RunConfig
+import grad2vae.training.cohort as cohort_module
 from grad2vae.errors import UserError
 from grad2vae.models import create_model, model_names
-from grad2vae.run import LOCK_DIR_ENV, RUN_LOCK_ENV, RunLock, rng_state, set_rng_state
+from grad2vae.training import command as train
+from grad2vae.training import devices
+from grad2vae.training.cohort import memory_cohorts
+from grad2vae.training.lifecycle import (
+    LOCK_DIR_ENV,
+    RUN_LOCK_ENV,
+    RunLock,
+    rng_state,
+    set_rng_state,
+)
+from grad2vae.training.run_config import RunConfig
 
 
 @pytest.fixture
@@ -294,7 +301,7 @@ def test_cuda_seed_group_larger_than_the_free_memory_splits_with_identical_resul
 
     monkeypatch.setattr(devices, "available_memory", budget)
     monkeypatch.setattr(cohort_module, "memory_cohorts", spy)
-    caplog.set_level("INFO", logger="grad2vae.cohort")
+    caplog.set_level("INFO", logger="grad2vae.training.cohort")
     together = train.train_seeds([config(s) for s in seeds],
                                  [tmp_path / "group" / f"seed{s}" for s in seeds],
                                  data_dir=tiny_data_dir, device="cpu",
@@ -336,7 +343,7 @@ def test_cuda_bench_keeps_what_it_measured_when_a_later_section_runs_out_of_memo
 ):
     import json
 
-    from grad2vae import bench
+    from grad2vae.bench import command as bench
     from grad2vae.cli import main
 
     def out_of_memory(*args, **kwargs):
@@ -352,7 +359,7 @@ def test_cuda_bench_keeps_what_it_measured_when_a_later_section_runs_out_of_memo
 
 
 def test_cuda_bench_peak_memory_and_compile_sections(monkeypatch):
-    from grad2vae import bench_gpu
+    from grad2vae.bench import gpu as bench_gpu
 
     calls = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)

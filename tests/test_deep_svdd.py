@@ -13,9 +13,8 @@ import torch
 from conftest import tiny_run_config, tiny_train_argv, train_on_cpu
 from torch import nn
 
-from grad2vae import data
 from grad2vae.cli import main
-from grad2vae.config import SUBSAMPLE_SEED, RunConfig
+from grad2vae.data import datasets as data
 from grad2vae.models import create_model
 from grad2vae.models.deep_svdd import (
     CENTER_EPS,
@@ -23,8 +22,9 @@ from grad2vae.models.deep_svdd import (
     DeepSVDD,
     global_contrast_normalization,
 )
-from grad2vae.outputs import read_scores
-from grad2vae.run import load_trained_model
+from grad2vae.training.lifecycle import load_trained_model
+from grad2vae.training.outputs import read_scores
+from grad2vae.training.run_config import SUBSAMPLE_SEED, RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from grad2vae import devices
 from grad2vae.errors import UserError
+from grad2vae.training import devices
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def fake_gpus(monkeypatch):
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from grad2vae import devices
+    from grad2vae.training import devices
     slot = devices.try_acquire_gpu_slot(
         int(sys.argv[2]), sys.argv[1], device_count=int(sys.argv[3])
     )
@@ -177,7 +177,7 @@ def test_device_name_of_cpu():
 _ALLOCATION_PATTERN = textwrap.dedent(
     """
     import resource, torch
-    from grad2vae import devices
+    from grad2vae.training import devices
 
     print(devices.keep_freed_memory())
 

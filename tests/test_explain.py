@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from conftest import unavailable
 from torch import nn
 
-from grad2vae import attention_maps, explain, explain_runs
-from grad2vae.attention_maps import (
+from grad2vae.explain import attention_maps
+from grad2vae.explain import command as explain
+from grad2vae.explain import runs as explain_runs
+from grad2vae.explain.attention_maps import (
     curve_area,
     deletion_order,
     faithfulness,
@@ -317,10 +319,10 @@ def fake_pipeline(monkeypatch, tmp_path):
                 (folder / "metrics.json").write_text("{}")
                 (folder / "model.pt").write_bytes(b"")
     monkeypatch.setattr(explain_runs, "load_run", fake_load_run)
-    fake_data = types.ModuleType("grad2vae.data")
+    fake_data = types.ModuleType("grad2vae.data.datasets")
     fake_data.DATASETS = {"mnist": [str(k) for k in range(10)]}
     fake_data.load_split = lambda data_dir, dataset, normal_class, **kw: _fake_split(normal_class)
-    monkeypatch.setitem(sys.modules, "grad2vae.data", fake_data)
+    monkeypatch.setitem(sys.modules, "grad2vae.data.datasets", fake_data)
     return tmp_path, built
 
 
@@ -575,7 +577,7 @@ def test_explain_from_real_runs_through_the_cli(trained_runs, tiny_data_dir, tmp
     assert "z_2 and z_3 of d = 3" in summary["figures"][0]["details"]
 
     # the report picks every figure and the table up from summary.json
-    from grad2vae.report_sections import gather_explain
+    from grad2vae.report.sections import gather_explain
 
     shown = gather_explain(out / "summary.json", tmp_path / "report", CAPTIONS_FOLDER.parent)
     assert shown["problems"] == []

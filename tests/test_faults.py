@@ -20,7 +20,9 @@ from conftest import tiny_train_argv, write_synthetic_dataset
 from test_aggregate import grid, run_aggregate, write_fake_run
 from test_data import synthetic  # noqa: F401 - the fixture
 
-from grad2vae import atomic, cli, data, fetch
+from grad2vae import atomic, cli
+from grad2vae.data import command as fetch
+from grad2vae.data import datasets as data
 from grad2vae.errors import UserError
 from grad2vae.layout import CHECKPOINT, LOCK, RUN_DIR, TRAIN_LOG
 
@@ -206,7 +208,7 @@ def test_a_refused_run_keeps_a_folder_it_did_not_make(tiny_data_dir, tmp_path, c
 
 
 def test_ctrl_c_prints_how_to_resume_without_a_traceback(tiny_data_dir, tmp_path, capsys):
-    from grad2vae import train
+    from grad2vae.training import command as train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -301,7 +303,7 @@ def test_the_reason_of_a_missing_metrics_json_is_not_a_success_line(tmp_path):
 def test_figures_skip_an_unreadable_scores_file(tmp_path):
     """A scores file damaged after the aggregation (the ROC figure reads it) costs its curve,
     not the figures."""
-    from grad2vae import figures
+    from grad2vae.figures import command as figures
 
     results = tmp_path / "results"
     for model in ("grad2vae", "vae"):

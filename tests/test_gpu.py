@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from grad2vae import devices, train
-from grad2vae.config import RunConfig
 from grad2vae.layout import CHECKPOINT, METRICS
+from grad2vae.training import command as train
+from grad2vae.training import devices
+from grad2vae.training.run_config import RunConfig
 
 pytestmark = [
     pytest.mark.gpu,
@@ -99,7 +100,7 @@ def test_gpu_seed_group_larger_than_the_free_memory_splits_and_finishes(
         return 1
 
     monkeypatch.setattr(devices, "available_memory", room_for_one)
-    caplog.set_level("INFO", logger="grad2vae.cohort")
+    caplog.set_level("INFO", logger="grad2vae.training.cohort")
     group = train.train_seeds([config(s, epochs=2) for s in seeds],
                               [tmp_path / f"seed{s}" for s in seeds],
                               data_dir=tiny_data_dir, device="cuda:0")  # fmt: skip

@@ -1,4 +1,4 @@
-"""grad2vae.pixel_auc: the exact pixel AUC against scikit-learn, the Keras variant against values
+"""grad2vae.training.pixel_auc: the exact pixel AUC against scikit-learn, the Keras variant against values
 derived by hand, the edge cases, and that update() never reads a tensor back to the host."""
 
 import math
@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from grad2vae.pixel_auc import PixelAUC, keras_thresholds, pixel_auc
+from grad2vae.training.pixel_auc import PixelAUC, keras_thresholds, pixel_auc
 
 
 def test_exact_matches_sklearn_with_ties_over_batches():

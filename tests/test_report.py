@@ -21,7 +21,7 @@ from grad2vae.captions import caption_html, entry_caption, read_caption
 from grad2vae.cli import main as cli_main
 from grad2vae.errors import UserError
 from grad2vae.layout import CAPTIONS, CAPTIONS_DIR, TRAIN_LOG
-from grad2vae.report import gather_assumptions
+from grad2vae.report.command import gather_assumptions
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -328,7 +328,7 @@ def test_report_escapes_everything(report_html):
     assert "&lt;b&gt;offline&lt;/b&gt;" in text
 
 
-CAPTIONS_FOLDER = ROOT / "workflow" / "report" / CAPTIONS_DIR
+CAPTIONS_FOLDER = ROOT / "src" / "grad2vae" / "report" / "templates" / CAPTIONS_DIR
 
 
 def test_every_figure_has_a_caption_file_and_every_caption_file_a_figure():
@@ -425,7 +425,7 @@ def test_assumptions_gathered_from_models_and_modules():
     sources = [g["source"] for g in groups]
     for model in MODELS:
         assert f"grad2vae.models: {model}" in sources
-    assert "grad2vae.data" in sources and "grad2vae.config" in sources
+    assert "grad2vae.data.datasets" in sources and "grad2vae.training.run_config" in sources
     assert all(g["items"] for g in groups)
 
 

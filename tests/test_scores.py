@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from grad2vae import entropy_only, train
-from grad2vae.config import RunConfig
+from grad2vae.analysis import entropy_only
 from grad2vae.models import create_model, scoring
 from grad2vae.models.grad2vae import DERIVATIVE_METHODS, Grad2VAE
 from grad2vae.models.vae import VAE, bce_per_sample, reparameterize, sample_eps
+from grad2vae.training import command as train
+from grad2vae.training.run_config import RunConfig
 
 VARIATIONAL = ("vae", "grad2vae")
 ZERO_NOISE_KEYS = ("bce_zero_noise", "mse_zero_noise", "bce_excess_zero_noise")
@@ -148,7 +149,7 @@ def test_feature_models_report_the_reconstruction_diagnostics_on_the_28x28_image
 def test_entropy_only_auc_is_the_auc_of_the_image_entropy(tiny_data_dir):
     from sklearn.metrics import roc_auc_score
 
-    from grad2vae import data
+    from grad2vae.data import datasets as data
 
     table = entropy_only.entropy_table(tiny_data_dir, ["mnist"], [0, 3], test_limit=0)
     assert table.columns.tolist() == entropy_only.COLUMNS and len(table) == 2

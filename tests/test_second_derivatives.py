@@ -8,8 +8,8 @@ import torch
 from torch.func import grad, jvp
 
 from grad2vae.models.grad2vae import Grad2VAE
+from grad2vae.models.second_derivatives import METHODS, second_derivatives
 from grad2vae.models.vae import reparameterize
-from grad2vae.second_derivatives import METHODS, second_derivatives
 
 TINY = dict(channels=(2, 3, 3), hidden=8, attention_width=4)
 
@@ -171,7 +171,7 @@ from grad2vae.models.grad2vae import (  # noqa: E402
     explicit_second_derivatives,
     resolve_derivatives,
 )
-from grad2vae.second_derivatives import CLOSED_FORM_METHODS, second_derivatives_closed_form  # noqa: E402
+from grad2vae.models.second_derivatives import CLOSED_FORM_METHODS, second_derivatives_closed_form  # noqa: E402
 
 
 def test_closed_form_matches_hessian_vector_products():
@@ -341,7 +341,7 @@ def test_fast_paths_equal_the_loop_for_every_option(method, options):
 def test_the_closed_forms_coefficient_is_one_sigma_for_exp_logvar():
     """h_i = c sigma_i eps_i (1.g_i) g_i with c = 1/4 for sigma = exp(logvar / 2), c = 1 for
     sigma = exp(logvar) (dz_i/dL = dmu_i + sigma_i eps_i g_i)."""
-    from grad2vae.second_derivatives import closed_form_from_jacobian
+    from grad2vae.models.second_derivatives import closed_form_from_jacobian
 
     g = torch.rand(2, 3, 4, dtype=torch.float64)
     logvar = torch.randn(2, 3, dtype=torch.float64)

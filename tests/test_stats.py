@@ -1,4 +1,4 @@
-"""grad2vae.stats against known small examples: a hand-computed Friedman statistic, SciPy's
+"""grad2vae.analysis.stats against known small examples: a hand-computed Friedman statistic, SciPy's
 documented Wilcoxon example, Holm on the textbook example, Demšar's Nemenyi table."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grad2vae import stats
+from grad2vae.analysis import stats
 
 # 4 classes x 3 methods; ranks per row (1 = best): [1,2,3], [1,3,2], [1,2,3], [2,1,3]
 TABLE = pd.DataFrame(

@@ -14,18 +14,18 @@ from conftest import tiny_run_config, train_on_cpu
 from matplotlib.colors import to_rgb
 
 from grad2vae import published as pub
-from grad2vae.evaluate import evaluate
-from grad2vae.models import create_model
-from grad2vae.models.base import AnomalyModel
-from grad2vae.plotting import palette
-from grad2vae.table1_metric import (
+from grad2vae.analysis.table1_metric import (
     LEVEL_POINTS,
     judge_dataset,
     pixel_table1,
     printed_column,
     table1_metric,
 )
-from grad2vae.verdicts import CANNOT, NOT_SUPPORTED, PARTLY, SUPPORTED
+from grad2vae.analysis.verdicts import CANNOT, NOT_SUPPORTED, PARTLY, SUPPORTED
+from grad2vae.figures.plotting import palette
+from grad2vae.models import create_model
+from grad2vae.models.base import AnomalyModel
+from grad2vae.training.evaluate import evaluate
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,18 +23,20 @@ import torch
 from conftest import tiny_run_config, train_on_cpu
 from torch import nn
 
-import grad2vae.cohort as cohort_module
-from grad2vae import data, models, train
+import grad2vae.training.cohort as cohort_module
+from grad2vae import models
 from grad2vae.cli import main
-from grad2vae.cohort import AUTO_SEED_BATCHING, vmapped_losses
-from grad2vae.config import ASSUMPTIONS, RunConfig, derive_seed
+from grad2vae.data import datasets as data
 from grad2vae.errors import UserError
-from grad2vae.evaluate import NonFiniteLossError, evaluate
 from grad2vae.layout import CHECKPOINT
 from grad2vae.models.base import AnomalyModel
-from grad2vae.outputs import read_scores
 from grad2vae.progress import Progress
-from grad2vae.run import Run, load_trained_model
+from grad2vae.training import command as train
+from grad2vae.training.cohort import AUTO_SEED_BATCHING, vmapped_losses
+from grad2vae.training.evaluate import NonFiniteLossError, evaluate
+from grad2vae.training.lifecycle import Run, load_trained_model
+from grad2vae.training.outputs import read_scores
+from grad2vae.training.run_config import ASSUMPTIONS, RunConfig, derive_seed
 
 CONTRIBUTING_KEYS = {
     "model",

@@ -15,12 +15,12 @@ import torch
 from conftest import write_synthetic_dataset
 from test_workflow import job_counts, snakemake, write_config
 
-from grad2vae.ablations import ablations, variant_bases
-from grad2vae.config import RunConfig, config_hash, validate_config
+from grad2vae.analysis.ablations import ablations, variant_bases
+from grad2vae.analysis.tables import table1_layout
 from grad2vae.errors import UserError
 from grad2vae.models import check_options, create_model
-from grad2vae.schedule import StepsToValues, make_scheduler
-from grad2vae.tables import table1_layout
+from grad2vae.training.run_config import RunConfig, config_hash, validate_config
+from grad2vae.training.schedule import StepsToValues, make_scheduler
 
 # ---- the run configuration -----------------------------------------------------------------
 
@@ -158,7 +158,7 @@ def test_cli_trains_a_variant_under_its_name_with_absolute_lr_steps(tmp_path, ca
     assert history["lr"].tolist() == [1e-4, 1e-5]
     payload = torch.load(out / "model.pt", weights_only=True)
     assert payload["base_model"] == "cae"
-    from grad2vae.run import load_trained_model
+    from grad2vae.training.lifecycle import load_trained_model
 
     assert (
         type(load_trained_model(out)).__name__ == "BaselineCAE"
@@ -207,7 +207,7 @@ def test_presets_plan_their_grids(tmp_path):
 
 
 def test_a_variant_on_a_subset_of_the_classes_is_expected_only_there():
-    from grad2vae.collect import expected_grid, grid_keys
+    from grad2vae.analysis.collect import expected_grid, grid_keys
 
     workflow = {
         "datasets": ["mnist"], "normal_classes": [0, 1, 2], "seeds": [0, 1], "models": ["vae"],

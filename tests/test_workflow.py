@@ -31,7 +31,7 @@ from grad2vae.layout import (
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CAPTION_FOLDER = ROOT / "workflow" / "report" / CAPTIONS_DIR
+CAPTION_FOLDER = ROOT / "src" / "grad2vae" / "report" / "templates" / CAPTIONS_DIR
 
 
 def snakemake(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

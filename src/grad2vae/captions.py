@@ -44,7 +44,7 @@ def read_caption(template_dir: Path, name: str) -> str:
     except OSError as error:
         raise UserError(
             f"caption {path} cannot be read ({error.strerror or error}); point --template-dir at "
-            f"a folder with {CAPTIONS_DIR}/{name} (the repository's workflow/report)"
+            f"a folder with {CAPTIONS_DIR}/{name} (the package's grad2vae/report/templates)"
         ) from None
 
 

@@ -16,17 +16,26 @@ from grad2vae.errors import UserError
 
 # subcommand -> (module, one-line summary shown in `grad2vae --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch": ("grad2vae.fetch", "download and verify MNIST and Fashion-MNIST (SHA-256 checked)"),
-    "params": ("grad2vae.params", "print every model's parameter count beside the paper's"),
+    "fetch": (
+        "grad2vae.data.command",
+        "download and verify MNIST and Fashion-MNIST (SHA-256 checked)",
+    ),
+    "params": ("grad2vae.models.command", "print every model's parameter count beside the paper's"),
     "train": (
-        "grad2vae.train",
+        "grad2vae.training.command",
         "train and evaluate one run: model x dataset x normal class x seed",
     ),
-    "aggregate": ("grad2vae.aggregate", "collect runs into the tidy table and Table 1"),
-    "figures": ("grad2vae.figures", "draw Fig. 6, per-class AUC, ROC, parameter and time figures"),
-    "explain": ("grad2vae.explain", "attention figures (Figs. 3-5) and the faithfulness table"),
-    "report": ("grad2vae.report", "render report/index.html from the aggregated results"),
-    "bench": ("grad2vae.bench", "speed benchmark: ratios measured side by side in one run"),
+    "aggregate": ("grad2vae.analysis.command", "collect runs into the tidy table and Table 1"),
+    "figures": (
+        "grad2vae.figures.command",
+        "draw Fig. 6, per-class AUC, ROC, parameter and time figures",
+    ),
+    "explain": (
+        "grad2vae.explain.command",
+        "attention figures (Figs. 3-5) and the faithfulness table",
+    ),
+    "report": ("grad2vae.report.command", "render report/index.html from the aggregated results"),
+    "bench": ("grad2vae.bench.command", "speed benchmark: ratios measured side by side in one run"),
 }
 
 EPILOG = """\

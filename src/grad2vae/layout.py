@@ -13,7 +13,7 @@ RUN_DIR = "runs/{dataset}/{model}/class{normal_class}/seed{seed}"
 TRAIN_LOG = "logs/train/{dataset}/{model}/class{normal_class}/seed{seed}.log"
 TRAIN_BENCHMARK = "benchmarks/train/{dataset}/{model}/class{normal_class}/seed{seed}.tsv"
 
-# ---- the files in a run folder (see grad2vae.train's docstring)
+# ---- the files in a run folder (see grad2vae.training.command's docstring)
 METRICS = "metrics.json"  # written last: its presence means "finished"
 HISTORY = "history.tsv"
 SCORES = "scores.csv.gz"
@@ -76,7 +76,7 @@ EXPLAIN_FIGURES_PER_DATASET = ("fig5_attention_{dataset}.png", "deletion_curves_
 EXPLAIN_TABLES = ("faithfulness.csv", "deletion_curves.csv")
 
 # ---- the caption of every figure and table the report shows: a reStructuredText file in
-# CAPTIONS_DIR of the report's templates (workflow/report/captions), shown by `grad2vae report`
+# CAPTIONS_DIR of the report's templates (src/grad2vae/report/templates/captions), shown by `grad2vae report`
 # and by `snakemake --report`
 CAPTIONS_DIR = "captions"
 CAPTIONS = {

@@ -107,5 +107,5 @@ def mstd_claims() -> dict[str, float]:
 
 
 def claims() -> dict[str, dict[str, Any]]:
-    """The paper's claims judged by ``grad2vae.claims``: id -> {section, words, ...}."""
+    """The paper's claims judged by ``grad2vae.analysis.claims``: id -> {section, words, ...}."""
     return dict(load_published()["claims"])

@@ -31,7 +31,8 @@ REPORT_HTML = f"{REPORT_DIR}/index.html"
 AGGREGATE_DIR = f"{RESULTS}/aggregate"
 FIGURES_DIR = f"{RESULTS}/figures"
 EXPLAIN_SUMMARY = f"{RESULTS}/explain/{EXPLAIN_SUMMARY_NAME}"
-TEMPLATE_DIR = os.path.join(workflow.basedir, "workflow", "report")
+# the report's templates and captions are package data, so that `pip install .` ships them
+TEMPLATE_DIR = os.path.join(workflow.basedir, "src", "grad2vae", "report", "templates")
 # The trained models: the grid's `models` plus `extra_models` (presets/table1-complete.yaml adds
 # deep_svdd and cae_ocsvm, Table 1's other two columns) plus every variant of `variants`
 # (presets/ablation.yaml, presets/table1-own-protocols.yaml): a variant is a model name like any
@@ -48,7 +49,7 @@ def check_variants():
         return
     from grad2vae.errors import UserError
     from grad2vae.models import check_options
-    from grad2vae.schedule import check_schedule
+    from grad2vae.training.schedule import check_schedule
 
     for name, variant in VARIANTS.items():
         try:
@@ -112,7 +113,8 @@ def report_output(path, name, category=None, subcategory=None):
         return path
     return report(
         path,
-        caption=f"../report/{CAPTIONS_DIR}/{CAPTIONS[name]}",
+        # relative to this rule file
+        caption=f"../../src/grad2vae/report/templates/{CAPTIONS_DIR}/{CAPTIONS[name]}",
         category=category or REPORT_CATEGORIES[name],
         subcategory=subcategory,
     )

@@ -53,7 +53,7 @@ class AnomalyModel(nn.Module):
       Returns a JSON-able summary recorded in ``metrics.json`` (``pretrain``), or None. A long
       pretraining logs one line per epoch and shows the bar (``progress.Progress``) as training.
     - ``score_batch(x, generator)``: ``scores`` and the output images of the same pass, for the
-      pixel-level AUC that the authors' notebook logged (``grad2vae.pixel_auc``); a model whose
+      pixel-level AUC that the authors' notebook logged (``grad2vae.training.pixel_auc``); a model whose
       output is an image overrides it and implements ``scores`` through it. The trainer's
       evaluation calls this, never ``scores`` directly.
     - ``extra_scores(x, generator)`` returns more named scores (higher = more anomalous), computed
@@ -108,7 +108,7 @@ class AnomalyModel(nn.Module):
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(``scores(x, generator)``, the model's output images) from one pass: each image
         name -> (N, 1, 28, 28) in [0, 1], aligned with ``x``, which the pixel-level metric
-        (``grad2vae.pixel_auc``) scores against ``x``'s pixels. ``"reconstruction"`` for every
+        (``grad2vae.training.pixel_auc``) scores against ``x``'s pixels. ``"reconstruction"`` for every
         model whose output is an image, ``"attention"`` for Grad2VAE's attention image. Default:
         no images (Deep SVDD)."""
         return self.scores(x, generator), {}

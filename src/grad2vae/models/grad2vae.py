@@ -7,7 +7,7 @@ table); this file adds the attention module (paper Sect. 3, Fig. 2, Eq. 3):
 1. L_e1 = the first encoder layer's output (after ReLU, as the notebook's ``conv_1``), C = 16
    channels at 28x28; z = mu + exp(0.5 logvar) * eps.
 2. For each latent unit z_i: h_i = d/dL_e1 (sum_j dz_i/dL_e1_j), one tensor of L_e1's shape
-   (``grad2vae.second_derivatives``; the paper's d tensors, Sect. 3 and Fig. 3 — the companion
+   (``grad2vae.models.second_derivatives``; the paper's d tensors, Sect. 3 and Fig. 3 — the companion
    notebook's ``tf.gradients(z, conv)`` instead sums over the units: one tensor sum_i h_i), kept
    in the autograd graph (create_graph) so that the loss trains through it. Shape
    (N, d, C, 28, 28).
@@ -84,6 +84,13 @@ from torch import Tensor, nn
 
 from grad2vae.models import register
 from grad2vae.models.base import AnomalyModel
+from grad2vae.models.second_derivatives import (
+    CLOSED_FORM_METHODS,
+    METHODS,
+    closed_form_from_jacobian,
+    second_derivatives,
+    second_derivatives_closed_form,
+)
 from grad2vae.models.vae import (
     ASSUMPTIONS as VAE_ASSUMPTIONS,
 )
@@ -101,13 +108,6 @@ from grad2vae.models.vae import (
     reparameterize,
     sample_eps,
     variational_scores,
-)
-from grad2vae.second_derivatives import (
-    CLOSED_FORM_METHODS,
-    METHODS,
-    closed_form_from_jacobian,
-    second_derivatives,
-    second_derivatives_closed_form,
 )
 
 #: width of the attention module's first (aggregating) convolution
