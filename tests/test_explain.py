@@ -28,7 +28,9 @@ from grad2vae.explain.attention_maps import (
     offline_attention,
     online_attention,
 )
+from grad2vae.layout import CAPTIONS_DIR
 from grad2vae.models.base import AnomalyModel
+from grad2vae.report.command import default_template_dir
 
 # --------------------------------------------------------------------------------------------
 # Tiny models honouring the contracts of the real ones
@@ -353,7 +355,7 @@ def _args(tmp_path: Path, **overrides) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-CAPTIONS_FOLDER = Path(__file__).resolve().parents[1] / "workflow" / "report" / "captions"
+CAPTIONS_FOLDER = default_template_dir() / CAPTIONS_DIR  # the package's templates
 
 
 def _check_summary(out: Path) -> dict:

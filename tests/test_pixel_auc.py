@@ -1,5 +1,6 @@
-"""grad2vae.training.pixel_auc: the exact pixel AUC against scikit-learn, the Keras variant against values
-derived by hand, the edge cases, and that update() never reads a tensor back to the host."""
+"""grad2vae.training.pixel_auc: the exact pixel AUC against scikit-learn, the Keras variant
+against values derived by hand, the edge cases, and that update() never reads a tensor back to
+the host."""
 
 import math
 from fractions import Fraction

@@ -21,7 +21,8 @@ from grad2vae.captions import caption_html, entry_caption, read_caption
 from grad2vae.cli import main as cli_main
 from grad2vae.errors import UserError
 from grad2vae.layout import CAPTIONS, CAPTIONS_DIR, TRAIN_LOG
-from grad2vae.report.command import gather_assumptions
+from grad2vae.report.command import default_template_dir
+from grad2vae.training.assumptions import gather_assumptions
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -328,7 +329,7 @@ def test_report_escapes_everything(report_html):
     assert "&lt;b&gt;offline&lt;/b&gt;" in text
 
 
-CAPTIONS_FOLDER = ROOT / "src" / "grad2vae" / "report" / "templates" / CAPTIONS_DIR
+CAPTIONS_FOLDER = default_template_dir() / CAPTIONS_DIR  # the package's templates
 
 
 def test_every_figure_has_a_caption_file_and_every_caption_file_a_figure():

@@ -28,10 +28,11 @@ from grad2vae.layout import (
     TABLE1_METRIC_FIGURE,
     TRAIN_LOG,
 )
+from grad2vae.report.command import default_template_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CAPTION_FOLDER = ROOT / "src" / "grad2vae" / "report" / "templates" / CAPTIONS_DIR
+CAPTION_FOLDER = default_template_dir() / CAPTIONS_DIR  # the package's templates
 
 
 def snakemake(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

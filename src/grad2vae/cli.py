@@ -25,6 +25,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "grad2vae.training.command",
         "train and evaluate one run: model x dataset x normal class x seed",
     ),
+    "assumptions": (
+        "grad2vae.training.assumptions",
+        "write every choice the paper leaves open (the report's Assumptions) to JSON",
+    ),
+    "entropy": (
+        "grad2vae.training.entropy",
+        "the model-free entropy-only AUC of each normal class's test images",
+    ),
     "aggregate": ("grad2vae.analysis.command", "collect runs into the tidy table and Table 1"),
     "figures": (
         "grad2vae.figures.command",

@@ -49,6 +49,10 @@ AGGREGATE_FILES = (
     "entropy_only.csv",
     "score_findings.json",
 )
+# what `grad2vae assumptions` writes into {results}: every choice the paper leaves open
+ASSUMPTIONS_FILE = "assumptions.json"
+# written beside them by `grad2vae entropy` (the one file of the folder that needs the data)
+ENTROPY_TABLE = "entropy_only.csv"
 
 # ---- what `grad2vae figures` writes into {results}/figures (plus one cd_{dataset}.png and one
 # table1_metric_{dataset}.png per dataset and the ROC figure of the configured class)
@@ -76,8 +80,8 @@ EXPLAIN_FIGURES_PER_DATASET = ("fig5_attention_{dataset}.png", "deletion_curves_
 EXPLAIN_TABLES = ("faithfulness.csv", "deletion_curves.csv")
 
 # ---- the caption of every figure and table the report shows: a reStructuredText file in
-# CAPTIONS_DIR of the report's templates (src/grad2vae/report/templates/captions), shown by `grad2vae report`
-# and by `snakemake --report`
+# CAPTIONS_DIR of the report's templates (src/grad2vae/report/templates/captions), shown by
+# `grad2vae report` and by `snakemake --report`
 CAPTIONS_DIR = "captions"
 CAPTIONS = {
     "fig6_auc_vs_epoch.png": "fig6.rst",

@@ -7,9 +7,11 @@ import sys
 
 from grad2vae.layout import (
     AGGREGATE_FILES,
+    ASSUMPTIONS_FILE,
     CAPTIONS,
     CAPTIONS_DIR,
     CD_FIGURE,
+    ENTROPY_TABLE,
     EXPLAIN_FIGURES_PER_CLASS,
     EXPLAIN_FIGURES_PER_DATASET,
     EXPLAIN_SUMMARY as EXPLAIN_SUMMARY_NAME,
@@ -117,6 +119,17 @@ def report_output(path, name, category=None, subcategory=None):
         caption=f"../../src/grad2vae/report/templates/{CAPTIONS_DIR}/{CAPTIONS[name]}",
         category=category or REPORT_CATEGORIES[name],
         subcategory=subcategory,
+    )
+
+
+def source_files():
+    """The package's Python files (the assumptions rule's input: each states its assumptions)."""
+    package = os.path.join(workflow.basedir, "src", "grad2vae")
+    return sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(package)
+        for name in names
+        if name.endswith(".py")
     )
 
 

@@ -55,7 +55,7 @@ def ablations(
     workflow_config: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The payload of ``ablations.json`` (module docstring). ``runs``: runs.csv rows without the
-    oracle pseudo-model; ``avgs``: tables.averages. Empty ``datasets`` when there are no
+    bounds' pseudo-models; ``avgs``: tables.averages. Empty ``datasets`` when there are no
     variants."""
     variants = [model for model in grid["models"] if model in bases]
     out: dict[str, Any] = {

@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from grad2vae.analysis import stats
-from grad2vae.analysis.labels import ORACLE_MODEL, ORACLE_PROTOCOL, model_order, with_oracle
+from grad2vae.analysis.bounds import bound_rows, bounds_of, with_bounds
+from grad2vae.analysis.labels import model_order
 from grad2vae.errors import UserError
 from grad2vae.layout import (
     CHECKPOINT,
@@ -220,8 +220,8 @@ def read_run(
     results_dir: Path, key: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any] | None, pd.DataFrame | None]:
     """(status row, metrics row or None, history or None) of one expected run. The metrics row
-    of a ``cae_ocsvm`` run with the oracle grid carries the oracle's pseudo-run row under
-    ``"_oracle_run"`` (``grad2vae.analysis.stats.oracle_run``; ``collect`` moves it into its own row)."""
+    of a run whose model declared bounds carries their pseudo-run rows under ``"_bound_rows"``
+    (``grad2vae.analysis.bounds``; ``collect`` moves them into rows of their own)."""
     run_dir = results_dir / RUN_DIR.format(**key)
     log_path = results_dir / TRAIN_LOG.format(**key)
     status = dict(
@@ -288,16 +288,11 @@ def read_run(
             train_flops_per_epoch=_float(metrics.get("train_flops_per_epoch")),
         )
         row.update(_benchmark(results_dir / TRAIN_BENCHMARK.format(**key)))
-        row.update(_oracle(metrics.get("auc_extra")))
-        oracle = stats.oracle_run(metrics)
-        if oracle is not None:
-            row["_oracle_run"] = dict(
-                oracle,
-                main_score=stats.ORACLE_NOTE,
-                protocol=ORACLE_PROTOCOL,
-                epochs=metrics.get("epochs"),
-                run_dir=str(run_dir),
-            )
+        pseudo = bound_rows(metrics, key)
+        if pseudo:
+            row["_bound_rows"] = [
+                dict(bound, epochs=metrics.get("epochs"), run_dir=str(run_dir)) for bound in pseudo
+            ]
         history = None
         history_path = run_dir / HISTORY
         if history_path.is_file():
@@ -332,22 +327,6 @@ def release_final_checkpoint(run_dir: str | Path) -> bool:
     return True
 
 
-def _oracle(auc_extra: Any) -> dict[str, Any]:
-    """CAE + OC-SVM's oracle (Golan & El-Yaniv: the best test AUC over the nu x gamma grid),
-    when the run recorded the grid's AUCs (metrics.json auc_extra). It selects on the test
-    labels: an optimistic bound, reported apart from the main AUC, never in Table 1."""
-    if not isinstance(auc_extra, dict) or not any(str(k).startswith("ocsvm_nu") for k in auc_extra):
-        return {}
-    from grad2vae.models.cae_ocsvm import oracle_auc
-
-    try:
-        best, key = oracle_auc({k: v for k, v in auc_extra.items() if v is not None})
-    except KeyError as error:
-        log.warning("no oracle AUC: %s", error)
-        return {}
-    return {"auc_oracle": best, "oracle_setting": key}
-
-
 def _float(value: Any) -> float:
     try:
         return float(value)
@@ -358,19 +337,17 @@ def _float(value: Any) -> float:
 def collect(
     results_dir: Path, grid: dict[str, list]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(runs, status, history) over the expected grid; runs ends with the oracle pseudo-runs."""
-    statuses, rows, histories, oracles = [], [], [], []
+    """(runs, status, history) over the expected grid; runs ends with the bounds' pseudo-runs."""
+    statuses, rows, histories, bounds = [], [], [], []
     for key in grid_keys(grid):
         status, row, history = read_run(results_dir, key)
         statuses.append(status)
         if row is not None:
-            oracle = row.pop("_oracle_run", None)
-            if oracle is not None:
-                oracles.append(oracle)
+            bounds += row.pop("_bound_rows", [])
             rows.append(row)
         if history is not None:
             histories.append(history)
-    rows += oracles  # after the real runs, so that runs.csv reads them first
+    rows += bounds  # after the real runs, so that runs.csv reads them first
     runs = pd.DataFrame(rows, columns=None if rows else KEY_COLUMNS + ["auc", "auc_reconstruction"])
     if "protocol" in runs:
         runs["protocol"] = runs["protocol"].fillna("default")
@@ -383,16 +360,11 @@ def collect(
     return runs, status, history
 
 
-def real_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` without the oracle pseudo-runs (for compute, parameters, provenance)."""
-    if runs.empty or "model" not in runs:
-        return runs
-    return runs[runs["model"] != ORACLE_MODEL]
-
-
-def table_grid(grid: dict[str, list]) -> dict[str, list]:
-    """The grid of the result tables: the run grid plus the oracle pseudo-model beside cae_ocsvm."""
-    return dict(grid, models=with_oracle(grid["models"]))
+def table_grid(grid: dict[str, list], runs: pd.DataFrame) -> dict[str, Any]:
+    """The grid of the result tables: the run grid plus each bound's pseudo-model beside its
+    model (``bounds`` holds what the labels need: ``bounds.bounds_of``)."""
+    bounds = bounds_of(runs)
+    return dict(grid, models=with_bounds(grid["models"], bounds), bounds=bounds)
 
 
 def extra_runs(results_dir: Path, grid: dict[str, list]) -> list[str]:

@@ -5,7 +5,8 @@ Snakemake logs RESULTS/logs/train/{dataset}/{model}/class{c}/seed{s}.log (RESULT
 default ``results``). Writes atomically into OUT (default RESULTS/aggregate): runs.csv,
 history.csv.gz, status.csv, summary.csv, averages.csv, table1.csv, table1_pixel.csv (Table 1
 under the pixel-level AUC), compute.csv, parameters.csv,
-aggregate.json, claims.json, scores.csv, entropy_only.csv (needs --data-dir),
+aggregate.json, claims.json, scores.csv, the entropy-only table of --entropy-table
+(`grad2vae entropy`) read into scores.csv and the claims,
 score_findings.json and stats.json. The expected grid comes from --workflow-config, from
 --datasets/--models/--normal-classes/--seeds (which override it), or else from the run
 directories present; status.csv marks each expected run complete, failed or missing.
@@ -36,17 +37,17 @@ from grad2vae import published as pub
 from grad2vae.analysis import ablations as ablation_study
 from grad2vae.analysis import claims as paper_claims
 from grad2vae.analysis import entropy_only, stats
+from grad2vae.analysis.bounds import bounds_of, real_runs
 from grad2vae.analysis.collect import (
     GRID_KEYS,
     collect,
     expected_grid,
     extra_runs,
     read_workflow_config,
-    real_runs,
     release_final_checkpoint,
     table_grid,
 )
-from grad2vae.analysis.labels import ORACLE_MODEL, model_label, model_order
+from grad2vae.analysis.labels import model_label, model_order
 from grad2vae.analysis.score_findings import score_findings
 from grad2vae.analysis.table1_metric import pixel_table1, table1_metric
 from grad2vae.analysis.tables import (
@@ -68,30 +69,24 @@ from grad2vae.gitstate import git_commit_label
 log = logging.getLogger(__name__)
 
 
-def smallest_wilcoxon_p(n: int) -> float:
-    """The smallest two-sided exact Wilcoxon signed-rank p-value with ``n`` pairs: 2 / 2^n."""
-    return min(1.0, 2.0 / 2.0**n) if n > 0 else math.nan
-
-
-def statistics_payload(
-    runs: pd.DataFrame, grid: dict[str, list], figure_dir: Path | None = None
-) -> dict[str, Any]:
-    """``grad2vae.analysis.stats.analyse`` over the grid's models (the oracle left out), with, per dataset,
-    ``skipped``: why a test was not run (too few methods or classes, a partial grid) and
-    ``notes``: what limits the tests that did run. Never raises for a small or partial grid."""
-    methods = [m for m in model_order(grid["models"]) if m != ORACLE_MODEL]
+def statistics_payload(runs: pd.DataFrame, grid: dict[str, list]) -> dict[str, Any]:
+    """``grad2vae.analysis.stats.analyse`` over the run grid's models (bounds left out), with, per
+    dataset, ``skipped``: why a test was not run (too few methods or classes, a partial grid) and
+    ``notes``: what limits the tests that did run; ``bounds_note`` says which bounds were left
+    out. Never raises for a small or partial grid."""
+    methods = model_order(grid["models"])
     labels = {m: model_label(m) for m in methods}
     usable = real_runs(runs)
     if not usable.empty and "auc" in usable:
         usable = usable[pd.to_numeric(usable["auc"], errors="coerce").notna()]
     if usable.empty or "model" not in usable:
-        result: dict[str, Any] = {
-            "alpha": stats.ALPHA,
-            "oracle_note": stats.ORACLE_NOTE,
-            "datasets": {},
-        }
+        result: dict[str, Any] = {"alpha": stats.ALPHA, "datasets": {}}
     else:
-        result = stats.analyse(usable, methods=methods, labels=labels, figure_dir=figure_dir)
+        result = stats.analyse(usable, methods=methods, labels=labels)
+    bounds = bounds_of(runs)
+    result["bounds_note"] = " ".join(
+        f"{model_label(name, bounds)}: {bound['note']}" for name, bound in bounds.items()
+    )
     result["methods"] = methods
     result["labels"] = labels
     result["method"] = (
@@ -128,7 +123,7 @@ def statistics_payload(
                 skipped.append(
                     f"Friedman test not run: it needs at least 3 methods (this comparison has {k})."
                 )
-            smallest = smallest_wilcoxon_p(n)
+            smallest = stats.minimum_holm_p(n, 1)  # one pair: the smallest Wilcoxon p
             if smallest > stats.ALPHA:
                 notes.append(
                     f"With {n} normal classes the smallest possible two-sided Wilcoxon p-value is "
@@ -214,11 +209,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normal-classes", nargs="+", type=int, help="expected normal classes")
     parser.add_argument("--seeds", nargs="+", type=int, help="expected seeds")
     parser.add_argument(
-        "--data-dir",
-        help="verified datasets (`grad2vae fetch`): the model-free "
-        "entropy-only AUC is computed from their test images; without "
-        "it, entropy_only.csv is written empty and the report says why",
+        "--entropy-table",
+        help="the model-free entropy-only AUC per class (`grad2vae entropy` writes it, as "
+        "entropy_only.csv beside the tables); without it the report says it was not computed",
     )
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     parser.add_argument(
         "--release-checkpoints",
         action="store_true",
@@ -228,46 +223,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def entropy_for_grid(
-    data_dir: Path | None, grid: dict[str, list], runs: pd.DataFrame, workflow_config: dict
-) -> tuple[pd.DataFrame, str]:
-    """(entropy_only table, note): H(x)'s AUC per (dataset, class) of the grid on the test images
-    the runs were scored on (their test_limit, else the workflow's, else all)."""
-    if data_dir is None:
-        return pd.DataFrame(
-            columns=entropy_only.COLUMNS
-        ), "not computed: `grad2vae aggregate` ran without --data-dir"
-    limits = sorted(
-        {
-            int(v)
-            for v in pd.to_numeric(
-                runs.get("test_limit", pd.Series(dtype=float)), errors="coerce"
-            ).dropna()
-        }
-    )
-    if len(limits) > 1:
-        log.warning(
-            "runs with different test limits %s: entropy-only AUC on test_limit %d",
-            limits,
-            limits[0],
-        )
-    limit = (
-        limits[0] if limits else int((workflow_config.get("train") or {}).get("test_limit") or 0)
-    )
-    table = entropy_only.entropy_table(data_dir, grid["datasets"], grid["normal_classes"], limit)
-    return (
-        table,
-        f"H(x) of the {'full test set' if not limit else f'{limit} test images (test_limit)'} "
-        "of each normal class",
-    )
-
-
 def aggregate(
     results_dir: Path,
     out_dir: Path,
     workflow_config: dict[str, Any],
     overrides: dict[str, list | None] | None = None,
-    data_dir: Path | None = None,
+    entropy_table: Path | None = None,
 ) -> dict[str, Any]:
     """Do everything ``run`` does; return the aggregate.json payload."""
     grid = expected_grid(results_dir, workflow_config, overrides or {})
@@ -278,14 +239,14 @@ def aggregate(
         )
     runs, status, history = collect(results_dir, grid)
     grid["variants"] = ablation_study.variant_bases(workflow_config, runs)
-    tables = table_grid(grid)
+    tables = table_grid(grid, runs)
     summary = summarise(runs, tables)
     avgs = averages(summary, tables)
     table = table1(summary, avgs, tables)
     statistics = statistics_payload(runs, grid)
     compute = compute_table(runs, grid)
     params = parameters_table(runs, grid)
-    entropy, entropy_note = entropy_for_grid(data_dir, grid, real_runs(runs), workflow_config)
+    entropy, entropy_note = entropy_only.read_entropy_table(entropy_table, real_runs(runs))
     per_score = scores_table(summary, tables, entropy)
     # The paper's claims concern its models: variants (ablations, other protocols) are left out.
     paper_models = [m for m in grid["models"] if m not in grid["variants"]]
@@ -311,7 +272,6 @@ def aggregate(
     _write_csv(pixel_table1(summary, tables), out_dir / "table1_pixel.csv")
     _write_csv(compute, out_dir / "compute.csv")
     _write_csv(params, out_dir / "parameters.csv")
-    _write_csv(entropy, out_dir / "entropy_only.csv")
     _write_csv(per_score, out_dir / "scores.csv")
     write_json(out_dir / "claims.json", _jsonable(claims))
     write_json(out_dir / "ablations.json", _jsonable(ablation))
@@ -333,7 +293,9 @@ def aggregate(
         "counts": {k: int(counts.get(k, 0)) for k in ("complete", "failed", "missing")},
         "expected_runs": int(len(status)),
         "extra_runs_ignored": extra_runs(results_dir, grid),
-        "table1_layout": table1_layout(tables["models"], grid["variants"]),
+        "table1_layout": table1_layout(tables["models"], grid["variants"], tables["bounds"]),
+        # each bound's pseudo-model -> the model it bounds, how it selects, its note
+        "bounds": tables["bounds"],
         "mstd_claims": mstd_table(avgs),
         "claim_verdicts": verdict_counts(claims),
         "entropy_only": entropy_note,
@@ -385,9 +347,14 @@ def run(args: argparse.Namespace) -> int:
         "normal_classes": args.normal_classes,
         "seeds": args.seeds,
     }
-    data_dir = Path(args.data_dir) if args.data_dir else None
+    if args.data_dir:
+        raise UserError(
+            "--data-dir is gone: the entropy-only AUC needs torch and the data, so `grad2vae "
+            "entropy --data-dir DIR ... --out FILE` computes it; pass FILE as --entropy-table"
+        )
+    entropy_table = Path(args.entropy_table) if args.entropy_table else None
     payload = aggregate(
-        results_dir, out_dir, read_workflow_config(args.workflow_config), overrides, data_dir
+        results_dir, out_dir, read_workflow_config(args.workflow_config), overrides, entropy_table
     )
     if args.release_checkpoints:
         status = pd.read_csv(out_dir / "status.csv", keep_default_na=False)

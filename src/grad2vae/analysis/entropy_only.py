@@ -1,18 +1,22 @@
-"""The model-free scorer ``entropy_only``: score = H(x), the binary entropy of the test image.
+"""The model-free scorer ``entropy_only`` as the analysis reads it: score = H(x), the binary entropy
+of the test image, whose AUC per (dataset, normal class) ``grad2vae entropy``
+(``grad2vae.training.entropy``) computes on exactly the test images the runs are scored on.
 
 BCE(x, x_hat) = H(x) + KL(x || x_hat), and no reconstruction removes H(x): it measures how much
-ink or texture an image has, which differs between classes. Its AUC per (dataset, normal class),
-on exactly the test images the runs are scored on, says how much of a BCE-based AUC the class's
-ink alone explains (issue 13). No training: seconds for a whole grid.
+ink or texture an image has, which differs between classes. Its AUC says how much of a BCE-based
+AUC the class's ink alone explains.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Iterable
+import logging
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
+
+from grad2vae.errors import UserError
+
+log = logging.getLogger(__name__)
 
 #: the pseudo-model's name in tables and figures
 NAME = "entropy_only"
@@ -20,43 +24,43 @@ LABEL = "entropy only, H(x) (no model)"
 COLUMNS = ["dataset", "normal_class", "auc", "test_images", "test_limit"]
 
 
-def entropy_auc(
-    data_dir: str | os.PathLike, dataset: str, normal_class: int, test_limit: int = 0
-) -> tuple[float, int]:
-    """(AUC-ROC of H(x) with anomaly = positive, number of test images) for one normal class,
-    on the test images of ``data.load_split`` with the trainer's subsample seed."""
-    from sklearn.metrics import roc_auc_score
-
-    from grad2vae.data import datasets as data
-    from grad2vae.models.scoring import binary_entropy
-    from grad2vae.training.run_config import SUBSAMPLE_SEED
-
-    split = data.load_split(
-        data_dir, dataset, normal_class, test_limit=test_limit, seed=SUBSAMPLE_SEED
+def read_entropy_table(path: Path | None, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """(entropy_only table, note) from the CSV ``grad2vae entropy`` wrote; an empty table and a
+    note saying why when there is none. Warns when the runs were scored on other test images."""
+    if path is None:
+        return pd.DataFrame(columns=COLUMNS), (
+            "not computed: `grad2vae aggregate` ran without --entropy-table "
+            "(`grad2vae entropy` writes it)"
+        )
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"entropy table {path} unreadable ({error}); run `grad2vae entropy` again"
+        ) from None
+    missing = [column for column in COLUMNS if column not in table]
+    if missing:
+        raise UserError(
+            f"entropy table {path} lacks the columns {', '.join(missing)}; write it with "
+            "`grad2vae entropy`"
+        )
+    limits = sorted({int(v) for v in table["test_limit"].dropna()}) or [0]
+    run_limits = sorted(
+        {
+            int(v)
+            for v in pd.to_numeric(
+                runs.get("test_limit", pd.Series(dtype=float)), errors="coerce"
+            ).dropna()
+        }
     )
-    entropy = binary_entropy(split.test_x.double()).numpy()
-    labels = np.asarray(split.test_labels)
-    return float(roc_auc_score(labels, entropy)), int(len(labels))
-
-
-def entropy_table(
-    data_dir: str | os.PathLike,
-    datasets: Iterable[str],
-    normal_classes: Iterable[int],
-    test_limit: int = 0,
-) -> pd.DataFrame:
-    """One row per (dataset, normal class): ``COLUMNS``."""
-    rows = []
-    for dataset in datasets:
-        for normal_class in normal_classes:
-            auc, n = entropy_auc(data_dir, dataset, int(normal_class), test_limit)
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "normal_class": int(normal_class),
-                    "auc": auc,
-                    "test_images": n,
-                    "test_limit": test_limit,
-                }
-            )
-    return pd.DataFrame(rows, columns=COLUMNS)
+    if run_limits and run_limits != limits:
+        log.warning(
+            "the runs were scored with test limits %s, the entropy-only AUC with %s",
+            run_limits,
+            limits,
+        )
+    limit = limits[0]
+    return table[COLUMNS], (
+        f"H(x) of the {'full test set' if not limit else f'{limit} test images (test_limit)'} "
+        "of each normal class"
+    )

@@ -1,42 +1,20 @@
-"""How the report names our models: the paper's names, the paper's order, and the CAE OCSVM
-oracle pseudo-model beside its model."""
+"""How the report names our models: the paper's names and the paper's order; a bound
+(``grad2vae.analysis.bounds``) by its model's name and how it selects."""
 
 from __future__ import annotations
 
-import logging
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from grad2vae import published as pub
-from grad2vae.analysis import stats
-
-log = logging.getLogger(__name__)
 
 
-ORACLE_MODEL = stats.ORACLE_MODEL
-
-
-ORACLE_LABEL = "CAE OCSVM oracle: selects hyperparameters on the test labels"
-
-
-ORACLE_PROTOCOL = "oracle: selects hyperparameters on the test labels"
-
-
-def model_label(model: str) -> str:
-    """The paper's name for one of our models (Baseline CAE, vanilla VAE, ...), else the key."""
-    if model == ORACLE_MODEL:
-        return ORACLE_LABEL
+def model_label(model: str, bounds: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """The paper's name for one of our models (Baseline CAE, vanilla VAE, ...), else the key; for
+    a bound of ``bounds`` (``bounds.bounds_of``), e.g. "CAE OCSVM oracle: selects
+    hyperparameters on the test labels"."""
+    if bounds and model in bounds:
+        return f"{model_label(bounds[model]['of'])} {bounds[model]['protocol']}"
     return str(pub.load_published().get("paper_model_labels", {}).get(model, model))
-
-
-def with_oracle(models: Iterable[str]) -> list[str]:
-    """``models`` with the CAE + OC-SVM oracle pseudo-model right after ``cae_ocsvm`` (if there)."""
-    out = []
-    for model in models:
-        if model != ORACLE_MODEL:
-            out.append(model)
-        if model == "cae_ocsvm":
-            out.append(ORACLE_MODEL)
-    return out
 
 
 def model_order(models: Iterable[str]) -> list[str]:

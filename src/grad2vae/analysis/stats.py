@@ -4,9 +4,9 @@
 to stats.json): per dataset, one value per (class, method), the AUC averaged over seeds first
 (``class_means``); the average rank of every method; the Friedman test; every pair of methods
 compared by the two-sided Wilcoxon signed-rank test, Holm-corrected (``holm``) and judged at
-alpha = 0.05; the Nemenyi critical difference for reference; a critical-difference diagram; and
+alpha = 0.05; the Nemenyi critical difference for reference; and
 the paper's "best average AUC" claim, all also on the paper's printed Table 1. The procedure
-follows Demšar (JMLR 2006) and Benavoli, Corani & Mangili (JMLR 2016), issue 9;
+follows Demšar (JMLR 2006) and Benavoli, Corani & Mangili (JMLR 2016);
 docs/design-notes.md gives it step by step, its power with ten classes and the library choice.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -254,93 +253,6 @@ def best_average_claim(
     }
 
 
-# --------------------------------------------------------------------------------------------
-# critical-difference diagram
-
-
-def critical_difference_diagram(
-    comparison: Comparison,
-    path: str | Path,
-    labels: Mapping[str, str] | None = None,
-    dpi: int = 110,
-) -> Path:
-    """Draw ``comparison``'s critical-difference diagram to ``path`` (PNG): each method at its
-    average rank, crossbars joining methods whose Holm-corrected Wilcoxon p-value is > alpha.
-    Needs scikit-posthocs (the drawing only)."""
-    try:
-        import scikit_posthocs as sp
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the critical-difference diagram needs scikit-posthocs (pinned in pyproject.toml); "
-            "install the project's environment"
-        ) from error
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from grad2vae import atomic
-
-    labels = dict(labels or {})
-    rename = {m: labels.get(m, m) for m in comparison.methods}
-    ranks = comparison.average_ranks.rename(index=rename)
-    matrix = comparison.holm_p.rename(index=rename, columns=rename)
-    height = 1.0 + 0.32 * len(ranks)
-    fig, ax = plt.subplots(figsize=(7.5, height))
-    sp.critical_difference_diagram(ranks, matrix, alpha=comparison.alpha, ax=ax)
-    friedman_text = (
-        f"Friedman p = {comparison.friedman_p:.3g}"
-        if math.isfinite(comparison.friedman_p)
-        else "Friedman: n/a"
-    )
-    ax.set_title(
-        f"{comparison.name}: average rank over {comparison.n_blocks} classes (1 = best); bars: "
-        f"Wilcoxon-Holm p > {comparison.alpha:g}; {friedman_text}",
-        fontsize=8,
-    )
-    fig.tight_layout()
-    path = Path(path)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# the report's statistics section, in one call
-
-#: pseudo-model of the CAE + OC-SVM oracle protocol (grid point chosen on the TEST labels)
-ORACLE_MODEL = "cae_ocsvm_oracle"
-ORACLE_NOTE = (
-    "CAE + OC-SVM, oracle protocol (Golan & El-Yaniv): per run, the best TEST AUC over the grid "
-    "nu in {0.1..0.9} x gamma in 2^{-7..2}. It selects hyperparameters on the test labels: an "
-    "optimistic upper bound, shown in Table 1 but left out of ranks and tests."
-)
-
-
-def oracle_run(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The oracle protocol's row for one finished ``cae_ocsvm`` run (its metrics.json): model
-    ``cae_ocsvm_oracle``, the run's keys, ``auc`` = the best grid AUC, ``oracle_point``. None for
-    other models or runs without the grid. LOOKS AT THE TEST LABELS (see ``ORACLE_NOTE``)."""
-    from grad2vae.models.cae_ocsvm import oracle_auc
-
-    extra = metrics.get("auc_extra") or {}
-    if metrics.get("model") != "cae_ocsvm" or not extra:
-        return None
-    try:
-        best, point = oracle_auc(extra)
-    except KeyError:
-        return None
-    return {
-        "dataset": metrics["dataset"],
-        "model": ORACLE_MODEL,
-        "normal_class": int(metrics["normal_class"]),
-        "seed": int(metrics["seed"]),
-        "auc": best,
-        "oracle_point": point,
-    }
-
-
 def published_table(dataset: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Table 1 as printed (percent): rows = classes, columns = the paper's columns."""
     from grad2vae import published as pub
@@ -357,22 +269,20 @@ def analyse(
     methods: Sequence[str] | None = None,
     claim_method: str = "grad2vae",
     labels: Mapping[str, str] | None = None,
-    figure_dir: str | Path | None = None,
     alpha: float = ALPHA,
 ) -> dict[str, Any]:
     """Everything of the report's statistics section, JSON-able.
 
-    ``runs``: one row per finished run with ``dataset, model, normal_class, seed, auc`` (0-1; the
-    ``cae_ocsvm_oracle`` rows of ``oracle_run`` are ignored here). Per dataset: our comparison
-    (AUC x 100, mean over seeds first, complete classes only), the same analysis of the paper's
-    printed Table 1, the claim "<claim_method> has the best average AUC" checked on both, and
-    (with ``figure_dir`` and scikit-posthocs) a critical-difference diagram of ours.
+    ``runs``: one row per finished run with ``dataset, model, normal_class, seed, auc`` (0-1; no
+    bound's rows: ``bounds.real_runs``). Per dataset: our comparison (AUC x 100, mean over seeds
+    first, complete classes only), the same analysis of the paper's printed Table 1 and the claim
+    "<claim_method> has the best average AUC" checked on both. ``grad2vae figures`` draws the
+    critical-difference diagram of ours from this (stats.json).
     """
     from grad2vae import published as pub
 
     labels = dict(labels or {})
-    runs = runs[runs["model"] != ORACLE_MODEL]
-    out: dict[str, Any] = {"alpha": alpha, "oracle_note": ORACLE_NOTE, "datasets": {}}
+    out: dict[str, Any] = {"alpha": alpha, "datasets": {}}
     for dataset in sorted(runs["dataset"].unique()):
         present = runs[runs["dataset"] == dataset]
         names = [
@@ -395,13 +305,6 @@ def analyse(
                     pub.dataset_label(dataset),
                     scale=1.0,
                 )
-            if figure_dir is not None:
-                path = Path(figure_dir) / f"cd_{dataset}.png"
-                try:
-                    critical_difference_diagram(ours, path, labels)
-                    section["cd_diagram"] = str(path)
-                except ImportError as error:
-                    section["cd_diagram_error"] = str(error)
         paper = published_table(dataset)
         if paper.shape[1] >= 2:
             printed = compare(

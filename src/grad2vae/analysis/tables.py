@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from grad2vae import published as pub
-from grad2vae.analysis import entropy_only, stats
-from grad2vae.analysis.collect import real_runs
-from grad2vae.analysis.labels import ORACLE_LABEL, ORACLE_MODEL, model_label
+from grad2vae.analysis import entropy_only
+from grad2vae.analysis.bounds import real_runs
+from grad2vae.analysis.labels import model_label
 from grad2vae.errors import UserError
 from grad2vae.score_columns import column_score
 from grad2vae.score_columns import score_columns as columns_of_scores
@@ -30,8 +30,7 @@ SCORES = ("auc", "auc_reconstruction")
 
 def score_columns(runs: pd.DataFrame) -> list[str]:
     """``auc``, ``auc_reconstruction`` and the AUC column of every further score in ``runs``
-    (``auc_mse``, ``auc_bce_excess``, ..., ``pixel_auc``...; not the oracle's, which has its
-    own column)."""
+    (``auc_mse``, ``auc_bce_excess``, ..., ``pixel_auc``...)."""
     extra = [c for c in columns_of_scores(runs.columns) if c not in SCORES]
     return list(SCORES) + extra
 
@@ -58,12 +57,6 @@ def summarise(runs: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
         for score in scores:
             table[f"{score}_pct_mean"] = grouped[score].mean()
             table[f"{score}_pct_std"] = grouped[score].std(ddof=1)
-        if "auc_oracle" in runs:
-            table["auc_oracle_pct_mean"] = (
-                (100.0 * runs["auc_oracle"])
-                .groupby([runs["dataset"], runs["normal_class"], runs["model"]])
-                .mean()
-            )
         table = table.reindex(index)
         table["n_seeds"] = table["n_seeds"].fillna(0).astype(int)
         table = table.reset_index()
@@ -111,11 +104,6 @@ def averages(summary: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
                     "auc_reconstruction_pct_mean": present["auc_reconstruction_pct_mean"].mean()
                     if len(present)
                     else math.nan,
-                    "auc_oracle_pct_mean": (
-                        present["auc_oracle_pct_mean"].mean()
-                        if "auc_oracle_pct_mean" in present and len(present)
-                        else math.nan
-                    ),
                     "mstd": stds.mean() if len(stds) else math.nan,
                     "max_class_std": stds.max() if len(stds) else math.nan,
                     "published_column": column or "",
@@ -140,7 +128,6 @@ def scores_table(
         for c in summary.columns
         if c.startswith("auc") and c.endswith("_pct_mean")
     ]
-    scores = [s for s in scores if s != "auc_oracle"]
     for dataset in grid["datasets"]:
         for model in grid["models"]:
             part = summary[(summary["dataset"] == dataset) & (summary["model"] == model)]
@@ -179,11 +166,18 @@ def published_column_average(
     return float(np.mean(values)), f"mean of the paper's {len(values)} matching classes"
 
 
-def table1_layout(models: list[str], bases: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def table1_layout(
+    models: list[str],
+    bases: dict[str, str] | None = None,
+    bounds: dict[str, dict[str, str]] | None = None,
+) -> list[dict[str, Any]]:
     """Column groups of Table 1 in the paper's order: one per published column (with our model
-    beside it when we have one, then each variant of that model: ``bases`` maps a variant to its
-    registered model), then our models that the paper's Table 1 lacks."""
+    beside it when we have one, then each bound of that model (``bounds``: ``bounds.bounds_of``;
+    kind ``bound``, never compared with a published number), then each variant of that model:
+    ``bases`` maps a variant to its registered model), then our models that the paper's Table 1
+    lacks."""
     bases = bases or {}
+    bounds = bounds or {}
     groups = []
     placed: set[str] = set()
     for key, column in pub.published_columns().items():
@@ -200,17 +194,7 @@ def table1_layout(models: list[str], bases: dict[str, str] | None = None) -> lis
                     "source": column.get("source", ""),
                 }
             )
-            if ours == "cae_ocsvm" and ORACLE_MODEL in models:
-                groups.append(
-                    {
-                        "kind": "oracle",
-                        "model": ORACLE_MODEL,
-                        "label": ORACLE_LABEL,
-                        "published_column": None,
-                        "published_label": None,
-                        "source": stats.ORACLE_NOTE,
-                    }
-                )
+            groups += _bound_groups(ours, models, bounds)
         else:
             groups.append(
                 {
@@ -238,7 +222,7 @@ def table1_layout(models: list[str], bases: dict[str, str] | None = None) -> lis
             )
             placed.add(variant)
     for model in models:
-        if pub.column_for_model(model) is None and model != ORACLE_MODEL and model not in placed:
+        if pub.column_for_model(model) is None and model not in bounds and model not in placed:
             groups.append(
                 {
                     "kind": "ours_only",
@@ -249,14 +233,34 @@ def table1_layout(models: list[str], bases: dict[str, str] | None = None) -> lis
                     "source": "not in the paper's Table 1",
                 }
             )
+            groups += _bound_groups(model, models, bounds)
     return groups
+
+
+def _bound_groups(
+    model: str, models: list[str], bounds: dict[str, dict[str, str]]
+) -> list[dict[str, Any]]:
+    """The Table 1 column group of each bound of ``model`` among ``models``."""
+    return [
+        {
+            "kind": "bound",
+            "model": name,
+            "label": model_label(name, bounds),
+            "protocol": bound["protocol"],
+            "published_column": None,
+            "published_label": None,
+            "source": bound["note"],
+        }
+        for name, bound in bounds.items()
+        if bound["of"] == model and name in models
+    ]
 
 
 def table1(summary: pd.DataFrame, avgs: pd.DataFrame, grid: dict[str, list]) -> pd.DataFrame:
     """Wide Table 1: per dataset, one row per normal class and an Average row; for each group of
     ``table1_layout``: ``{model}_mean``, ``{model}_std``, ``{model}_n`` (ours, percent),
     ``published_{column}``, ``{model}_difference`` (ours - published)."""
-    layout = table1_layout(grid["models"], grid.get("variants"))
+    layout = table1_layout(grid["models"], grid.get("variants"), grid.get("bounds"))
     rows = []
     for dataset in grid["datasets"]:
         for normal_class in list(grid["normal_classes"]) + ["Average"]:

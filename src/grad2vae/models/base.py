@@ -7,7 +7,7 @@ inside its own ``forward`` path.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -53,12 +53,14 @@ class AnomalyModel(nn.Module):
       Returns a JSON-able summary recorded in ``metrics.json`` (``pretrain``), or None. A long
       pretraining logs one line per epoch and shows the bar (``progress.Progress``) as training.
     - ``score_batch(x, generator)``: ``scores`` and the output images of the same pass, for the
-      pixel-level AUC that the authors' notebook logged (``grad2vae.training.pixel_auc``); a model whose
-      output is an image overrides it and implements ``scores`` through it. The trainer's
-      evaluation calls this, never ``scores`` directly.
+      pixel-level AUC that the authors' notebook logged (``grad2vae.training.pixel_auc``); a
+      model whose output is an image overrides it and implements ``scores`` through it. The
+      trainer's evaluation calls this, never ``scores`` directly.
     - ``extra_scores(x, generator)`` returns more named scores (higher = more anomalous), computed
       only at the final evaluation; the trainer records each one's AUC in ``metrics.json``
       (``auc_extra``). Used for expensive diagnostics (the CAE + OC-SVM oracle grid).
+    - ``bounds(auc_extra)``: optimistic bounds drawn from those AUCs (they select on the test
+      labels), recorded in ``metrics.json`` (``bounds``) only when there are any.
     - ``preprocessing`` (class attribute) / ``preprocessing_info()``: what is done to the [0, 1]
       images before the network, recorded in ``metrics.json`` (``preprocessing``).
     - ``options`` (class attribute): the constructor's options that a configuration may set
@@ -108,9 +110,9 @@ class AnomalyModel(nn.Module):
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(``scores(x, generator)``, the model's output images) from one pass: each image
         name -> (N, 1, 28, 28) in [0, 1], aligned with ``x``, which the pixel-level metric
-        (``grad2vae.training.pixel_auc``) scores against ``x``'s pixels. ``"reconstruction"`` for every
-        model whose output is an image, ``"attention"`` for Grad2VAE's attention image. Default:
-        no images (Deep SVDD)."""
+        (``grad2vae.training.pixel_auc``) scores against ``x``'s pixels. ``"reconstruction"`` for
+        every model whose output is an image, ``"attention"`` for Grad2VAE's attention image.
+        Default: no images (Deep SVDD)."""
         return self.scores(x, generator), {}
 
     def pretrain(self, train_x: Tensor, **protocol: Any) -> dict[str, Any] | None:
@@ -120,6 +122,13 @@ class AnomalyModel(nn.Module):
     def extra_scores(
         self, x: Tensor, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
+        return {}
+
+    def bounds(self, auc_extra: Mapping[str, float | None]) -> dict[str, dict[str, Any]]:
+        """Optimistic bounds this model's results allow, from the AUCs of its ``extra_scores``:
+        name -> {"auc", "setting", "protocol", "note"}. A bound SELECTS ON THE TEST LABELS, so
+        the analysis shows it beside its model as the pseudo-model ``{model}_{name}`` and never
+        ranks it or judges a claim by it (``grad2vae.analysis.bounds``). Default: none."""
         return {}
 
     def preprocessing_info(self) -> dict[str, Any]:

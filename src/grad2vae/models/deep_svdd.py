@@ -230,7 +230,7 @@ class DeepSVDD(AnomalyModel):
         self.register_buffer("gcn_min", torch.tensor(math.nan))
         self.register_buffer("gcn_max", torch.tensor(math.nan))
         # Whether the constants are fitted, known on the host: checking the buffers in every
-        # loss() and score chunk would be a GPU->CPU sync each time (issue 14).
+        # loss() and score chunk would be a GPU->CPU sync each time.
         self._preprocessing_fitted = False
         self.register_load_state_dict_post_hook(DeepSVDD._after_load)
 

@@ -7,9 +7,9 @@ table); this file adds the attention module (paper Sect. 3, Fig. 2, Eq. 3):
 1. L_e1 = the first encoder layer's output (after ReLU, as the notebook's ``conv_1``), C = 16
    channels at 28x28; z = mu + exp(0.5 logvar) * eps.
 2. For each latent unit z_i: h_i = d/dL_e1 (sum_j dz_i/dL_e1_j), one tensor of L_e1's shape
-   (``grad2vae.models.second_derivatives``; the paper's d tensors, Sect. 3 and Fig. 3 — the companion
-   notebook's ``tf.gradients(z, conv)`` instead sums over the units: one tensor sum_i h_i), kept
-   in the autograd graph (create_graph) so that the loss trains through it. Shape
+   (``grad2vae.models.second_derivatives``; the paper's d tensors, Sect. 3 and Fig. 3 — the
+   companion notebook's ``tf.gradients(z, conv)`` instead sums over the units: one tensor sum_i
+   h_i), kept in the autograd graph (create_graph) so that the loss trains through it. Shape
    (N, d, C, 28, 28).
 3. Aggregation: LeakyReLU(0.3) (the notebook's), the d tensors stacked along channels (d*C),
    Conv 3x3 (d*C -> 48) + ReLU, Conv 3x3 (48 -> 16) + ReLU = the attention feature map, which is
@@ -43,7 +43,8 @@ text where it speaks; presets/ablation.yaml flips each one alone). Beside the VA
   there has the map's width) and at L_d(n-1), and the sigmoid attention image added before the
   output layer; ``"none"``, nothing added to the decoder while the attention module and its
   loss are still trained (the explanation is learned): the control for whether the attention
-  path carries the input past the bottleneck (issue 13's finding; ours).
+  path carries the input past the bottleneck (ours; Grad2VAE's zero-noise scores suggested such
+  a leak, docs/findings/scores-and-entropy.md).
 - ``attention_weight``: the weight of the attention-image BCE in the loss, a finite number
   >= 0 (Eq. 3: 1; other weights are ours).
 - ``attention``: ``"on"``, or ``"off"``: the same network and parameters with the attention
@@ -232,21 +233,22 @@ ASSUMPTIONS = VAE_ASSUMPTIONS + (
     "channels to its 32: parameter-free, ours) and the sigmoid attention image before the output "
     "layer; none, nothing added (attention module and its loss still trained: the control for "
     "a leak past the bottleneck) — penultimate: paper Sect. 3; notebook: abukmeil/mgrad2vae; "
-    "none: ours (issue 13)",
+    "none: ours, after Grad2VAE's AUCs with eps = 0 (*_zero_noise) suggested such a leak",
     "Option attention_weight (variants only): weight of the attention-image BCE in the loss, "
     "1.0 (default, every reported run) or any finite number >= 0 — 1: Eq. 3; others: ours",
     "Option attention (variants only): on (default, every reported run) or off, the same network "
     "and parameter count with the attention path removed (no derivatives, no attention loss, no "
-    "fusion; scored like the VAE): a parameter-matched control — ours (issue 15)",
+    "fusion; scored like the VAE): a parameter-matched control — ours",
     "*_zero_noise scores (eps = 0): every second derivative is then exactly 0, so the attention "
     "module sees zeros (its biases still reach the decoder): the attention path switched off at "
     "test time on weights trained with it — a diagnostic, not a clean control (a model trained "
-    "without the fusion is) — issue 13",
+    "without the fusion is) — ours; see the section 'Which score, and what the attention path "
+    "does'",
     "Second derivatives computed by default in closed form, h_i = 0.25 sigma_i eps_i (1.g_i) g_i "
     "with g_i = d logvar_i / dL_e1 (coefficient 1 instead of 0.25 with sigma = exp(logvar)); exact "
     "because every layer from L_e1 to (mu, logvar) is ReLU or linear; equal to the per-unit double "
-    "backward up to float rounding, checked by tests and by `grad2vae bench` — ours (issue 8, "
-    "speed); TF32 stays off (its effect on AUC is unmeasured)",
+    "backward up to float rounding, checked by tests and by `grad2vae bench` — ours, for "
+    "speed; TF32 stays off (its effect on AUC is unmeasured)",
 )
 
 

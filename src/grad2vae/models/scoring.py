@@ -1,6 +1,6 @@
 """Per-sample reconstruction scores that every reconstruction model reports beside its main score.
 
-Why these scores (issue 13): BCE(x, x̂) = H(x) + KL(x ‖ x̂) per pixel, where H(x) is the binary
+Why these scores: BCE(x, x̂) = H(x) + KL(x ‖ x̂) per pixel, where H(x) is the binary
 entropy of the test image itself. H(x) cannot be reconstructed away: it measures how much ink or
 texture an image has, which varies by class, so part of every BCE-based AUC is the class's ink,
 not the model. ``bce_excess`` = BCE − H(x) = KL(x ‖ x̂) is the part a model can change; ``mse`` is

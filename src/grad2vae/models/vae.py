@@ -83,7 +83,8 @@ ASSUMPTIONS = (
     "Beside the main score (never instead of it): mse (squared error summed over pixels), "
     "bce_excess = BCE - H(x) = KL(x || x_hat) (H(x), the test image's own binary entropy, is a "
     "floor no reconstruction removes and varies with the class's ink), and the same three with "
-    "eps = 0 (z = mu: *_zero_noise); their AUCs are diagnostics — issue 13",
+    "eps = 0 (z = mu: *_zero_noise); their AUCs are diagnostics — ours; see the section 'Which "
+    "score, and what the attention path does'",
 )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import logging
 import sys
@@ -33,6 +32,7 @@ from grad2vae.atomic import write_text
 from grad2vae.captions import entry_caption
 from grad2vae.errors import UserError
 from grad2vae.gitstate import git_commit_label
+from grad2vae.layout import ASSUMPTIONS_FILE
 from grad2vae.report.sections import (
     copy_file,
     fmt_int,
@@ -57,20 +57,6 @@ TEMPLATE = "index.html.j2"
 
 
 STYLESHEET = "style.css"
-
-
-# Modules whose ASSUMPTIONS tuple the report shows; only `attention_maps` (explain) may be absent.
-ASSUMPTION_MODULES = (
-    "grad2vae.data.datasets",
-    "grad2vae.data.command",
-    "grad2vae.training.run_config",
-    "grad2vae.training.schedule",
-    "grad2vae.training.devices",
-    "grad2vae.explain.attention_maps",
-)
-
-
-OPTIONAL_MODULES = ("grad2vae.explain.attention_maps",)
 
 
 def default_template_dir() -> Path:
@@ -99,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder with index.html.j2 and style.css (default: the package's templates)",
     )
     parser.add_argument("--title", default="Grad2VAE reproduction", help="page title")
+    parser.add_argument(
+        "--assumptions",
+        help=f"the choices the paper leaves open (`grad2vae assumptions`; default: "
+        f"RESULTS/{ASSUMPTIONS_FILE})",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,40 +100,19 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [] if frame.empty else frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
-def gather_assumptions() -> list[dict[str, Any]]:
-    """[{"source", "title", "items"}] for every registered model, then each module's ASSUMPTIONS."""
-    from grad2vae.models import MODELS, model_names
-
-    groups = []
-    for name in model_order(model_names()):
-        cls = MODELS[name]
-        items = list(getattr(cls, "assumptions", ()) or ())
-        groups.append(
+def read_assumptions(path: Path) -> list[dict[str, Any]]:
+    """The groups of ``grad2vae assumptions`` ({"source", "title", "items"}); one group saying how
+    to write them when the file is missing."""
+    if not path.is_file():
+        log.warning("%s not found: the report's Assumptions section says how to write it", path)
+        return [
             {
-                "source": f"grad2vae.models: {name}",
-                "title": f"{model_label(name)} ({cls.__name__}); "
-                f"main score: {getattr(cls, 'main_score', 'main')}",
-                "items": items,
+                "source": str(path),
+                "title": "not recorded",
+                "items": [f"run `grad2vae assumptions --out {path}`, then the report again"],
             }
-        )
-    for module_name in ASSUMPTION_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if module_name in OPTIONAL_MODULES and error.name == module_name:
-                continue
-            raise
-        items = list(getattr(module, "ASSUMPTIONS", ()) or ())
-        if items:
-            summary = (module.__doc__ or "").strip().splitlines()
-            groups.append(
-                {
-                    "source": module_name,
-                    "title": summary[0] if summary else module_name,
-                    "items": items,
-                }
-            )
-    return groups
+        ]
+    return json.loads(path.read_text(encoding="utf-8"))["groups"]
 
 
 def protocol_deviations(workflow_config: dict[str, Any], runs: pd.DataFrame) -> list[str]:
@@ -280,19 +250,19 @@ def table1_rows(table1: pd.DataFrame, layout: list[dict], grid: dict) -> list[di
     return table_rows
 
 
-def summary_rows(averages: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per dataset and model: our average beside the published one."""
+def summary_rows(
+    averages: pd.DataFrame, bounds: dict[str, dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """Per dataset and model (and bound: ``bounds``, aggregate.json's): our average beside the
+    published one."""
     summary_rows = []
     for row in _records(averages):
         summary_rows.append(
             {
                 "dataset": pub.dataset_label(row["dataset"]),
-                "model": model_label(row["model"]),
+                "model": model_label(row["model"], bounds),
                 "ours": fmt_num(row.get("auc_pct_mean")),
                 "ours_reconstruction": fmt_num(row.get("auc_reconstruction_pct_mean")),
-                "oracle": fmt_num(row.get("auc_oracle_pct_mean"))
-                if is_finite_number(row.get("auc_oracle_pct_mean"))
-                else "",
                 "mstd": fmt_num(row.get("mstd"), 3),
                 "max_class_std": fmt_num(row.get("max_class_std"), 3),
                 "published_label": pub.published_columns()
@@ -387,6 +357,7 @@ def gather(
     explain_summary: Path,
     report_dir: Path,
     template_dir: Path,
+    assumptions: Path,
 ) -> dict[str, Any]:
     """What index.html.j2 shows, from the aggregate, figures and explain outputs; copies the
     figures and tables it links into ``report_dir``."""
@@ -418,11 +389,11 @@ def gather(
         "layout": layout,
         "published_only": [g["label"] for g in layout if g["kind"] == "published_only"],
         "ours_only": [g["label"] for g in layout if g["kind"] == "ours_only"],
-        "oracle_column": any(g["kind"] == "oracle" for g in layout),
+        "bound_columns": [g for g in layout if g["kind"] == "bound"],
         "statistics": gather_statistics(agg_dir, figures),
         "table_rows": table_rows,
         "average_note": any(c.get("published_note") for r in table_rows for c in r["cells"]),
-        "summary_rows": summary_rows(averages),
+        "summary_rows": summary_rows(averages, payload.get("bounds")),
         "claims": gather_claims(agg_dir),
         "table1_metric": gather_table1_metric(agg_dir, figures),
         "ablations": gather_ablations(agg_dir),
@@ -434,7 +405,7 @@ def gather(
         "status_matrix": status_matrix,
         "not_complete": not_complete,
         "deviations": protocol_deviations(workflow_config, runs),
-        "assumptions": gather_assumptions(),
+        "assumptions": read_assumptions(assumptions),
         "explain": gather_explain(explain_summary, report_dir, template_dir),
         "provenance": provenance,
         "run_versions": provenance.get("run_versions", []),
@@ -480,6 +451,7 @@ def build_report(
     explain_summary: Path | None = None,
     template_dir: Path | None = None,
     title: str = "Grad2VAE reproduction",
+    assumptions: Path | None = None,
 ) -> Path:
     template_dir = template_dir or default_template_dir()
     if not (template_dir / TEMPLATE).is_file() or not (template_dir / STYLESHEET).is_file():
@@ -495,6 +467,7 @@ def build_report(
         explain_summary or results_dir / "explain" / "summary.json",
         report_dir,
         template_dir,
+        assumptions or results_dir / ASSUMPTIONS_FILE,
     )
     context["title"] = title
     page = render(context, template_dir)
@@ -513,6 +486,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.explain_summary) if args.explain_summary else None,
         Path(args.template_dir) if args.template_dir else None,
         args.title,
+        Path(args.assumptions) if args.assumptions else None,
     )
     log.info("report -> %s (open it in a browser: file://%s)", path, path.resolve())
     return 0

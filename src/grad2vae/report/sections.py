@@ -229,17 +229,17 @@ def gather_statistics(agg_dir: Path, figures: dict[str, list[dict[str, str]]]) -
         "available": True,
         "alpha": data.get("alpha"),
         "method": data.get("method", ""),
-        "oracle_note": data.get("oracle_note", ""),
+        "bounds_note": data.get("bounds_note", ""),
         "datasets": datasets,
     }
 
 
 def gather_claims(agg_dir: Path) -> dict[str, Any]:
     """The claims section: claims.json (``grad2vae aggregate``) as it is, plus the evidence of
-    each claim as indented JSON for display, and each verdict's scope (``grad2vae.analysis.verdicts``)
-    to show beside it. A claims.json written before verdicts had a scope gets one that says so
-    and is never the paper's protocol; a score's scope is shown only where it differs from its
-    claim's (``other_scores[].scope``, else empty)."""
+    each claim as indented JSON for display, and each verdict's scope
+    (``grad2vae.analysis.verdicts``) to show beside it. A claims.json written before verdicts had
+    a scope gets one that says so and is never the paper's protocol; a score's scope is shown
+    only where it differs from its claim's (``other_scores[].scope``, else empty)."""
     path = agg_dir / "claims.json"
     if not path.is_file():
         return {

@@ -342,7 +342,7 @@ def deterministic() -> Iterator[None]:
     """Deterministic algorithms wherever the device offers them (a warning where it does not)
     and full float32 (no TF32) inside the block; torch's previous settings are restored
     afterwards. TF32: PyTorch runs cuDNN convolutions in TF32 by default on Ampere and later
-    GPUs; issue 8 allows it only once its effect on the AUCs is measured, so it is off."""
+    GPUs; the project allows it only once its effect on the AUCs is measured, so it is off."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     before = (
         torch.are_deterministic_algorithms_enabled(),
@@ -369,20 +369,21 @@ def deterministic() -> Iterator[None]:
 
 ASSUMPTIONS: tuple[str, ...] = (
     "device: CUDA when torch sees one, else the CPU; a CUDA_VISIBLE_DEVICES set by a scheduler "
-    "is never changed — issue 4",
+    "is never changed — project requirement: the scheduler's allocation is respected",
     "float32 everywhere, TF32 off on GPUs (PyTorch's default runs cuDNN convolutions in TF32 "
-    "on Ampere and later) — issue 8: TF32 only once its effect on the AUCs is measured, which "
-    "needs a GPU and has not been done",
+    "on Ampere and later) — project requirement: TF32 only once its effect on the AUCs is "
+    "measured, which needs a GPU and has not been done",
     "GPU jobs: each takes the first free of N flock'ed slot files (N = visible devices x "
     "jobs_per_gpu, default 1 job per GPU, also with one visible GPU), slot i -> cuda:(i mod "
-    "count); a job finding all slots busy waits for one — issues 4 and 14 (waiting rather than "
-    "failing is our choice: the kernel frees a dead job's lock, so waiting cannot deadlock)",
+    "count); a job finding all slots busy waits for one — project requirement (waiting rather "
+    "than failing is our choice: the kernel frees a dead job's lock, so waiting cannot deadlock)",
     "several MIG instances in CUDA_VISIBLE_DEVICES: each job takes one by the same slot locks and "
-    "sees only it — issue 14",
+    "sees only it — a CUDA process sees only one MIG instance",
     "several seeds in one process: the group steps together only as many seeds as fit in the "
     "card's free memory less max(1 GiB, 10 %), counting per seed the saved tensors of one step "
     "(measured on the model, training_memory) x 1.5 plus 4 x the parameters; the rest train "
-    "after them in further sub-cohorts, logged — issue 14",
+    "after them in further sub-cohorts, logged — project requirement: a seed group must fit in "
+    "the card's memory",
 )
 
 

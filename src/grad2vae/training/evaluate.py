@@ -137,7 +137,7 @@ def extra_aucs(extra: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, fl
 
 def score_means(scores: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
     """Mean main and reconstruction score of the normal and of the anomalous test images: how
-    well a model reconstructs anomalies relative to normal images (issue 13)."""
+    well a model reconstructs anomalies relative to normal images."""
     means = {}
     for key in ("main", "reconstruction"):
         values = np.asarray(scores[key], dtype=np.float64)

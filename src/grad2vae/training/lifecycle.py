@@ -510,6 +510,9 @@ class Run:
             "preprocessing": model.preprocessing_info(),
             "pretrain": self.pretrain_info,
             "auc_extra": auc_extra,
+            # optimistic bounds the model declares (they select on the test labels); the key
+            # only where there are any
+            **({"bounds": bounds} if (bounds := model.bounds(auc_extra)) else {}),
             "versions": environment_versions(),
             "git_commit": commit or "unknown",
             "git_dirty": dirty,

@@ -30,8 +30,8 @@ ASSUMPTIONS: tuple[str, ...] = (
     '"the learning rate is reduced after 50 epochs by a factor of 10^-2" = MultiStepLR with '
     "milestone 50 and gamma 0.01, stepped once per epoch: epochs 1-50 use 1e-3, epochs 51-100 "
     "use 1e-5 — paper Sect. 4",
-    "optimiser Adam with torch's defaults (betas 0.9/0.999, eps 1e-8, no weight decay) — issue 4; "
-    "the paper names the learning rate, not the optimiser",
+    "optimiser Adam with torch's defaults (betas 0.9/0.999, eps 1e-8, no weight decay) — project "
+    "requirement; the paper names the learning rate, not the optimiser",
     "each epoch visits the normal class's training images in a new order drawn by torch.randperm "
     "from a generator seeded from the run's seed; the last, smaller batch is kept (as Keras' fit "
     "does) — our choice",
@@ -41,23 +41,23 @@ ASSUMPTIONS: tuple[str, ...] = (
     "one) as the positive class and higher score = more anomalous — paper Sect. 4.2, anchors notes",
     "before every evaluation the model is put in eval() mode and fit_scorer(train images) runs "
     "under no_grad (1-NN models keep the training features); scores run with autograd enabled "
-    "(Grad2VAE's attention needs second derivatives) and are detached — issue 4",
+    "(Grad2VAE's attention needs second derivatives) and are detached — project requirement",
     "evaluation sampling (the sampled latent of the variational models) uses a fresh "
     "torch.Generator seeded from sha256(seed, 'eval') at every evaluation, and evaluation runs "
     "inside torch.random.fork_rng, so scores are reproducible and the training trajectory does "
     "not depend on how often it is evaluated — our choice",
     "test AUC is computed every epoch by default (Fig. 6 needs epochs 1-50); the last epoch is "
-    "always evaluated — issue 4",
-    "evaluation runs in batches of 1000 test images — issue 4 (speed); it is part of the "
-    "configuration hash because batch size can change floating-point results",
+    "always evaluated — project requirement",
+    "evaluation runs in batches of 1000 test images — project requirement, for speed; it is part "
+    "of the configuration hash because batch size can change floating-point results",
     "model initialisation and training noise (the reparameterisation samples) come from torch's "
-    "global RNG seeded with the run's seed; Python and NumPy are seeded too — issue 4",
+    "global RNG seeded with the run's seed; Python and NumPy are seeded too — project requirement",
     "deterministic algorithms (torch.use_deterministic_algorithms(True, warn_only=True), "
     "CUBLAS_WORKSPACE_CONFIG=:4096:8, cuDNN benchmark off): identical results need the same "
-    "device, thread count and library versions — issue 4",
+    "device, thread count and library versions — project requirement",
     "a non-finite loss is detected from the epoch means (one device sync per epoch, not per "
     "batch): the run stops after that epoch, keeps its last checkpoint and writes no metrics — "
-    "issue 4 and our choice",
+    "project requirement and our choice",
     "checkpoint every 5 epochs by default (a kill loses at most 5 epochs of work); the checkpoint "
     "is deleted when the run finishes, since model.pt keeps the final weights and the optimiser "
     "state would cost about 2x the model size for each of the 800 runs — our choice",
@@ -69,12 +69,14 @@ ASSUMPTIONS: tuple[str, ...] = (
     "a model's optional pretrain() runs once before epoch 1 with the run's schedule and its own "
     "batch-order generator (sha256(seed, 'pretrain')); a resumed run takes its result from the "
     "checkpoint's model state; extra_scores() run only at the final evaluation, after the main "
-    "scores, and their AUCs go to metrics.json auc_extra — issue 9",
+    "scores, and their AUCs go to metrics.json auc_extra — project requirement, for Table 1's "
+    "Deep SVDD (pretrain) and CAE + OC-SVM (extra scores) reruns",
     "several seeds of one (model, dataset, class) may train in one process (train.seeds_per_job > "
     "1): each run keeps its own RNG streams and files; stepped in turn the runs are bit-identical "
     "to runs alone, vmapped (the default on GPUs) equal up to float rounding, which Adam can "
     "amplify for parameters whose gradient is exactly zero (convolution biases before BatchNorm); "
-    "metrics.json records seeds_in_process and seed_batching — issue 8 (speed) and our choice",
+    "metrics.json records seeds_in_process and seed_batching — project requirement (speed) and "
+    "our choice",
 )
 
 
