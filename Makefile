@@ -33,6 +33,8 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/ruff check src tests $(PY_SCRIPTS)
 	$(BIN)/ruff format --check src tests $(PY_SCRIPTS)
+	# the layers: analysis, figures and report torch-free; no command module imported (pyproject.toml)
+	$(BIN)/lint-imports --no-cache
 
 clean-results:
 	rm -rf results/* report/*

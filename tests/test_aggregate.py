@@ -83,8 +83,18 @@ def write_fake_run(
     }
     if auc_extra is not None:
         metrics["auc_extra"] = auc_extra
+        # what the trainer writes beside them: the bounds the model declares
+        bounds = declared_bounds(model, auc_extra)
+        if bounds:
+            metrics["bounds"] = bounds
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
+
+
+def declared_bounds(model: str, auc_extra: dict) -> dict:
+    from grad2vae.models import create_model
+
+    return create_model(model, latent_dim=16).bounds(auc_extra)
 
 
 def grid(datasets=("mnist",), classes=(0, 1), models=("grad2vae",), seeds=(0, 1, 2)) -> dict:
@@ -314,24 +324,40 @@ def test_published_column_average():
 
 
 def test_cae_ocsvm_oracle_is_kept_apart(tmp_path):
+    """The oracle is a pseudo-model of its own rows (one form only): the run's own row and the
+    main AUC are untouched, the bound's row names the model it bounds and the selected point."""
+    from grad2vae.models.cae_ocsvm import GRID_KEYS
+
+    results = tmp_path / "results"
+    extra = {key: 0.5 + 0.004 * i for i, key in enumerate(GRID_KEYS)}
+    write_fake_run(results, "mnist", "cae_ocsvm", 0, 0, auc=0.80, auc_extra=extra)
+    _payload, out = run_aggregate(tmp_path, grid(classes=[0], models=["cae_ocsvm"], seeds=[0]))
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs["model"].tolist() == ["cae_ocsvm", "cae_ocsvm_oracle"]
+    assert runs.loc[0, "auc"] == pytest.approx(0.80)  # the main AUC is not the oracle
+    assert "auc_oracle" not in runs and pd.isna(runs.loc[0, "bound_of"])
+    assert runs.loc[1, "auc"] == pytest.approx(0.5 + 0.004 * (len(GRID_KEYS) - 1))
+    assert runs.loc[1, "oracle_point"] == GRID_KEYS[-1] and runs.loc[1, "bound_of"] == "cae_ocsvm"
+    table = pd.read_csv(out / "table1.csv")
+    assert table.loc[0, "cae_ocsvm_mean"] == pytest.approx(80.0)
+    averages = pd.read_csv(out / "averages.csv").set_index("model")
+    assert averages.loc["cae_ocsvm_oracle", "auc_pct_mean"] == pytest.approx(
+        100 * (0.5 + 0.004 * (len(GRID_KEYS) - 1))
+    )
+
+
+def test_a_run_written_before_bounds_were_recorded_has_no_oracle_row(tmp_path):
+    """metrics.json without ``bounds`` (or a model that declares none): no pseudo-model."""
     from grad2vae.models.cae_ocsvm import GRID_KEYS
 
     results = tmp_path / "results"
     run = write_fake_run(results, "mnist", "cae_ocsvm", 0, 0, auc=0.80)
     metrics = json.loads((run / "metrics.json").read_text())
-    metrics["auc_extra"] = {key: 0.5 + 0.004 * i for i, key in enumerate(GRID_KEYS)}
+    metrics["auc_extra"] = {key: 0.6 for key in GRID_KEYS}
     (run / "metrics.json").write_text(json.dumps(metrics))
-    _payload, out = run_aggregate(tmp_path, grid(classes=[0], models=["cae_ocsvm"], seeds=[0]))
-    runs = pd.read_csv(out / "runs.csv")
-    assert runs.loc[0, "auc"] == pytest.approx(0.80)  # the main AUC is not the oracle
-    assert runs.loc[0, "auc_oracle"] == pytest.approx(0.5 + 0.004 * (len(GRID_KEYS) - 1))
-    assert runs.loc[0, "oracle_setting"] == GRID_KEYS[-1]
-    table = pd.read_csv(out / "table1.csv")
-    assert table.loc[0, "cae_ocsvm_mean"] == pytest.approx(80.0)
-    averages = pd.read_csv(out / "averages.csv")
-    assert averages.loc[0, "auc_oracle_pct_mean"] == pytest.approx(
-        100 * (0.5 + 0.004 * (len(GRID_KEYS) - 1))
-    )
+    payload, out = run_aggregate(tmp_path, grid(classes=[0], models=["cae_ocsvm"], seeds=[0]))
+    assert pd.read_csv(out / "runs.csv")["model"].tolist() == ["cae_ocsvm"]
+    assert payload["bounds"] == {} and all(g["kind"] != "bound" for g in payload["table1_layout"])
 
 
 def test_compute_and_parameters(tmp_path):
@@ -391,7 +417,7 @@ def test_command_line(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# Table 1 complete: deep_svdd, cae_ocsvm and its oracle; the statistics (issue 9)
+# Table 1 complete: deep_svdd, cae_ocsvm and its oracle; the statistics
 
 ALL_MODELS = MODELS + ["deep_svdd", "cae_ocsvm"]
 
@@ -424,9 +450,7 @@ def write_complete_grid(
 
 
 def test_extra_models_join_the_grid_and_the_oracle_is_a_labelled_pseudo_model(tmp_path):
-    from grad2vae.analysis import stats
-    from grad2vae.analysis.labels import ORACLE_LABEL
-
+    oracle_model = "cae_ocsvm_oracle"  # the pseudo-model {model}_{bound}
     write_complete_grid(tmp_path / "results", classes=[0, 1], seeds=[0, 1])
     config = {
         **grid(classes=[0, 1], models=MODELS, seeds=[0, 1]),
@@ -440,7 +464,7 @@ def test_extra_models_join_the_grid_and_the_oracle_is_a_labelled_pseudo_model(tm
         "missing": 0,
     }  # the oracle is not a run
     runs = pd.read_csv(out / "runs.csv")
-    oracle = runs[runs["model"] == stats.ORACLE_MODEL]
+    oracle = runs[runs["model"] == oracle_model]
     assert len(oracle) == 4 and set(oracle["protocol"]) == {
         "oracle: selects hyperparameters on the test labels"
     }
@@ -448,16 +472,15 @@ def test_extra_models_join_the_grid_and_the_oracle_is_a_labelled_pseudo_model(tm
     assert oracle["auc"].to_numpy() == pytest.approx(
         runs.loc[runs["model"] == "cae_ocsvm", "auc"].to_numpy() + 0.1
     )
-    assert stats.ORACLE_MODEL not in set(pd.read_csv(out / "status.csv")["model"])
-    assert stats.ORACLE_MODEL not in set(pd.read_csv(out / "compute.csv")["model"])
+    assert set(oracle["bound_of"]) == {"cae_ocsvm"}
+    assert oracle_model not in set(pd.read_csv(out / "status.csv")["model"])
+    assert oracle_model not in set(pd.read_csv(out / "compute.csv")["model"])
     layout = payload["table1_layout"]
     kinds = [(g["kind"], g["model"]) for g in layout]
-    assert kinds[:2] == [("compared", "cae_ocsvm"), ("oracle", stats.ORACLE_MODEL)]
+    assert kinds[:2] == [("compared", "cae_ocsvm"), ("bound", oracle_model)]
     assert ("compared", "deep_svdd") in kinds and not any(k == "published_only" for k, _ in kinds)
-    assert (
-        layout[1]["label"] == ORACLE_LABEL
-        and "selects hyperparameters on the test labels" in ORACLE_LABEL
-    )
+    assert layout[1]["label"] == "CAE OCSVM oracle: selects hyperparameters on the test labels"
+    assert "Golan & El-Yaniv" in layout[1]["source"]
     table = pd.read_csv(out / "table1.csv")
     mnist0 = table[(table["dataset"] == "mnist") & (table["class_label"] == "0")].iloc[0]
     assert (
@@ -465,8 +488,8 @@ def test_extra_models_join_the_grid_and_the_oracle_is_a_labelled_pseudo_model(tm
     )
     assert mnist0["deep_svdd_difference"] == pytest.approx(91.05 - 99.10)
     assert mnist0["cae_ocsvm_mean"] == pytest.approx(80.05)
-    assert mnist0[f"{stats.ORACLE_MODEL}_mean"] == pytest.approx(90.05)
-    assert f"{stats.ORACLE_MODEL}_difference" not in table  # never compared with a published column
+    assert mnist0[f"{oracle_model}_mean"] == pytest.approx(90.05)
+    assert f"{oracle_model}_difference" not in table  # never compared with a published column
     claims = {c["model"]: c for c in payload["mstd_claims"]}
     assert claims["deep_svdd"]["ours_max_mstd"] == pytest.approx(100 * 0.001 / math.sqrt(2))
 
@@ -480,7 +503,7 @@ def test_stats_json_on_the_full_ten_class_grid(tmp_path):
     }
     _payload, out = run_aggregate(tmp_path, config)
     data = json.loads((out / "stats.json").read_text())
-    assert data["alpha"] == 0.05 and "test labels" in data["oracle_note"]
+    assert data["alpha"] == 0.05 and "test labels" in data["bounds_note"]
     mnist = data["datasets"]["mnist"]
     ours = mnist["ours"]
     assert set(ours["methods"]) == set(ALL_MODELS)  # the oracle is not ranked

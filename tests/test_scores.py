@@ -146,18 +146,42 @@ def test_feature_models_report_the_reconstruction_diagnostics_on_the_28x28_image
     )
 
 
-def test_entropy_only_auc_is_the_auc_of_the_image_entropy(tiny_data_dir):
+def test_entropy_only_auc_is_the_auc_of_the_image_entropy(tiny_data_dir, tmp_path):
+    """`grad2vae entropy` writes the table (torch, data); the analysis reads it (neither)."""
     from sklearn.metrics import roc_auc_score
 
+    from grad2vae.cli import main
     from grad2vae.data import datasets as data
 
-    table = entropy_only.entropy_table(tiny_data_dir, ["mnist"], [0, 3], test_limit=0)
+    out = tmp_path / "entropy_only.csv"
+    assert main(["entropy", "--data-dir", str(tiny_data_dir), "--datasets", "mnist",
+                 "--normal-classes", "0", "3", "--out", str(out)]) == 0  # fmt: skip
+    table, note = entropy_only.read_entropy_table(out, pd.DataFrame())
     assert table.columns.tolist() == entropy_only.COLUMNS and len(table) == 2
+    assert note == "H(x) of the full test set of each normal class"
     split = data.load_split(tiny_data_dir, "mnist", 3)
     x = split.test_x.double().flatten(1)
     entropy = -(torch.xlogy(x, x) + torch.xlogy(1 - x, 1 - x)).sum(1).numpy()
     expected = roc_auc_score(np.asarray(split.test_labels), entropy)
     assert table.set_index("normal_class").loc[3, "auc"] == pytest.approx(expected)
+
+
+def test_the_entropy_table_is_checked_when_read(tmp_path):
+    from grad2vae.errors import UserError
+
+    table, note = entropy_only.read_entropy_table(None, pd.DataFrame())
+    assert table.empty and "grad2vae entropy" in note
+    bad = tmp_path / "entropy_only.csv"
+    bad.write_text("dataset,auc\nmnist,0.5\n")
+    with pytest.raises(UserError, match="lacks the columns normal_class, test_images"):
+        entropy_only.read_entropy_table(bad, pd.DataFrame())
+
+
+def test_aggregate_no_longer_takes_the_data_and_says_what_replaced_it(tmp_path, capsys):
+    from grad2vae.cli import main
+
+    assert main(["aggregate", "--results-dir", str(tmp_path), "--data-dir", "data"]) == 2
+    assert "grad2vae entropy" in capsys.readouterr().err
 
 
 def test_a_run_records_the_auc_of_every_score_per_epoch(tiny_data_dir, tmp_path):

@@ -4,7 +4,7 @@ where possible from the paper's own printed numbers) and a verdict: ``claims.jso
 A claim object: ``id``, ``section`` and ``words`` (the paper's, verbatim, from published.yaml),
 ``definition`` (ours), ``verdict`` (under the main score) in ``VERDICTS``, ``why`` (one sentence),
 ``evidence`` (numbers, tests, p-values), and for the claims about AUCs ``by_score``: the same
-judgement under every score the runs report (``main`` plus the diagnostics of issue 13, e.g.
+judgement under every score the runs report (``main`` plus the diagnostic scores beside it, e.g.
 ``mse``, ``bce_excess``, ``*_zero_noise``). Under a score that a model does not report, that
 model is judged by its main score (``evidence.scored_by`` says which). ``scope`` (also in each
 ``by_score`` entry): "the paper's protocol", or exactly how the runs behind the verdict fall

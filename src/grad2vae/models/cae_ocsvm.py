@@ -13,8 +13,10 @@ both reported and labelled:
   _cae_ocsvm_experiment``): the grid nu in {0.1, ..., 0.9} x gamma in 2^{-7..2}, keeping the grid
   point with the best **test** AUC. That selection looks at the test labels, which ``scores`` never
   sees: the 90 grid points are extra scores (``extra_scores``, computed once after the last epoch),
-  the trainer records the AUC of each in ``metrics.json`` (``auc_extra``), and ``oracle_auc`` picks
-  the best afterwards. It is an optimistic upper bound, not a detector one could deploy.
+  the trainer records the AUC of each in ``metrics.json`` (``auc_extra``), and ``bounds`` (via
+  ``oracle_auc``) records the best as the bound ``oracle`` (``bounds``), which the analysis shows
+  beside the model and never ranks. It is an optimistic upper bound, not a detector one could
+  deploy.
 
 Sign: ``decision_function`` is positive for normal points; every OC-SVM score is negated, so
 higher = more anomalous like every other score.
@@ -105,7 +107,8 @@ class CAEOneClassSVM(BaselineCAE):
     )
     assumptions = tuple(a for a in BaselineCAE.assumptions if not a.startswith("Main score")) + (
         "The CAE is the `cae` model's class and loss, trained by the same trainer and protocol "
-        "(same seed -> the same weights); only the scorer differs — issue 9",
+        "(same seed -> the same weights); only the scorer differs — our choice: [25]'s CAE + "
+        "OC-SVM is an OC-SVM on the baseline CAE's code",
         "Main score = -OneClassSVM(kernel='rbf', nu=0.5, gamma='auto').decision_function on the "
         "128-d features: the defaults of the scikit-learn <= 0.21 that [25]'s code (Oct 2019, "
         "TensorFlow 1.x) ran; gamma='scale' (the default since 0.22) is the extra score "
@@ -116,14 +119,15 @@ class CAEOneClassSVM(BaselineCAE):
         "float64 — our choice",
         "Oracle protocol: 90 extra scores for nu in {0.1..0.9} x gamma in 2^{-7..2}, computed once "
         "after the last epoch; the trainer stores each one's test AUC (metrics.json auc_extra) and "
-        "oracle_auc() takes the maximum — this SELECTS ON THE TEST LABELS, as Golan & El-Yaniv do "
+        "the maximum as the model's bound 'oracle' (metrics.json bounds), shown beside the model "
+        "as CAE OCSVM oracle, never ranked — this SELECTS ON THE TEST LABELS, as Golan & El-Yaniv do "
         "— izikgo/AnomalyDetectionTransformations experiments.py _cae_ocsvm_experiment",
         "Oracle grid fitted with the RBF kernel precomputed from squared Euclidean distances (the "
         "same libsvm problem; decision values equal to ~1e-11), grid points fitted in parallel "
         "threads (torch.get_num_threads()) — our choice (speed)",
         "Golan & El-Yaniv's own CAE (3 x Conv3x3 stride 2, 64/128/256, Dense 256 tanh, inputs in "
         "[-1, 1]) is NOT used: the paper's Table 1 quotes [25], whose features are the baseline "
-        "CAE's — issue 9",
+        "CAE's — paper Table 1; natasasdj/anomalyDetection",
     )
     parameter_note = "the baseline CAE's weights (the OC-SVM's support vectors are not parameters)"
 

@@ -477,7 +477,7 @@ class Run:
             "main_score": getattr(model, "main_score", "main"),
             "auc": final["auc"],
             "auc_reconstruction": final["auc_reconstruction"],
-            # every other score of model.scores() (diagnostics beside the main score, issue 13)
+            # every other score of model.scores() (diagnostics beside the main score)
             "auc_scores": {
                 key: final[score_column(key)]
                 for key in self.last_scores
