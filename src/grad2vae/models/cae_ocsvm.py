@@ -119,8 +119,9 @@ class CAEOneClassSVM(BaselineCAE):
         "float64 — our choice",
         "Oracle protocol: 90 extra scores for nu in {0.1..0.9} x gamma in 2^{-7..2}, computed once "
         "after the last epoch; the trainer stores each one's test AUC (metrics.json auc_extra) and "
-        "the maximum as the model's bound 'oracle' (metrics.json bounds), shown beside the model "
-        "as CAE OCSVM oracle, never ranked — this SELECTS ON THE TEST LABELS, as Golan & El-Yaniv do "
+        "the maximum as the model's bound 'oracle' (metrics.json bounds), shown beside the "
+        "model as CAE OCSVM oracle, never ranked — this SELECTS ON THE TEST LABELS, as Golan & "
+        "El-Yaniv do "
         "— izikgo/AnomalyDetectionTransformations experiments.py _cae_ocsvm_experiment",
         "Oracle grid fitted with the RBF kernel precomputed from squared Euclidean distances (the "
         "same libsvm problem; decision values equal to ~1e-11), grid points fitted in parallel "
