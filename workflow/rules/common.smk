@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+from grad2vae import grid
 from grad2vae.layout import (
     AGGREGATE_FILES,
     ASSUMPTIONS_FILE,
@@ -40,7 +41,15 @@ TEMPLATE_DIR = os.path.join(workflow.basedir, "src", "grad2vae", "report", "temp
 # (presets/ablation.yaml, presets/table1-own-protocols.yaml): a variant is a model name like any
 # other from here on.
 VARIANTS = config["variants"]
-MODELS = list(dict.fromkeys(config["models"] + config["extra_models"] + list(VARIANTS)))
+MODELS = grid.trained_models(config)
+# the grid of runs, the one grad2vae.analysis.collect expects too
+GRID = dict(
+    datasets=config["datasets"],
+    normal_classes=config["normal_classes"],
+    models=MODELS,
+    seeds=config["seeds"],
+    model_classes=grid.model_classes(config),
+)
 
 
 def check_variants():
@@ -182,20 +191,7 @@ def train_data(wildcards):
 
 
 def run_keys():
-    for dataset in config["datasets"]:
-        for normal_class in config["normal_classes"]:
-            for model in MODELS:
-                if normal_class not in VARIANTS.get(model, {}).get(
-                    "normal_classes", [normal_class]
-                ):
-                    continue  # a variant on a subset of the classes
-                for seed in config["seeds"]:
-                    yield dict(
-                        dataset=dataset,
-                        model=model,
-                        normal_class=normal_class,
-                        seed=seed,
-                    )
+    return grid.run_keys(GRID)
 
 
 def expected_metrics():
@@ -227,9 +223,7 @@ def aggregate_runs(wildcards):
 
 def roc_scores(wildcards):
     """scores.csv.gz of the runs drawn in the ROC figure (every seed of the ROC class)."""
-    roc_class = config["figures"]["roc_class"]
-    if roc_class not in config["normal_classes"]:
-        roc_class = config["normal_classes"][0]
+    roc_class = grid.roc_class(config["figures"]["roc_class"], config["normal_classes"])
     paths = [
         f"{RESULTS}/{RUN_DIR.format(**key)}/scores.csv.gz"
         for key in run_keys()
@@ -241,9 +235,7 @@ def roc_scores(wildcards):
 
 
 def roc_figure():
-    roc_class = config["figures"]["roc_class"]
-    if roc_class not in config["normal_classes"]:
-        roc_class = config["normal_classes"][0]
+    roc_class = grid.roc_class(config["figures"]["roc_class"], config["normal_classes"])
     path = f"{FIGURES_DIR}/{ROC_FIGURE.format(normal_class=roc_class)}"
     return report_output(path, ROC_FIGURE)
 
@@ -358,7 +350,7 @@ def config_json():
 # ---- explainability targets (rule in explain.smk) ----
 
 EXPLAIN_DIR = os.path.dirname(EXPLAIN_SUMMARY)
-EXPLAIN_MODELS = ("grad2vae", "vae")
+EXPLAIN_MODELS = grid.EXPLAIN_MODELS
 
 
 def explain_run_dir(dataset, model, normal_class):
@@ -372,41 +364,19 @@ def explain_run_dir(dataset, model, normal_class):
 
 
 def explain_targets():
-    """(datasets, normal classes) to explain: the configured ones that the grid trains (both
-    models, the seed); with allow_partial, only classes whose runs all exist now."""
-    wanted = config["explain"]
-    if not wanted["enabled"]:
-        return [], []
-    skipped = []
-    datasets = [d for d in wanted["datasets"] if d in config["datasets"]]
-    skipped += [f"dataset {d}" for d in wanted["datasets"] if d not in datasets]
-    classes = [c for c in wanted["normal_classes"] if c in config["normal_classes"]]
-    skipped += [f"class {c}" for c in wanted["normal_classes"] if c not in classes]
-    missing_models = [m for m in EXPLAIN_MODELS if m not in config["models"]]
-    if missing_models or wanted["seed"] not in config["seeds"]:
-        skipped.append(
-            f"models {missing_models} or seed {wanted['seed']} not in the grid"
-        )
-        datasets, classes = [], []
+    """(datasets, normal classes) to explain (grad2vae.grid.explain_targets); with allow_partial,
+    only classes whose runs all exist now. Says on stderr what it skipped."""
+    run_exists = None
     if config["allow_partial"]:
-        complete = [
-            c
-            for c in classes
-            if all(
-                os.path.exists(f"{explain_run_dir(d, m, c)}/metrics.json")
-                for d in datasets
-                for m in EXPLAIN_MODELS
-            )
-        ]
-        skipped += [f"class {c} (runs missing)" for c in classes if c not in complete]
-        classes = complete
+        run_exists = lambda d, m, c: os.path.exists(
+            f"{explain_run_dir(d, m, c)}/metrics.json"
+        )
+    datasets, classes, skipped = grid.explain_targets(config, run_exists)
     if skipped:
         print(
             "explain: skipped (not in the training grid): " + ", ".join(skipped),
             file=sys.stderr,
         )
-    if not datasets or not classes:
-        return [], []
     return datasets, classes
 
 
@@ -414,11 +384,9 @@ def explain_figure_classes(number):
     """The explained classes that Fig. `number` shows: explain.fig{number}_classes among the
     explained ones (null: all). Configured classes that are not explained here are skipped with
     a message; if none is left, the figure shows every explained class (said too)."""
-    chosen = config["explain"][f"fig{number}_classes"]
-    if chosen is None or not EXPLAIN_CLASSES:
-        return list(EXPLAIN_CLASSES)
-    shown = [c for c in EXPLAIN_CLASSES if c in chosen]
-    missing = [c for c in chosen if c not in EXPLAIN_CLASSES]
+    shown, missing = grid.figure_classes(
+        config["explain"][f"fig{number}_classes"], EXPLAIN_CLASSES
+    )
     if missing:
         print(
             f"explain: Fig. {number}: classes {missing} of explain.fig{number}_classes are not "

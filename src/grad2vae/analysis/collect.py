@@ -17,6 +17,7 @@ import yaml
 from grad2vae.analysis.bounds import bound_rows, bounds_of, with_bounds
 from grad2vae.analysis.labels import model_order
 from grad2vae.errors import UserError
+from grad2vae.grid import model_classes, run_keys, trained_models
 from grad2vae.layout import (
     CHECKPOINT,
     HISTORY,
@@ -73,12 +74,8 @@ def expected_grid(
 ) -> dict[str, list]:
     grid = {key: workflow_config.get(key) for key in GRID_KEYS}
     if grid["models"]:
-        # the workflow's `extra_models` (presets/table1-complete.yaml) and `variants`
-        # (presets/ablation.yaml, presets/table1-own-protocols.yaml) train beside `models`
-        more = list(workflow_config.get("extra_models") or []) + list(
-            workflow_config.get("variants") or {}
-        )
-        grid["models"] = list(dict.fromkeys(list(grid["models"]) + more))
+        # `extra_models` and `variants` train beside `models` (grad2vae.grid, as the workflow)
+        grid["models"] = trained_models(workflow_config)
     for key, value in overrides.items():
         if value:
             grid[key] = value
@@ -91,27 +88,16 @@ def expected_grid(
     grid["models"] = model_order(grid["models"])
     # a variant trained on a subset of the classes (the workflow's variants.*.normal_classes);
     # the key only where there is one, so that other grids keep their shape
-    model_classes = {
-        name: [int(c) for c in variant["normal_classes"]]
-        for name, variant in (workflow_config.get("variants") or {}).items()
-        if isinstance(variant, dict) and variant.get("normal_classes")
-    }
-    if model_classes:
-        grid["model_classes"] = model_classes
+    subsets = model_classes(workflow_config)
+    if subsets:
+        grid["model_classes"] = subsets
     return grid
 
 
 def grid_keys(grid: dict[str, list]) -> list[dict[str, Any]]:
-    """Every expected run; a model of ``grid["model_classes"]`` only on its classes."""
-    only = grid.get("model_classes") or {}
-    return [
-        {"dataset": d, "normal_class": c, "model": m, "seed": s}
-        for d in grid["datasets"]
-        for c in grid["normal_classes"]
-        for m in grid["models"]
-        if c in only.get(m, [c])
-        for s in grid["seeds"]
-    ]
+    """Every expected run (``grad2vae.grid.run_keys``, the workflow's too); a model of
+    ``grid["model_classes"]`` only on its classes."""
+    return list(run_keys(grid))
 
 
 def _failure_reason(log_path: Path, limit: int = 300) -> str:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from grad2vae.errors import UserError
+from grad2vae.grid import EXPLAIN_MODELS
 
 # --------------------------------------------------------------------------------------------
 # Attention maps
@@ -83,8 +84,8 @@ ASSUMPTIONS: tuple[str, ...] = (
 
 
 #: the model whose online attention is explained, and the one the offline Grad-CAM runs on
-ONLINE_MODEL = "grad2vae"
-OFFLINE_MODEL = "vae"
+#: (``grad2vae.grid.EXPLAIN_MODELS``: the workflow trains these for the explain stage)
+ONLINE_MODEL, OFFLINE_MODEL = EXPLAIN_MODELS
 
 
 def normalise_per_image(maps: Tensor) -> Tensor:

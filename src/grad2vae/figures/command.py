@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 
+from grad2vae import grid as grid_module
 from grad2vae.analysis.bounds import real_runs
 from grad2vae.analysis.labels import model_order
 from grad2vae.analysis.tables import read_table
@@ -108,12 +109,11 @@ def draw_all(
         if history_path.is_file() and history_path.stat().st_size > 30
         else pd.DataFrame()
     )
-    if roc_class is None or roc_class not in grid["normal_classes"]:
-        if roc_class is not None:
-            log.warning(
-                "ROC class %s is not in the grid; using %s", roc_class, grid["normal_classes"][0]
-            )
-        roc_class = int(grid["normal_classes"][0])
+    if roc_class is not None and roc_class not in grid["normal_classes"]:
+        log.warning(
+            "ROC class %s is not in the grid; using %s", roc_class, grid["normal_classes"][0]
+        )
+    roc_class = grid_module.roc_class(roc_class, grid["normal_classes"])
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
     colours = palette(grid["models"])
