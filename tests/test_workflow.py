@@ -211,6 +211,26 @@ def test_schema_fills_defaults(tmp_path):
     assert config["resources"]["train"]["gpu"] == 1 and config["allow_partial"] is False
 
 
+def test_the_protocol_defaults_have_one_source():
+    """RunConfig's defaults (the paper's learning setup, from published.yaml) are the source;
+    the schema's defaults and config.yaml's values are written-out copies for readers of those
+    files, and must say the same."""
+    from grad2vae import published as pub
+    from grad2vae.training.run_config import DEFAULT_LATENT_DIM, protocol_defaults
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    train_schema = schema["properties"]["train"]["properties"]
+    for field, value in protocol_defaults().items():
+        assert train_schema[field]["default"] == value, field
+        assert config["train"][field] == value, field
+    latent = schema["properties"]["latent_dim"]["properties"]
+    assert {d: latent[d]["default"] for d in latent} == DEFAULT_LATENT_DIM == config["latent_dim"]
+    paper = pub.learning_setup()
+    for field in ("epochs", "batch_size", "lr", "lr_decay_epoch", "lr_decay_factor"):
+        assert protocol_defaults()[field] == paper[field]
+
+
 def test_schema_models_are_the_registry():
     from grad2vae.models import model_names
 

@@ -6,6 +6,7 @@ import os
 import sys
 
 from grad2vae import grid
+from grad2vae.training.run_config import PROTOCOL_FIELDS, cli_flag
 from grad2vae.layout import (
     AGGREGATE_FILES,
     ASSUMPTIONS_FILE,
@@ -246,20 +247,12 @@ def train_options(wildcards):
     schedule in presets/table1-complete.yaml); a variant's `train` overrides both."""
     train = model_protocol(wildcards.model)
     steps = [f"{epoch}:{lr}" for epoch, lr in train["lr_steps"]]
+    # one option per RunConfig protocol field, in PROTOCOL_FIELDS' order (the command line is a
+    # re-run trigger: the order is that of every finished run)
     return " ".join(
         variant_options(wildcards.model)
         + ([f"--lr-steps {' '.join(steps)}"] if steps else [])
-        + [
-            f"--epochs {train['epochs']}",
-            f"--batch-size {train['batch_size']}",
-            f"--lr {train['lr']}",
-            f"--lr-decay-epoch {train['lr_decay_epoch']}",
-            f"--lr-decay-factor {train['lr_decay_factor']}",
-            f"--eval-every {train['eval_every']}",
-            f"--eval-batch-size {train['eval_batch_size']}",
-            f"--train-limit {train['train_limit']}",
-            f"--test-limit {train['test_limit']}",
-        ]
+        + [f"{cli_flag(field)} {train[field]}" for field in PROTOCOL_FIELDS]
     )
 
 

@@ -17,13 +17,14 @@ import torch
 from grad2vae.bench import gpu as bench_gpu
 from grad2vae.bench.gpu import synchronize, training_step
 from grad2vae.training.pixel_auc import PixelAUC
+from grad2vae.training.run_config import DEFAULT_LATENT_DIM
 
 #: the four models of the paper's grid (config.yaml ``models``)
 GRID_MODELS = ("grad2vae", "vae", "cae", "inception_caenn")
 
 
-#: latent size per dataset (paper Sect. 4.2), as grad2vae.training.run_config.DEFAULT_LATENT_DIM
-GRID_DATASETS = {"mnist": 16, "fashion_mnist": 32}
+#: latent size per dataset (paper Sect. 4.2)
+GRID_DATASETS = dict(DEFAULT_LATENT_DIM)
 
 
 GRID = {"classes": 10, "seeds": 10, "epochs": 100, "eval_every": 1}
@@ -84,19 +85,22 @@ class Variant:
 
 
 def build_variants(settings: Settings, dataset: str, latent_dim: int) -> list[Variant]:
-    from grad2vae.models import create_model
-    from grad2vae.models.grad2vae import Grad2VAE
+    """One variant per model; a model with second-derivative methods (Grad2VAE) one per method
+    of ``settings.methods``, named ``model[method]``."""
+    from grad2vae.models import accepts, create_model
 
     chosen = []
     for name in settings.models:
-        if name == "grad2vae":
+        if accepts(name, "derivatives"):
             for method in settings.methods:
                 chosen.append(
                     Variant(
-                        f"grad2vae[{method}]",
+                        f"{name}[{method}]",
                         name,
                         method,
-                        lambda m=method: Grad2VAE(latent_dim, derivatives=m),
+                        lambda n=name, m=method: create_model(
+                            n, latent_dim, dataset=dataset, derivatives=m
+                        ),
                     )
                 )
         else:

@@ -89,6 +89,12 @@ def create_model(
     return cls(latent_dim=latent_dim, **passed, **check_options(name, options))
 
 
+def accepts(name: str, argument: str) -> bool:
+    """Whether the model registered as ``name`` takes ``argument`` (``create_model`` passes it
+    then): what a caller asks instead of branching on the model's name."""
+    return argument in inspect.signature(model_class(name)).parameters
+
+
 def model_names() -> list[str]:
     _load_builtin_models()
     return sorted(MODELS)

@@ -37,9 +37,12 @@ from grad2vae.training import devices
 from grad2vae.training.cohort import SEED_BATCHING, train_in_lockstep
 from grad2vae.training.lifecycle import RunLock, finished_metrics
 from grad2vae.training.run_config import (
+    DEFAULT_LATENT_DIM,
     SCHEDULE_FIELDS,
     RunConfig,
     check_data_present,
+    cli_flag,
+    protocol_defaults,
     validate_config,
 )
 
@@ -209,32 +212,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the run's folder (created); {seed} is replaced by the seed",
     )
 
+    default = protocol_defaults()
+    latent = ", ".join(f"{n} {d}" for d, n in DEFAULT_LATENT_DIM.items())
     protocol = parser.add_argument_group(
-        "protocol (defaults: the paper's, Sect. 4; for the five schedule "
-        "options, a model whose source trains otherwise uses its own defaults "
-        "instead: deep_svdd 150 epochs, batch 200, lr 1e-4, x 0.1 after epoch 50)"
+        "protocol (defaults: the paper's, Sect. 4; for the five schedule options, a model whose "
+        "source trains otherwise uses its own defaults instead: "
+        + "; ".join(
+            f"{name} {', '.join(f'{k} {v}' for k, v in own.items())}"
+            for name, own in _model_protocol_defaults().items()
+        )
+        + ")"
     )
     protocol.add_argument(
-        "--latent-dim",
+        "--latent-dim", type=int, default=None, help=f"bottleneck size (default: {latent})"
+    )
+    # the schedule: None = the model's protocol_defaults, else RunConfig's (schedule_from_args)
+    protocol.add_argument(
+        cli_flag("epochs"),
         type=int,
         default=None,
-        help="bottleneck size (default: 16 mnist, 32 fashion_mnist)",
-    )
-    protocol.add_argument("--epochs", type=int, default=None, help="training epochs (default: 100)")
-    protocol.add_argument(
-        "--batch-size", type=int, default=None, help="training batch size (default: 128)"
+        help=f"training epochs (default: {default['epochs']})",
     )
     protocol.add_argument(
-        "--lr", type=float, default=None, help="Adam learning rate (default: 1e-3)"
+        cli_flag("batch_size"),
+        type=int,
+        default=None,
+        help=f"training batch size (default: {default['batch_size']})",
     )
     protocol.add_argument(
-        "--lr-decay-epoch",
+        cli_flag("lr"),
+        type=float,
+        default=None,
+        help=f"Adam learning rate (default: {default['lr']:g})",
+    )
+    protocol.add_argument(
+        cli_flag("lr_decay_epoch"),
         type=int,
         default=None,
         help="multiply the learning rate by --lr-decay-factor "
-        "after this epoch; 0: never (default: 50)",
+        f"after this epoch; 0: never (default: {default['lr_decay_epoch']})",
     )
-    protocol.add_argument("--lr-decay-factor", type=float, default=None, help="(default: 0.01)")
+    protocol.add_argument(
+        cli_flag("lr_decay_factor"),
+        type=float,
+        default=None,
+        help=f"(default: {default['lr_decay_factor']:g})",
+    )
     protocol.add_argument(
         "--lr-steps",
         nargs="+",
@@ -244,26 +267,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "decay, so give --lr-decay-epoch 0 with it (default: none)",
     )
     protocol.add_argument(
-        "--eval-every",
+        cli_flag("eval_every"),
         type=int,
-        default=1,
+        default=default["eval_every"],
         help="test AUC every N epochs; the last epoch "
-        "is always evaluated; 0: last only (default: 1)",
+        f"is always evaluated; 0: last only (default: {default['eval_every']})",
     )
     protocol.add_argument(
-        "--eval-batch-size",
+        cli_flag("eval_batch_size"),
         type=int,
-        default=1000,
-        help="test images per scoring batch (default: 1000)",
+        default=default["eval_batch_size"],
+        help=f"test images per scoring batch (default: {default['eval_batch_size']})",
     )
     protocol.add_argument(
-        "--train-limit",
+        cli_flag("train_limit"),
         type=int,
-        default=0,
-        help="use at most N training images; 0: all (default: 0)",
+        default=default["train_limit"],
+        help=f"use at most N training images; 0: all (default: {default['train_limit']})",
     )
     protocol.add_argument(
-        "--test-limit", type=int, default=0, help="use at most N test images; 0: all (default: 0)"
+        cli_flag("test_limit"),
+        type=int,
+        default=default["test_limit"],
+        help=f"use at most N test images; 0: all (default: {default['test_limit']})",
     )
 
     execution = parser.add_argument_group("execution (not part of the configuration hash)")
@@ -331,6 +357,17 @@ def _registered_models() -> list[str]:
     from grad2vae.models import model_names
 
     return model_names()
+
+
+def _model_protocol_defaults() -> dict[str, dict[str, Any]]:
+    """Each registered model with schedule defaults of its own (its ``protocol_defaults``)."""
+    from grad2vae.models import MODELS, model_names
+
+    return {
+        name: MODELS[name].protocol_defaults
+        for name in model_names()
+        if MODELS[name].protocol_defaults
+    }
 
 
 def schedule_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -22,7 +22,7 @@ class NonFiniteLossError(UserError):
 
 
 def evaluate(
-    model, split, generator_seed: int, batch_size: int = 1000, extra: bool = False
+    model, split, generator_seed: int, batch_size: int, extra: bool = False
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
     """(scores, extra scores, pixel AUCs) of the test split: ``scores`` holds every score of
     ``model.scores`` (``"main"``, ``"reconstruction"``, the diagnostics) per test image as float

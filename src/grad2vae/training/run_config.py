@@ -12,12 +12,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from grad2vae import published as pub
 from grad2vae.errors import UserError
 
 log = logging.getLogger(__name__)
 
+#: the paper's learning setup (Sect. 4), from the cited data file published.yaml: the one source
+#: of the protocol's defaults (RunConfig's fields; the CLI's and the workflow's derive from them)
+PAPER = pub.learning_setup()
+
 #: bottleneck size per dataset (paper Sect. 4.2: 16 neurons for MNIST, 32 for Fashion-MNIST)
-DEFAULT_LATENT_DIM = {"mnist": 16, "fashion_mnist": 32}
+DEFAULT_LATENT_DIM: dict[str, int] = {d: int(n) for d, n in PAPER["latent_dim"].items()}
 
 
 #: seed of the train/test subsample drawn by --train-limit / --test-limit (the same for all runs)
@@ -89,11 +94,11 @@ class RunConfig:
     normal_class: int
     seed: int
     latent_dim: int | None = None  # None: the dataset's default (16 MNIST, 32 Fashion-MNIST)
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_decay_epoch: int = 50  # 0: no decay
-    lr_decay_factor: float = 0.01
+    epochs: int = int(PAPER["epochs"])
+    batch_size: int = int(PAPER["batch_size"])
+    lr: float = float(PAPER["lr"])
+    lr_decay_epoch: int = int(PAPER["lr_decay_epoch"])  # 0: no decay
+    lr_decay_factor: float = float(PAPER["lr_decay_factor"])
     eval_every: int = 1  # 0: evaluate the last epoch only
     eval_batch_size: int = 1000
     train_limit: int = 0  # 0: all the normal class's training images
@@ -147,6 +152,32 @@ class RunConfig:
         if "lr_steps" in payload:
             payload["lr_steps"] = [list(step) for step in payload["lr_steps"]]
         return payload
+
+
+#: the protocol fields a command line sets (``grad2vae train --epochs ...``; the workflow's
+#: ``train:`` keys), in the order the workflow passes them
+PROTOCOL_FIELDS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_decay_epoch",
+    "lr_decay_factor",
+    "eval_every",
+    "eval_batch_size",
+    "train_limit",
+    "test_limit",
+)
+
+
+def protocol_defaults() -> dict[str, Any]:
+    """Each of ``PROTOCOL_FIELDS`` -> RunConfig's default (the paper's where it says one)."""
+    fields = {field.name: field.default for field in dataclasses.fields(RunConfig)}
+    return {name: fields[name] for name in PROTOCOL_FIELDS}
+
+
+def cli_flag(field: str) -> str:
+    """The ``grad2vae train`` option of a RunConfig field: lr_decay_epoch -> --lr-decay-epoch."""
+    return "--" + field.replace("_", "-")
 
 
 #: RunConfig fields left out of its hashed JSON while unset (absent before variants existed)
