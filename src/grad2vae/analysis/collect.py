@@ -27,6 +27,7 @@ from grad2vae.layout import (
     TRAIN_BENCHMARK,
     TRAIN_LOG,
 )
+from grad2vae.metrics_file import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def read_run(
     metrics_path = run_dir / METRICS
     if metrics_path.is_file():
         try:
-            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+            metrics = read_metrics(metrics_path)
             auc = float(metrics["auc"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             status.update(status="failed", reason=f"unreadable metrics.json: {error}")

@@ -22,6 +22,7 @@ from grad2vae import atomic
 from grad2vae.errors import UserError
 from grad2vae.gitstate import git_state
 from grad2vae.layout import CHECKPOINT, HISTORY, LOCK, METRICS, MODEL, SCORES
+from grad2vae.metrics_file import write_metrics
 from grad2vae.progress import fmt_duration
 from grad2vae.score_columns import score_column
 from grad2vae.training import devices
@@ -539,7 +540,7 @@ class Run:
             self.resumes,
             pretrain=self.pretrain_info,
         )
-        atomic.write_json(out_dir / METRICS, metrics)  # last: its presence means "finished"
+        metrics = write_metrics(out_dir / METRICS, metrics)  # last: its presence means "finished"
         log.info(
             "%s: finished, auc %.4f (reconstruction %.4f), %.1f s per epoch",
             out_dir,
