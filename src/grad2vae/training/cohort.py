@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-import types
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -17,8 +18,8 @@ from grad2vae.errors import UserError
 from grad2vae.progress import Progress
 from grad2vae.training import devices
 from grad2vae.training.evaluate import NonFiniteLossError, as_numpy
-from grad2vae.training.lifecycle import Run
-from grad2vae.training.run_config import SUBSAMPLE_SEED
+from grad2vae.training.lifecycle import DeviceSplit, Run, SharedData
+from grad2vae.training.run_config import SUBSAMPLE_SEED, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -138,19 +139,31 @@ def _seed_step(runs: list[Run], seed_batching: str) -> tuple[str | None, Callabl
 
 
 def train_in_lockstep(
-    configs,
-    out_dirs,
-    data_dir,
-    device,
+    configs: list[RunConfig],
+    out_dirs: list[Path],
+    data_dir: str | os.PathLike,
+    device: torch.device,
     *,
-    checkpoint_every,
-    threads,
-    progress,
-    on_epoch,
-    seed_batching,
-    group_size,
-    derivatives,
+    checkpoint_every: int,
+    threads: int | None,
+    progress: bool | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    seed_batching: str,
+    group_size: int,
+    derivatives: str | None,
 ) -> list[dict[str, Any]]:
+    """Train the runs of ``configs`` (one model, dataset and class; they differ only in their
+    seed) together in this process and return each one's metrics (``lifecycle.Run.finish``).
+
+    How an epoch flows: the split is loaded once (``SharedData``); each ``lifecycle.Run`` sets
+    itself up (model from its seed, optimizer, schedule, resume from its checkpoint). The runs
+    step in cohorts of equal start epoch that fit the device (``memory_cohorts``): per epoch,
+    ``Run.begin_epoch``, then per batch one step of every run (vmapped or in turn, by
+    ``seed_batching``: ``_seed_step``) and ``Run.record``, then ``Run.end_epoch`` (non-finite
+    check, ``evaluate`` when due, history, checkpoint). Last, ``Run.finish`` writes the run's
+    files (``outputs``, ``metrics_file``). A run whose loss turns non-finite stops alone when it
+    shares the process; the first such error is raised once the others have finished.
+    ``group_size``: the seeds of the job (recorded as ``seeds_in_process``)."""
     from grad2vae.data import datasets as data
 
     process_start = time.perf_counter()
@@ -178,24 +191,24 @@ def train_in_lockstep(
             "needs both: raise --test-limit (0 = full test set)"
         )
     train_x = split.train_x.to(device)
-    shared = types.SimpleNamespace(
+    shared = SharedData(
         split=split,
         labels=labels,
         train_x=train_x,
-        eval_split=types.SimpleNamespace(train_x=train_x, test_x=split.test_x.to(device)),
+        eval_split=DeviceSplit(train_x=train_x, test_x=split.test_x.to(device)),
     )
     shares_process = len(configs) > 1
     runs = [
         Run(
             config,
-            out_dir,
+            Path(out_dir),
             shared,
             device,
-            checkpoint_every,
-            on_epoch,
-            shares_process,
-            derivatives,
-            progress,
+            checkpoint_every=checkpoint_every,
+            on_epoch=on_epoch,
+            shares_process=shares_process,
+            derivatives=derivatives,
+            progress=progress,
         )
         for config, out_dir in zip(configs, out_dirs)
     ]

@@ -4,6 +4,7 @@ bookkeeping, and the final scores, model and metrics. ``cohort`` steps one or se
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -12,7 +13,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -221,6 +222,26 @@ class RunLock:
             return False
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceSplit:
+    """The tensors ``evaluate`` reads, on the run's device."""
+
+    train_x: Tensor
+    test_x: Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedData:
+    """What the runs of one (model, dataset, class) share in one process: the one-class split
+    (``data.datasets.OneClassSplit``), its test labels (1 = anomaly), the training images on the
+    device and the split ``evaluate`` scores."""
+
+    split: Any
+    labels: np.ndarray
+    train_x: Tensor
+    eval_split: DeviceSplit
+
+
 class Run:
     """One run between setup and finish; ``train_in_lockstep`` steps one or several of them in
     lock-step.
@@ -231,9 +252,18 @@ class Run:
     evaluation, history, checkpoint); finally ``finish`` writes scores, model and metrics."""
 
     def __init__(
-        self, config, out_dir, shared, device, checkpoint_every, on_epoch, shares_process,
-        derivatives, progress=None,
-    ):  # fmt: skip
+        self,
+        config: RunConfig,
+        out_dir: Path,
+        shared: SharedData,
+        device: torch.device,
+        *,
+        checkpoint_every: int,
+        on_epoch: Callable[[dict[str, Any]], None] | None,
+        shares_process: bool,
+        derivatives: str | None,
+        progress: bool | None = None,
+    ) -> None:
         from grad2vae.models import create_model
 
         self.config, self.out_dir, self.device = config, out_dir, device
@@ -430,21 +460,27 @@ class Run:
         if self.on_epoch is not None:
             self.on_epoch(row)
         if self.checkpoint_every and epoch % self.checkpoint_every == 0 and epoch < config.epochs:
-            save_checkpoint(
-                self.out_dir / CHECKPOINT,
-                config,
-                self.chash,
-                epoch,
-                self.model,
-                self.optimizer,
-                self.scheduler,
-                self.history,
-                self.device,
-                self.batch_generator,
-                self.resumes,
-                pretrain=self.pretrain_info,
-            )
+            self.save_checkpoint(epoch)
             self.checkpoint_epoch = epoch
+
+    def save_checkpoint(self, epoch: int, final: bool = False) -> None:
+        """Everything a resume needs after ``epoch``; ``final``: without the optimizer and the
+        schedule (nothing trains after the last epoch: the file is then the size of the model)."""
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "config_hash": self.chash,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            **({} if final else {"optimizer": self.optimizer.state_dict()}),
+            **({} if final else {"scheduler": self.scheduler.state_dict()}),
+            "history": self.history,
+            "rng": rng_state(self.device, self.batch_generator),
+            "resumes": self.resumes,
+            "pretrain": self.pretrain_info,
+        }
+        with atomic.atomic_path(self.out_dir / CHECKPOINT) as tmp:
+            torch.save(payload, tmp)
 
     def finish(self, setup_seconds: float, execution: dict[str, Any]) -> dict[str, Any]:
         config, model, out_dir, labels = self.config, self.model, self.out_dir, self.shared.labels
@@ -526,20 +562,7 @@ class Run:
         # it saw interrupted (Ctrl-C while the run finished) or of a failed group job, and a
         # rerun then only re-evaluates from here instead of training again. Weights and history only
         # (no optimizer): nothing trains after the last epoch.
-        save_checkpoint(
-            out_dir / CHECKPOINT,
-            config,
-            self.chash,
-            config.epochs,
-            model,
-            None,
-            None,
-            history,
-            self.device,
-            self.batch_generator,
-            self.resumes,
-            pretrain=self.pretrain_info,
-        )
+        self.save_checkpoint(config.epochs, final=True)
         metrics = write_metrics(out_dir / METRICS, metrics)  # last: its presence means "finished"
         log.info(
             "%s: finished, auc %.4f (reconstruction %.4f), %.1f s per epoch",
@@ -549,39 +572,6 @@ class Run:
             metrics["seconds_per_epoch"],
         )
         return metrics
-
-
-def save_checkpoint(
-    path,
-    config,
-    chash,
-    epoch,
-    model,
-    optimizer,
-    scheduler,
-    history,
-    device,
-    batch_generator,
-    resumes,
-    pretrain=None,
-) -> None:
-    """Everything a resume needs after ``epoch``; ``optimizer`` and ``scheduler`` None for the
-    final state (nothing trains after the last epoch: the file is then the size of the model)."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": config.to_dict(),
-        "config_hash": chash,
-        "epoch": epoch,
-        "model": model.state_dict(),
-        **({"optimizer": optimizer.state_dict()} if optimizer is not None else {}),
-        **({"scheduler": scheduler.state_dict()} if scheduler is not None else {}),
-        "history": history,
-        "rng": rng_state(device, batch_generator),
-        "resumes": resumes,
-        "pretrain": pretrain,
-    }
-    with atomic.atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
 def load_trained_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
