@@ -38,6 +38,7 @@ from grad2vae.training.cohort import SEED_BATCHING, train_in_lockstep
 from grad2vae.training.lifecycle import RunLock, finished_metrics
 from grad2vae.training.run_config import (
     DEFAULT_LATENT_DIM,
+    PROTOCOL_FIELDS,
     SCHEDULE_FIELDS,
     RunConfig,
     check_data_present,
@@ -169,6 +170,20 @@ def train_seeds(
     return results
 
 
+#: what each protocol option of ``run_config.PROTOCOL_FIELDS`` sets
+PROTOCOL_HELP = {
+    "epochs": "training epochs",
+    "batch_size": "training batch size",
+    "lr": "Adam learning rate",
+    "lr_decay_epoch": "multiply the learning rate by --lr-decay-factor after this epoch; 0: never",
+    "lr_decay_factor": "the factor of --lr-decay-epoch",
+    "eval_every": "test AUC every N epochs; the last epoch is always evaluated; 0: last only",
+    "eval_batch_size": "test images per scoring batch",
+    "train_limit": "use at most N training images; 0: all",
+    "test_limit": "use at most N test images; 0: all",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group = parser.add_argument_group("the run")
     run_group.add_argument(
@@ -226,38 +241,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocol.add_argument(
         "--latent-dim", type=int, default=None, help=f"bottleneck size (default: {latent})"
     )
-    # the schedule: None = the model's protocol_defaults, else RunConfig's (schedule_from_args)
-    protocol.add_argument(
-        cli_flag("epochs"),
-        type=int,
-        default=None,
-        help=f"training epochs (default: {default['epochs']})",
-    )
-    protocol.add_argument(
-        cli_flag("batch_size"),
-        type=int,
-        default=None,
-        help=f"training batch size (default: {default['batch_size']})",
-    )
-    protocol.add_argument(
-        cli_flag("lr"),
-        type=float,
-        default=None,
-        help=f"Adam learning rate (default: {default['lr']:g})",
-    )
-    protocol.add_argument(
-        cli_flag("lr_decay_epoch"),
-        type=int,
-        default=None,
-        help="multiply the learning rate by --lr-decay-factor "
-        f"after this epoch; 0: never (default: {default['lr_decay_epoch']})",
-    )
-    protocol.add_argument(
-        cli_flag("lr_decay_factor"),
-        type=float,
-        default=None,
-        help=f"(default: {default['lr_decay_factor']:g})",
-    )
+    # the schedule's options default to None: the model's protocol_defaults, else RunConfig's
+    # (schedule_from_args); the others to RunConfig's
+    for field in PROTOCOL_FIELDS:
+        value = default[field]
+        protocol.add_argument(
+            cli_flag(field),
+            type=type(value),
+            default=None if field in SCHEDULE_FIELDS else value,
+            help=f"{PROTOCOL_HELP[field]} (default: {value:g})",
+        )
     protocol.add_argument(
         "--lr-steps",
         nargs="+",
@@ -265,31 +258,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="EPOCH:LR",
         help="after each EPOCH set the learning rate to LR (absolute), e.g. 250:1e-5; replaces the "
         "decay, so give --lr-decay-epoch 0 with it (default: none)",
-    )
-    protocol.add_argument(
-        cli_flag("eval_every"),
-        type=int,
-        default=default["eval_every"],
-        help="test AUC every N epochs; the last epoch "
-        f"is always evaluated; 0: last only (default: {default['eval_every']})",
-    )
-    protocol.add_argument(
-        cli_flag("eval_batch_size"),
-        type=int,
-        default=default["eval_batch_size"],
-        help=f"test images per scoring batch (default: {default['eval_batch_size']})",
-    )
-    protocol.add_argument(
-        cli_flag("train_limit"),
-        type=int,
-        default=default["train_limit"],
-        help=f"use at most N training images; 0: all (default: {default['train_limit']})",
-    )
-    protocol.add_argument(
-        cli_flag("test_limit"),
-        type=int,
-        default=default["test_limit"],
-        help=f"use at most N test images; 0: all (default: {default['test_limit']})",
     )
 
     execution = parser.add_argument_group("execution (not part of the configuration hash)")
