@@ -19,8 +19,8 @@ from grad2vae.analysis.ablations import ablations, variant_bases
 from grad2vae.analysis.tables import table1_layout
 from grad2vae.errors import UserError
 from grad2vae.models import check_options, create_model
+from grad2vae.schedule import StepsToValues, make_scheduler
 from grad2vae.training.run_config import RunConfig, config_hash, validate_config
-from grad2vae.training.schedule import StepsToValues, make_scheduler
 
 # ---- the run configuration -----------------------------------------------------------------
 

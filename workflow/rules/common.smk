@@ -61,7 +61,7 @@ def check_variants():
         return
     from grad2vae.errors import UserError
     from grad2vae.models import check_options
-    from grad2vae.training.schedule import check_schedule
+    from grad2vae.schedule import check_schedule
 
     for name, variant in VARIANTS.items():
         try:

@@ -45,7 +45,7 @@ from grad2vae.errors import UserError
 from grad2vae.models import register
 from grad2vae.models.base import AnomalyModel
 from grad2vae.progress import Progress, fmt_duration
-from grad2vae.training.schedule import make_scheduler
+from grad2vae.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ ASSUMPTION_MODULES = (
     "grad2vae.data.datasets",
     "grad2vae.data.command",
     "grad2vae.training.run_config",
-    "grad2vae.training.schedule",
+    "grad2vae.schedule",
     "grad2vae.training.devices",
     "grad2vae.explain.attention_maps",
 )

@@ -25,6 +25,7 @@ from grad2vae.gitstate import git_state
 from grad2vae.layout import CHECKPOINT, HISTORY, LOCK, METRICS, MODEL, SCORES
 from grad2vae.metrics_file import write_metrics
 from grad2vae.progress import fmt_duration
+from grad2vae.schedule import make_scheduler
 from grad2vae.score_columns import score_column
 from grad2vae.training import devices
 from grad2vae.training.evaluate import (
@@ -41,7 +42,6 @@ from grad2vae.training.outputs import (
     write_scores,
 )
 from grad2vae.training.run_config import RunConfig, config_hash, derive_seed
-from grad2vae.training.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
 

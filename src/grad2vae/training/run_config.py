@@ -202,7 +202,7 @@ def derive_seed(seed: int, purpose: str) -> int:
 def validate_config(config: RunConfig) -> RunConfig:
     """Raise UserError for anything wrong in ``config`` (names, ranges); nothing is loaded."""
     from grad2vae.models import check_options, model_names
-    from grad2vae.training.schedule import check_schedule
+    from grad2vae.schedule import check_schedule
 
     known_models = model_names()
     if config.registered_model not in known_models:
