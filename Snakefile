@@ -81,7 +81,9 @@ localrules:
     all,
     data,
     workflow_config,
+    entropy_only,
     aggregate,
+    assumptions,
     figures,
     report,
 

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import grad2vae
 from grad2vae import grid
 from grad2vae.training.run_config import PROTOCOL_FIELDS, cli_flag
 from grad2vae.layout import (
@@ -35,8 +36,10 @@ REPORT_HTML = f"{REPORT_DIR}/index.html"
 AGGREGATE_DIR = f"{RESULTS}/aggregate"
 FIGURES_DIR = f"{RESULTS}/figures"
 EXPLAIN_SUMMARY = f"{RESULTS}/explain/{EXPLAIN_SUMMARY_NAME}"
-# the report's templates and captions are package data, so that `pip install .` ships them
-TEMPLATE_DIR = os.path.join(workflow.basedir, "src", "grad2vae", "report", "templates")
+# the installed package (an editable install: src/grad2vae); the report's templates and
+# captions are its package data, so that `pip install .` ships them
+PACKAGE_DIR = os.path.dirname(grad2vae.__file__)
+TEMPLATE_DIR = os.path.join(PACKAGE_DIR, "report", "templates")
 # The trained models: the grid's `models` plus `extra_models` (presets/table1-complete.yaml adds
 # deep_svdd and cae_ocsvm, Table 1's other two columns) plus every variant of `variants`
 # (presets/ablation.yaml, presets/table1-own-protocols.yaml): a variant is a model name like any
@@ -125,8 +128,7 @@ def report_output(path, name, category=None, subcategory=None):
         return path
     return report(
         path,
-        # relative to this rule file
-        caption=f"../../src/grad2vae/report/templates/{CAPTIONS_DIR}/{CAPTIONS[name]}",
+        caption=f"{TEMPLATE_DIR}/{CAPTIONS_DIR}/{CAPTIONS[name]}",
         category=category or REPORT_CATEGORIES[name],
         subcategory=subcategory,
     )
@@ -134,10 +136,9 @@ def report_output(path, name, category=None, subcategory=None):
 
 def source_files():
     """The package's Python files (the assumptions rule's input: each states its assumptions)."""
-    package = os.path.join(workflow.basedir, "src", "grad2vae")
     return sorted(
         os.path.join(folder, name)
-        for folder, _, names in os.walk(package)
+        for folder, _, names in os.walk(PACKAGE_DIR)
         for name in names
         if name.endswith(".py")
     )
