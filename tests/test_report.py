@@ -507,3 +507,21 @@ def test_report_opens_after_the_folder_is_moved(report_html, tmp_path):
     moved = tmp_path / "copied-report"
     shutil.copytree(report_html.parent, moved)
     check_report_in_browser(moved / "index.html", expected_rows())
+
+
+def test_the_templates_ship_inside_the_package():
+    """`pip install .` gets a working `grad2vae report`: its templates are package data (every
+    file under report/templates matches pyproject.toml's package-data), found beside the code."""
+    import fnmatch
+    import tomllib
+
+    from grad2vae.report.command import default_template_dir
+
+    package = ROOT / "src" / "grad2vae"
+    templates = default_template_dir()
+    assert templates == package / "report" / "templates"
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["grad2vae"]
+    files = [p.relative_to(package).as_posix() for p in templates.rglob("*") if p.is_file()]
+    assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), files
