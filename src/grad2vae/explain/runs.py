@@ -246,6 +246,32 @@ def explain_target(settings: Settings, dataset: str, normal_class: int, device) 
     labels = test_labels[index].to(torch.bool)
     maps = maps_for(xf)
     maps["intensity"] = intensity_attention(xf)
+    rows, curves = deletion_test(settings, dataset, normal_class, models, xf, labels, maps, device)
+    return {
+        "dataset": dataset,
+        "normal_class": normal_class,
+        "fig3": {"second": second, "image": x3[0], "units": units, "index": int(normal_index[0])},
+        "fig4": {"x": x4, "maps": maps4, "index": fig4_index.tolist()},
+        "fig5": {"x": x5, "maps": maps5, "classes": classes5},
+        "rows": rows,
+        "curves": curves,
+    }
+
+
+def deletion_test(
+    settings: Settings,
+    dataset: str,
+    normal_class: int,
+    models: dict[str, nn.Module],
+    xf: Tensor,
+    labels: Tensor,
+    maps: dict[str, Tensor],
+    device: torch.device,
+) -> tuple[list[dict], list[dict]]:
+    """(faithfulness rows, deletion curves) of every attention map in ``maps`` of the images
+    ``xf`` (``labels``: True = anomalous), scored by each explained model against the random
+    baseline (``attention_maps.RandomBaseline``)."""
+    seed = settings.seed
     fill = blur(xf) if settings.fill == "blur" else None
     sources = {  # map key -> (attention kind, explained model)
         "online": ("online", ONLINE_MODEL),
@@ -303,15 +329,7 @@ def explain_target(settings: Settings, dataset: str, normal_class: int, device) 
             scorer,
             time.perf_counter() - started,
         )
-    return {
-        "dataset": dataset,
-        "normal_class": normal_class,
-        "fig3": {"second": second, "image": x3[0], "units": units, "index": int(normal_index[0])},
-        "fig4": {"x": x4, "maps": maps4, "index": fig4_index.tolist()},
-        "fig5": {"x": x5, "maps": maps5, "classes": classes5},
-        "rows": rows,
-        "curves": curves,
-    }
+    return rows, curves
 
 
 def _run_path(settings: Settings, dataset: str, model: str, normal_class: int) -> str:
