@@ -346,8 +346,8 @@ def test_cae_ocsvm_oracle_is_kept_apart(tmp_path):
     )
 
 
-def test_a_run_written_before_bounds_were_recorded_has_no_oracle_row(tmp_path):
-    """metrics.json without ``bounds`` (or a model that declares none): no pseudo-model."""
+def test_a_run_written_before_bounds_were_recorded_has_no_oracle_row(tmp_path, caplog):
+    """metrics.json of format 1 (no ``bounds``): no pseudo-model, and a warning that says why."""
     from grad2vae.models.cae_ocsvm import GRID_KEYS
 
     results = tmp_path / "results"
@@ -358,6 +358,7 @@ def test_a_run_written_before_bounds_were_recorded_has_no_oracle_row(tmp_path):
     payload, out = run_aggregate(tmp_path, grid(classes=[0], models=["cae_ocsvm"], seeds=[0]))
     assert pd.read_csv(out / "runs.csv")["model"].tolist() == ["cae_ocsvm"]
     assert payload["bounds"] == {} and all(g["kind"] != "bound" for g in payload["table1_layout"])
+    assert "written before metrics.json recorded bounds" in caplog.text
 
 
 def test_compute_and_parameters(tmp_path):

@@ -35,6 +35,13 @@ def bound_rows(metrics: Mapping[str, Any], key: Mapping[str, Any]) -> list[dict[
     return rows
 
 
+def bounds_unrecorded(metrics: Mapping[str, Any]) -> bool:
+    """Whether a run's metrics.json predates bounds (format 1) but holds the extra scores a bound
+    is drawn from: its model may have declared one, which the analysis cannot show."""
+    old = int(metrics.get("format_version", 1)) < 2
+    return old and "bounds" not in metrics and bool(metrics.get("auc_extra"))
+
+
 def bounds_of(runs: pd.DataFrame) -> dict[str, dict[str, str]]:
     """pseudo-model -> {"of": its model, "protocol", "note"} for every bound in ``runs``."""
     if runs.empty or BOUND_OF not in runs:

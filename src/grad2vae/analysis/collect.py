@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from grad2vae.analysis.bounds import bound_rows, bounds_of, with_bounds
+from grad2vae.analysis.bounds import bound_rows, bounds_of, bounds_unrecorded, with_bounds
 from grad2vae.analysis.labels import model_order
 from grad2vae.errors import UserError
 from grad2vae.grid import model_classes, run_keys, trained_models
@@ -276,6 +276,13 @@ def read_run(
         )
         row.update(_benchmark(results_dir / TRAIN_BENCHMARK.format(**key)))
         pseudo = bound_rows(metrics, key)
+        if bounds_unrecorded(metrics):
+            log.warning(
+                "%s: written before metrics.json recorded bounds (format 1); a bound of %s "
+                "such as an oracle is left out: train the run again to get it",
+                metrics_path,
+                key["model"],
+            )
         if pseudo:
             row["_bound_rows"] = [
                 dict(bound, epochs=metrics.get("epochs"), run_dir=str(run_dir)) for bound in pseudo

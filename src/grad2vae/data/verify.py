@@ -9,8 +9,8 @@ import pickle
 import zlib
 
 from grad2vae.data.datasets import DATASETS, IdxFile
-from grad2vae.errors import UserError
 from grad2vae.data.idx import IDXError, decode_idx
+from grad2vae.errors import UserError
 
 
 # --------------------------------------------------------------------------------------------
