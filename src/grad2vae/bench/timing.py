@@ -391,7 +391,7 @@ Prepared = tuple[Variant, torch.nn.Module, torch.optim.Optimizer, int]
 
 @dataclasses.dataclass
 class DatasetTimes:
-    """What the timed sections measured for one dataset (``bench_report.dataset_rows`` turns it
+    """What the timed sections measured for one dataset (``bench.results.dataset_rows`` turns it
     into the JSON rows)."""
 
     dataset: str
